@@ -1,0 +1,159 @@
+//! Small backends that name themselves, for `ringlb demo` and for tests.
+//!
+//! * [`Mode::Greet`]: on connect, send one line `"<name>\n"`, then echo every byte;
+//!   on EOF from the client, finish sending and close the write side (half-close).
+//! * [`Mode::Demo`]: if the client speaks HTTP first (within a short wait), answer
+//!   one HTTP/1.1 response naming the backend (`GET /healthcheck` answers 200 `ok`);
+//!   otherwise greet and echo as above, so `nc` shows the greeting at once.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long a demo backend waits for an HTTP request before greeting.
+const SNIFF_WAIT: Duration = Duration::from_millis(150);
+/// Longest HTTP request head a demo backend reads.
+const MAX_HEAD: usize = 8 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Greet,
+    Demo,
+}
+
+/// A running backend; stops (and closes its connections) on [`Backend::stop`] or drop.
+#[derive(Debug)]
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    /// Bind `addr` (port 0 picks one) and serve in the background.
+    pub async fn start(name: &str, addr: SocketAddr, mode: Mode) -> io::Result<Backend> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Self::from_listener(name, listener, mode))
+    }
+
+    /// Serve on an already bound listener.
+    pub fn from_listener(name: &str, listener: TcpListener, mode: Mode) -> Backend {
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let stop = CancellationToken::new();
+        let name_arc: Arc<str> = Arc::from(name);
+        let task = tokio::spawn(serve(listener, name_arc, mode, stop.clone()));
+        Backend {
+            name: name.to_string(),
+            addr,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Close the listening socket and every open connection; wait until done.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn serve(listener: TcpListener, name: Arc<str>, mode: Mode, stop: CancellationToken) {
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let Ok((stream, _peer)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let name = name.clone();
+        let stop = stop.clone();
+        tracker.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = connection(stream, &name, mode) => {}
+            }
+        });
+    }
+    drop(listener);
+    tracker.close();
+    tracker.wait().await;
+}
+
+async fn connection(mut stream: TcpStream, name: &str, mode: Mode) -> io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let mut first = Vec::new();
+    if mode == Mode::Demo {
+        let mut buf = vec![0u8; MAX_HEAD];
+        if let Ok(r) = tokio::time::timeout(SNIFF_WAIT, stream.read(&mut buf)).await {
+            let n = r?;
+            first.extend_from_slice(&buf[..n]);
+            if looks_like_http(&first) {
+                return http(stream, first, name).await;
+            }
+            if n == 0 {
+                // Client closed without sending: greet anyway, then close.
+                stream.write_all(format!("{name}\n").as_bytes()).await?;
+                return stream.shutdown().await;
+            }
+        }
+    }
+    stream.write_all(format!("{name}\n").as_bytes()).await?;
+    stream.write_all(&first).await?;
+    let (mut rd, mut wr) = stream.split();
+    tokio::io::copy(&mut rd, &mut wr).await?;
+    wr.shutdown().await
+}
+
+fn looks_like_http(b: &[u8]) -> bool {
+    ["GET ", "HEAD ", "POST ", "PUT ", "DELETE ", "OPTIONS "]
+        .iter()
+        .any(|m| b.starts_with(m.as_bytes()))
+}
+
+async fn http(mut stream: TcpStream, mut head: Vec<u8>, name: &str) -> io::Result<()> {
+    // Read the rest of the request head (bounded).
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(n)) => head.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+    let line = String::from_utf8_lossy(head.split(|&b| b == b'\n').next().unwrap_or(&[]));
+    let path = line.split_whitespace().nth(1).unwrap_or("/");
+    let head_only = line.starts_with("HEAD ");
+    let body = if path == "/healthcheck" {
+        format!("ok {name}\n")
+    } else {
+        format!("hello from {name}\n")
+    };
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Backend: {name}\r\nConnection: close\r\n\r\n{}",
+        body.len(),
+        if head_only { "" } else { &body }
+    );
+    stream.write_all(resp.as_bytes()).await?;
+    stream.shutdown().await
+}

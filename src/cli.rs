@@ -1,0 +1,70 @@
+//! Command-line types (clap derive). No I/O here.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::DEFAULT_CONFIG_PATH;
+
+/// Path `ringlb demo` uses when `--config` is not given.
+pub const DEMO_CONFIG_PATH: &str = "config/demo.toml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ringlb",
+    version,
+    about = "Consistent-hashing TCP load balancer: each client IP sticks to one backend node"
+)]
+pub struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info`, `warn`, `ringlb=debug` (default: $RUST_LOG, else info).
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the balancer in the foreground.
+    Run {
+        /// Config file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Parse and validate a config; print a summary, or every error (exit 1).
+    Check {
+        /// Config file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Print the node each client IP maps to, then its fallback order.
+    Which {
+        /// Config file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Only this pool (default: every pool).
+        #[arg(long, conflicts_with = "listener")]
+        pool: Option<String>,
+        /// Only the pool of this listener.
+        #[arg(long)]
+        listener: Option<String>,
+        /// Client IPs (IPv4 or IPv6). `-` reads whitespace-separated IPs from stdin.
+        #[arg(required = true, value_name = "IP")]
+        ips: Vec<String>,
+    },
+    /// Start three demo backends and the balancer in front of them (Ctrl-C stops).
+    Demo {
+        /// Demo config (default: config/demo.toml, or the built-in copy of it).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}

@@ -1,0 +1,725 @@
+//! Configuration: serde types for the TOML file (`deny_unknown_fields` everywhere),
+//! parsing with file/line/column on syntax errors, and `validate()` that turns the
+//! raw file into a [`Config`] or a list of every problem, each naming its key path.
+//!
+//! This module never opens sockets. Node addresses given as `host:port` are resolved
+//! here, once, at load time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{ConfigError, Problem};
+
+/// Default path used by `ringlb run` when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/ringlb.toml";
+
+/// Limits on values; anything outside is refused with a reason.
+pub mod limits {
+    use std::time::Duration;
+    pub const WEIGHT: std::ops::RangeInclusive<u32> = 1..=256;
+    pub const POINTS_PER_WEIGHT: std::ops::RangeInclusive<u32> = 1..=10_000;
+    pub const CONNECT_ATTEMPTS: std::ops::RangeInclusive<u32> = 1..=16;
+    pub const MAX_CONNECTIONS: std::ops::RangeInclusive<usize> = 1..=1_000_000;
+    pub const BACKLOG: std::ops::RangeInclusive<u32> = 1..=65_535;
+    pub const KEY_PREFIX_V4: std::ops::RangeInclusive<u8> = 1..=32;
+    pub const KEY_PREFIX_V6: std::ops::RangeInclusive<u8> = 1..=128;
+    /// Total ring points of one pool (memory and build time stay small).
+    pub const MAX_POOL_POINTS: u64 = 2_000_000;
+    pub const MAX_NODES_PER_POOL: usize = 4_096;
+    pub const CONNECT_TIMEOUT: (Duration, Duration) =
+        (Duration::from_millis(1), Duration::from_secs(300));
+    pub const IDLE_TIMEOUT: (Duration, Duration) = (
+        Duration::from_millis(100),
+        Duration::from_secs(30 * 24 * 3600),
+    );
+    pub const SHUTDOWN_GRACE: (Duration, Duration) =
+        (Duration::ZERO, Duration::from_secs(24 * 3600));
+}
+
+/// Defaults, in one place; `config/ringlb.toml` documents the same values.
+pub mod defaults {
+    use std::time::Duration;
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+    pub const MAX_CONNECTIONS: usize = 50_000;
+    pub const BACKLOG: u32 = 4_096;
+    pub const IPV6_ONLY: bool = true;
+    pub const POINTS_PER_WEIGHT: u32 = 160;
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+    pub const CONNECT_ATTEMPTS: u32 = 3;
+    pub const KEY_PREFIX_V4: u8 = 32;
+    pub const KEY_PREFIX_V6: u8 = 64;
+    pub const WEIGHT: u32 = 1;
+}
+
+// ---------------------------------------------------------------------------
+// The file as written (serde).
+// ---------------------------------------------------------------------------
+
+/// The TOML file as written. Use [`Config::from_file`] / [`Config::from_str`] to get
+/// a validated [`Config`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default, with = "humantime_serde::option")]
+    pub shutdown_grace: Option<Duration>,
+    #[serde(default)]
+    pub listener: Vec<RawListener>,
+    #[serde(default)]
+    pub pools: BTreeMap<String, RawPool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: String,
+    pub listen: String,
+    pub pool: String,
+    pub max_connections: Option<usize>,
+    pub backlog: Option<u32>,
+    pub ipv6_only: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub points_per_weight: Option<u32>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub idle_timeout: Option<Duration>,
+    pub connect_attempts: Option<u32>,
+    pub key_prefix_v4: Option<u8>,
+    pub key_prefix_v6: Option<u8>,
+    #[serde(default)]
+    pub nodes: Vec<RawNode>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    pub name: Option<String>,
+    pub addr: String,
+    pub weight: Option<u32>,
+}
+
+// ---------------------------------------------------------------------------
+// The validated config.
+// ---------------------------------------------------------------------------
+
+/// A validated configuration: every value in range, every reference resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where it was read from (`<inline>` for strings).
+    pub source: PathBuf,
+    pub shutdown_grace: Duration,
+    pub listeners: Vec<ListenerConfig>,
+    /// Pools by name (sorted, so output and iteration are deterministic).
+    pub pools: BTreeMap<String, PoolConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub pool: String,
+    pub max_connections: usize,
+    pub backlog: u32,
+    pub ipv6_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub points_per_weight: u32,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub connect_attempts: u32,
+    pub key_prefix_v4: u8,
+    pub key_prefix_v6: u8,
+    /// In file order (the ring does not depend on it).
+    pub nodes: Vec<NodeConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Stable identity on the ring.
+    pub name: String,
+    /// The address as written in the file.
+    pub addr_text: String,
+    /// The address resolved at load.
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parse and validate config text; `source` names it in error messages.
+    pub fn parse(text: &str, source: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let source = source.as_ref();
+        let raw: RawConfig = toml::from_str(text).map_err(|e| syntax_error(text, source, &e))?;
+        raw.validate(source)
+    }
+
+    /// Every node across pools.
+    pub fn node_count(&self) -> usize {
+        self.pools.values().map(|p| p.nodes.len()).sum()
+    }
+}
+
+fn syntax_error(text: &str, path: &Path, e: &toml::de::Error) -> ConfigError {
+    let (line, column) = match e.span() {
+        Some(span) => line_col(text, span.start),
+        None => (1, 1),
+    };
+    // The toml message is one line ("unknown field `x`, expected one of ...");
+    // show the offending line under it so the operator sees the spot.
+    let src_line = text.lines().nth(line.saturating_sub(1)).unwrap_or("");
+    let message = format!(
+        "{}\n    | {}\n    | {}^",
+        e.message().trim_end(),
+        src_line,
+        " ".repeat(column.saturating_sub(1))
+    );
+    ConfigError::Syntax {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message,
+    }
+}
+
+/// 1-based line and column (in chars) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..floor_char_boundary(text, offset)];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// Collects problems while validating.
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn range<T>(
+        &mut self,
+        key: impl Into<String>,
+        v: Option<T>,
+        default: T,
+        r: std::ops::RangeInclusive<T>,
+    ) -> T
+    where
+        T: PartialOrd + Copy + std::fmt::Display,
+    {
+        let v = v.unwrap_or(default);
+        if !r.contains(&v) {
+            self.push(
+                key,
+                format!("{v} is out of range {}..={}", r.start(), r.end()),
+            );
+        }
+        v
+    }
+
+    fn duration(
+        &mut self,
+        key: impl Into<String>,
+        v: Option<Duration>,
+        default: Duration,
+        (min, max): (Duration, Duration),
+    ) -> Duration {
+        let v = v.unwrap_or(default);
+        let key = key.into();
+        if v.is_zero() && !min.is_zero() {
+            self.push(key, "must be greater than zero");
+        } else if v < min {
+            self.push(
+                key,
+                format!(
+                    "{} is too short (minimum {})",
+                    humantime::format_duration(v),
+                    humantime::format_duration(min)
+                ),
+            );
+        } else if v > max {
+            self.push(
+                key,
+                format!(
+                    "{} is too long (maximum {})",
+                    humantime::format_duration(v),
+                    humantime::format_duration(max)
+                ),
+            );
+        }
+        v
+    }
+}
+
+impl RawConfig {
+    /// Check every value and reference; resolve node addresses.
+    pub fn validate(self, source: &Path) -> Result<Config, ConfigError> {
+        let mut p = Problems(Vec::new());
+
+        let shutdown_grace = p.duration(
+            "shutdown_grace",
+            self.shutdown_grace,
+            defaults::SHUTDOWN_GRACE,
+            limits::SHUTDOWN_GRACE,
+        );
+
+        if self.listener.is_empty() {
+            p.push("listener", "at least one [[listener]] is required");
+        }
+        if self.pools.is_empty() {
+            p.push("pools", "at least one [pools.NAME] table is required");
+        }
+
+        let mut listeners = Vec::with_capacity(self.listener.len());
+        let mut listener_names: HashMap<&str, usize> = HashMap::new();
+        let mut listen_addrs: HashMap<SocketAddr, usize> = HashMap::new();
+        for (i, l) in self.listener.iter().enumerate() {
+            let key = format!("listener[{i}]");
+            if l.name.trim().is_empty() {
+                p.push(format!("{key}.name"), "must not be empty");
+            } else if let Some(first) = listener_names.insert(&l.name, i) {
+                p.push(
+                    format!("{key}.name"),
+                    format!(
+                        "duplicate listener name {:?} (also listener[{first}])",
+                        l.name
+                    ),
+                );
+            }
+            let listen = match l.listen.parse::<SocketAddr>() {
+                Ok(a) => {
+                    if let Some(first) = listen_addrs.insert(a, i) {
+                        p.push(
+                            format!("{key}.listen"),
+                            format!("address {a} is already used by listener[{first}]"),
+                        );
+                    }
+                    Some(a)
+                }
+                Err(_) => {
+                    p.push(
+                        format!("{key}.listen"),
+                        format!(
+                            "{:?} is not an IP:port address (IPv6 as [addr]:port)",
+                            l.listen
+                        ),
+                    );
+                    None
+                }
+            };
+            if !self.pools.contains_key(&l.pool) {
+                let known: Vec<&str> = self.pools.keys().map(String::as_str).collect();
+                p.push(
+                    format!("{key}.pool"),
+                    format!(
+                        "no pool named {:?} (defined: {})",
+                        l.pool,
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
+            let max_connections = p.range(
+                format!("{key}.max_connections"),
+                l.max_connections,
+                defaults::MAX_CONNECTIONS,
+                limits::MAX_CONNECTIONS,
+            );
+            let backlog = p.range(
+                format!("{key}.backlog"),
+                l.backlog,
+                defaults::BACKLOG,
+                limits::BACKLOG,
+            );
+            if let Some(listen) = listen {
+                listeners.push(ListenerConfig {
+                    name: l.name.clone(),
+                    listen,
+                    pool: l.pool.clone(),
+                    max_connections,
+                    backlog,
+                    ipv6_only: l.ipv6_only.unwrap_or(defaults::IPV6_ONLY),
+                });
+            }
+        }
+
+        let mut pools = BTreeMap::new();
+        for (pname, rp) in &self.pools {
+            let key = format!("pools.{pname}");
+            if pname.trim().is_empty() {
+                p.push(key.clone(), "pool name must not be empty");
+            }
+            let points_per_weight = p.range(
+                format!("{key}.points_per_weight"),
+                rp.points_per_weight,
+                defaults::POINTS_PER_WEIGHT,
+                limits::POINTS_PER_WEIGHT,
+            );
+            let connect_timeout = p.duration(
+                format!("{key}.connect_timeout"),
+                rp.connect_timeout,
+                defaults::CONNECT_TIMEOUT,
+                limits::CONNECT_TIMEOUT,
+            );
+            let idle_timeout = p.duration(
+                format!("{key}.idle_timeout"),
+                rp.idle_timeout,
+                defaults::IDLE_TIMEOUT,
+                limits::IDLE_TIMEOUT,
+            );
+            let connect_attempts = p.range(
+                format!("{key}.connect_attempts"),
+                rp.connect_attempts,
+                defaults::CONNECT_ATTEMPTS,
+                limits::CONNECT_ATTEMPTS,
+            );
+            let key_prefix_v4 = p.range(
+                format!("{key}.key_prefix_v4"),
+                rp.key_prefix_v4,
+                defaults::KEY_PREFIX_V4,
+                limits::KEY_PREFIX_V4,
+            );
+            let key_prefix_v6 = p.range(
+                format!("{key}.key_prefix_v6"),
+                rp.key_prefix_v6,
+                defaults::KEY_PREFIX_V6,
+                limits::KEY_PREFIX_V6,
+            );
+            if rp.nodes.is_empty() {
+                p.push(
+                    format!("{key}.nodes"),
+                    "a pool needs at least one node ([[pools.NAME.nodes]] with addr)",
+                );
+            }
+            if rp.nodes.len() > limits::MAX_NODES_PER_POOL {
+                p.push(
+                    format!("{key}.nodes"),
+                    format!(
+                        "{} nodes is more than the limit of {}",
+                        rp.nodes.len(),
+                        limits::MAX_NODES_PER_POOL
+                    ),
+                );
+            }
+            let mut nodes = Vec::with_capacity(rp.nodes.len());
+            let mut names: HashMap<String, usize> = HashMap::new();
+            let mut addrs: HashMap<SocketAddr, usize> = HashMap::new();
+            let mut total_points: u64 = 0;
+            for (i, n) in rp.nodes.iter().enumerate() {
+                let nkey = format!("{key}.nodes[{i}]");
+                let name = n.name.clone().unwrap_or_else(|| n.addr.clone());
+                if name.trim().is_empty() {
+                    p.push(format!("{nkey}.name"), "must not be empty");
+                } else if let Some(first) = names.insert(name.clone(), i) {
+                    p.push(
+                        format!("{nkey}.name"),
+                        format!("duplicate node name {name:?} (also nodes[{first}]); names are ring identities and must be unique"),
+                    );
+                }
+                let weight = p.range(
+                    format!("{nkey}.weight"),
+                    n.weight,
+                    defaults::WEIGHT,
+                    limits::WEIGHT,
+                );
+                total_points += u64::from(weight) * u64::from(points_per_weight);
+                match resolve(&n.addr) {
+                    Ok(addr) => {
+                        if let Some(first) = addrs.insert(addr, i) {
+                            p.push(
+                                format!("{nkey}.addr"),
+                                format!("duplicate address {addr} (also nodes[{first}])"),
+                            );
+                        }
+                        nodes.push(NodeConfig {
+                            name,
+                            addr_text: n.addr.clone(),
+                            addr,
+                            weight,
+                        });
+                    }
+                    Err(reason) => p.push(format!("{nkey}.addr"), reason),
+                }
+            }
+            if total_points > limits::MAX_POOL_POINTS {
+                p.push(
+                    format!("{key}.points_per_weight"),
+                    format!(
+                        "the pool would have {total_points} ring points (weights x points_per_weight); the limit is {}",
+                        limits::MAX_POOL_POINTS
+                    ),
+                );
+            }
+            pools.insert(
+                pname.clone(),
+                PoolConfig {
+                    name: pname.clone(),
+                    points_per_weight,
+                    connect_timeout,
+                    idle_timeout,
+                    connect_attempts,
+                    key_prefix_v4,
+                    key_prefix_v6,
+                    nodes,
+                },
+            );
+        }
+
+        if p.0.is_empty() {
+            Ok(Config {
+                source: source.to_path_buf(),
+                shutdown_grace,
+                listeners,
+                pools,
+            })
+        } else {
+            Err(ConfigError::Invalid {
+                path: source.to_path_buf(),
+                problems: p.0,
+            })
+        }
+    }
+}
+
+/// Resolve `IP:port` or `host:port` to one address (the first the resolver returns).
+fn resolve(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return check_node_addr(a, text);
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("{text:?} is not IP:port or host:port"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("{text:?} is not IP:port or host:port"));
+    }
+    match text.to_socket_addrs() {
+        Ok(mut it) => match it.next() {
+            Some(a) => check_node_addr(a, text),
+            None => Err(format!("{host:?} resolved to no address")),
+        },
+        Err(e) => Err(format!("cannot resolve {host:?}: {e}")),
+    }
+}
+
+fn check_node_addr(a: SocketAddr, text: &str) -> Result<SocketAddr, String> {
+    if a.port() == 0 {
+        return Err(format!("{text:?}: port 0 is not a valid backend port"));
+    }
+    if a.ip().is_unspecified() {
+        return Err(format!(
+            "{text:?}: {} is the unspecified address, not a backend",
+            a.ip()
+        ));
+    }
+    if let IpAddr::V4(v4) = a.ip() {
+        if v4.is_broadcast() || v4.is_multicast() {
+            return Err(format!("{text:?}: not a unicast address"));
+        }
+    }
+    Ok(a)
+}
+
+/// A short human summary, as printed by `ringlb check`.
+pub fn summary(cfg: &Config) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{}: OK: {} listener{}, {} pool{}, {} node{}; shutdown_grace {}",
+        cfg.source.display(),
+        cfg.listeners.len(),
+        plural(cfg.listeners.len()),
+        cfg.pools.len(),
+        plural(cfg.pools.len()),
+        cfg.node_count(),
+        plural(cfg.node_count()),
+        humantime::format_duration(cfg.shutdown_grace)
+    );
+    for l in &cfg.listeners {
+        let _ = writeln!(
+            s,
+            "  listener {:<12} {:<22} -> pool {} (max_connections {}, backlog {})",
+            l.name, l.listen, l.pool, l.max_connections, l.backlog
+        );
+    }
+    for pool in cfg.pools.values() {
+        let _ = writeln!(
+            s,
+            "  pool {:<16} {} node{}, {} points/weight, connect_timeout {}, idle_timeout {}, {} attempt{}, key /{} v4 /{} v6",
+            pool.name,
+            pool.nodes.len(),
+            plural(pool.nodes.len()),
+            pool.points_per_weight,
+            humantime::format_duration(pool.connect_timeout),
+            humantime::format_duration(pool.idle_timeout),
+            pool.connect_attempts,
+            plural(pool.connect_attempts as usize),
+            pool.key_prefix_v4,
+            pool.key_prefix_v6
+        );
+        for n in &pool.nodes {
+            let _ = writeln!(
+                s,
+                "    node {:<14} {:<22} weight {}",
+                n.name, n.addr, n.weight
+            );
+        }
+    }
+    s
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+[[listener]]
+name = "ws"
+listen = "127.0.0.1:0"
+pool = "web"
+
+[pools.web]
+[[pools.web.nodes]]
+addr = "127.0.0.1:9001"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MIN, "min.toml").unwrap();
+        assert_eq!(c.shutdown_grace, defaults::SHUTDOWN_GRACE);
+        let l = &c.listeners[0];
+        assert_eq!(l.max_connections, defaults::MAX_CONNECTIONS);
+        assert_eq!(l.backlog, defaults::BACKLOG);
+        let p = &c.pools["web"];
+        assert_eq!(p.points_per_weight, 160);
+        assert_eq!(p.connect_timeout, Duration::from_secs(2));
+        assert_eq!(p.idle_timeout, Duration::from_secs(3600));
+        assert_eq!(p.connect_attempts, 3);
+        assert_eq!((p.key_prefix_v4, p.key_prefix_v6), (32, 64));
+        assert_eq!(p.nodes[0].name, "127.0.0.1:9001");
+        assert_eq!(p.nodes[0].weight, 1);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_column() {
+        let text = MIN.replace("pool = \"web\"", "pool = \"web\"\npoool = 1");
+        let e = Config::parse(&text, "x.toml").unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("x.toml:6:1: unknown field `poool`"), "{s}");
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let e = Config::parse("[[listener]\nname=1", "bad.toml").unwrap_err();
+        match e {
+            ConfigError::Syntax { line, column, .. } => assert_eq!((line, column), (1, 11)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = r#"
+shutdown_grace = "2days"
+[[listener]]
+name = "a"
+listen = "nope"
+pool = "missing"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:1"
+pool = "web"
+max_connections = 0
+[pools.web]
+connect_timeout = "0s"
+idle_timeout = "1ms"
+points_per_weight = 0
+[[pools.web.nodes]]
+name = "n"
+addr = "127.0.0.1:1"
+weight = 300
+[[pools.web.nodes]]
+name = "n"
+addr = "127.0.0.1:1"
+[pools.empty]
+"#;
+        let e = Config::parse(text, "p.toml").unwrap_err();
+        let msgs = e.messages().join("\n");
+        for want in [
+            "p.toml: shutdown_grace: 2days is too long",
+            "listener[0].listen: \"nope\" is not an IP:port",
+            "listener[0].pool: no pool named \"missing\"",
+            "listener[1].name: duplicate listener name \"a\"",
+            "listener[1].max_connections: 0 is out of range",
+            "pools.web.connect_timeout: must be greater than zero",
+            "pools.web.idle_timeout: 1ms is too short",
+            "pools.web.points_per_weight: 0 is out of range",
+            "pools.web.nodes[0].weight: 300 is out of range 1..=256",
+            "pools.web.nodes[1].name: duplicate node name \"n\"",
+            "pools.web.nodes[1].addr: duplicate address 127.0.0.1:1",
+            "pools.empty.nodes: a pool needs at least one node",
+        ] {
+            assert!(msgs.contains(want), "missing {want:?} in:\n{msgs}");
+        }
+    }
+
+    #[test]
+    fn ipv6_and_hostnames() {
+        let text = MIN
+            .replace("127.0.0.1:0", "[::1]:0")
+            .replace("127.0.0.1:9001", "localhost:9001");
+        let c = Config::parse(&text, "v6.toml").unwrap();
+        assert!(c.listeners[0].listen.is_ipv6());
+        assert_eq!(c.pools["web"].nodes[0].addr.port(), 9001);
+        assert_eq!(c.pools["web"].nodes[0].name, "localhost:9001");
+    }
+
+    #[test]
+    fn line_col_counts_chars() {
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+        assert_eq!(line_col("é\nx", 3), (2, 1));
+    }
+}

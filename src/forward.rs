@@ -1,0 +1,193 @@
+//! Moving bytes between client and node: both directions at once, half-close
+//! propagated (an EOF becomes a write shutdown on the other side, not a teardown),
+//! an idle timeout over both directions, live byte counts.
+//!
+//! Buffers are allocated on the first byte in each direction, so an idle connection
+//! holds no buffer memory.
+
+use std::io;
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use metrics::Counter;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Per-direction buffer size.
+pub const BUFFER_SIZE: usize = 32 * 1024;
+
+/// How a forwarding session ended.
+#[derive(Debug)]
+pub enum End {
+    /// Both sides sent EOF and every byte was delivered.
+    Closed,
+    /// No byte moved either way for the idle timeout.
+    IdleTimeout,
+    /// Reading from or writing to the client failed (reset, broken pipe...).
+    ClientError(io::Error),
+    /// Reading from or writing to the node failed.
+    NodeError(io::Error),
+    /// Closed by the balancer (shutdown grace ran out, or configuration said so).
+    Cancelled,
+}
+
+impl End {
+    /// Short, stable label for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::IdleTimeout => "idle_timeout",
+            End::ClientError(_) => "client_error",
+            End::NodeError(_) => "node_error",
+            End::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Bytes moved and how it ended.
+#[derive(Debug)]
+pub struct Outcome {
+    pub to_node: u64,
+    pub to_client: u64,
+    pub end: End,
+}
+
+/// Counters fed while bytes move (for long-lived connections, not only at the end).
+#[derive(Debug, Clone, Copy)]
+pub struct Meters<'a> {
+    pub to_node: &'a Counter,
+    pub to_client: &'a Counter,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Client,
+    Node,
+}
+
+struct DirError {
+    side: Side,
+    error: io::Error,
+}
+
+/// Forward until both directions are finished, the idle timeout fires, an error
+/// occurs, or `cancel` is triggered.
+pub async fn forward(
+    client: &TcpStream,
+    node: &TcpStream,
+    idle_timeout: Duration,
+    cancel: &CancellationToken,
+    meters: Meters<'_>,
+) -> Outcome {
+    let start = Instant::now();
+    // Milliseconds since `start` of the last byte moved, either way.
+    let last_activity = AtomicU64::new(0);
+    let to_node = AtomicU64::new(0);
+    let to_client = AtomicU64::new(0);
+
+    let up = pipe(
+        client,
+        Side::Client,
+        node,
+        Side::Node,
+        start,
+        &last_activity,
+        &to_node,
+        meters.to_node,
+    );
+    let down = pipe(
+        node,
+        Side::Node,
+        client,
+        Side::Client,
+        start,
+        &last_activity,
+        &to_client,
+        meters.to_client,
+    );
+    let idle = async {
+        loop {
+            let last = Duration::from_millis(last_activity.load(Ordering::Relaxed));
+            let deadline = start + last + idle_timeout;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+
+    let end = tokio::select! {
+        r = async { tokio::try_join!(up, down) } => match r {
+            Ok(_) => End::Closed,
+            Err(DirError { side: Side::Client, error }) => End::ClientError(error),
+            Err(DirError { side: Side::Node, error }) => End::NodeError(error),
+        },
+        _ = idle => End::IdleTimeout,
+        _ = cancel.cancelled() => End::Cancelled,
+    };
+    Outcome {
+        to_node: to_node.load(Ordering::Relaxed),
+        to_client: to_client.load(Ordering::Relaxed),
+        end,
+    }
+}
+
+/// One direction: read from `from`, write everything to `to`; on EOF shut down the
+/// write side of `to` and finish.
+#[allow(clippy::too_many_arguments)]
+async fn pipe(
+    from: &TcpStream,
+    from_side: Side,
+    to: &TcpStream,
+    to_side: Side,
+    start: Instant,
+    last_activity: &AtomicU64,
+    bytes: &AtomicU64,
+    meter: &Counter,
+) -> Result<(), DirError> {
+    let rerr = |error| DirError {
+        side: from_side,
+        error,
+    };
+    let werr = |error| DirError {
+        side: to_side,
+        error,
+    };
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        from.readable().await.map_err(rerr)?;
+        if buf.is_empty() {
+            buf = vec![0u8; BUFFER_SIZE];
+        }
+        let n = match from.try_read(&mut buf) {
+            Ok(0) => {
+                // EOF: half-close towards the other side and keep the other
+                // direction running.
+                match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
+                    Err(e) => return Err(werr(e)),
+                }
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(rerr(e)),
+        };
+        let mut off = 0;
+        while off < n {
+            to.writable().await.map_err(werr)?;
+            match to.try_write(&buf[off..n]) {
+                Ok(k) => off += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(werr(e)),
+            }
+        }
+        bytes.fetch_add(n as u64, Ordering::Relaxed);
+        meter.increment(n as u64);
+        last_activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,23 @@
+//! ringlb: a Layer-4 consistent-hashing TCP load balancer keyed on the client IP.
+//!
+//! See `DESIGN.md` (shared) for the module map and invariants; the README for
+//! operation.
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod forward;
+pub mod listener;
+pub mod metrics;
+pub mod pool;
+pub mod proxy;
+pub mod ring;
+pub mod server;
+pub mod which;
+
+pub use config::Config;
+pub use error::{ConfigError, Error};
+pub use server::{Server, ShutdownReport};

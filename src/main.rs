@@ -1,0 +1,164 @@
+//! The `ringlb` binary: parse the command line, set up logging, call the library,
+//! turn results into exit codes.
+#![forbid(unsafe_code)]
+
+use std::io::Read as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+use ringlb::cli::{Cli, Command, LogFormat, DEMO_CONFIG_PATH};
+use ringlb::{which, Config, Server};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format, cli.log_level.as_deref());
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ringlb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat, level: Option<&str>) {
+    let filter = match level {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Check { config } => Ok(check(&config)),
+        Command::Which {
+            config,
+            pool,
+            listener,
+            ips,
+        } => {
+            let cfg = match Config::from_file(&config) {
+                Ok(c) => c,
+                Err(e) => return Ok(print_config_error(&e)),
+            };
+            let mut args = Vec::new();
+            for a in ips {
+                if a == "-" {
+                    let mut s = String::new();
+                    std::io::stdin()
+                        .read_to_string(&mut s)
+                        .context("reading IPs from stdin")?;
+                    args.extend(s.split_whitespace().map(str::to_string));
+                } else {
+                    args.push(a);
+                }
+            }
+            let ips = which::parse_ips(&args)?;
+            let pools = which::pools_for(&cfg, pool.as_deref(), listener.as_deref())?;
+            let mappings = which::map(&cfg, &pools, &ips);
+            print!("{}", which::render(&cfg, &mappings));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { config } => {
+            let cfg = match Config::from_file(&config) {
+                Ok(c) => c,
+                Err(e) => return Ok(print_config_error(&e)),
+            };
+            runtime()?.block_on(async move {
+                let server = Server::bind(cfg)?;
+                let shutdown = CancellationToken::new();
+                tokio::spawn(handle_signals(shutdown.clone(), server.hard_stop()));
+                server.run(shutdown).await;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Demo { config } => {
+            let cfg = match ringlb::demo::load(config.as_deref(), Path::new(DEMO_CONFIG_PATH)) {
+                Ok(c) => c,
+                Err(e) => return Ok(print_config_error(&e)),
+            };
+            runtime()?.block_on(async move {
+                let shutdown = CancellationToken::new();
+                // The demo has no hard-stop handle before it binds; a second signal
+                // during the (short) demo grace just waits for it.
+                tokio::spawn(handle_signals(shutdown.clone(), CancellationToken::new()));
+                ringlb::demo::run(cfg, shutdown).await?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match Config::from_file(path) {
+        Ok(cfg) => {
+            print!("{}", ringlb::config::summary(&cfg));
+            ExitCode::SUCCESS
+        }
+        Err(e) => print_config_error(&e),
+    }
+}
+
+fn print_config_error(e: &ringlb::ConfigError) -> ExitCode {
+    for m in e.messages() {
+        eprintln!("error: {m}");
+    }
+    ExitCode::FAILURE
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+/// SIGTERM/SIGINT: stop accepting and drain (first), close everything (second).
+/// SIGHUP: logged and ignored (it must not kill the process).
+async fn handle_signals(shutdown: CancellationToken, hard_stop: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        warn!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    loop {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = hup.recv() => {
+                warn!("SIGHUP received: configuration reload is not supported by this version; the running configuration stays");
+                continue;
+            }
+        };
+        if shutdown.is_cancelled() {
+            warn!(
+                signal = name,
+                "second stop signal: closing open connections now"
+            );
+            hard_stop.cancel();
+        } else {
+            info!(
+                signal = name,
+                "stop signal: no longer accepting; draining open connections"
+            );
+            shutdown.cancel();
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Every metric name and label in one place. Handles are created once per listener
+//! or node (never per connection) and are no-ops until a recorder is installed.
+
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+
+pub const CONNECTIONS_ACCEPTED: &str = "ringlb_connections_accepted_total";
+pub const CONNECTIONS_REJECTED: &str = "ringlb_connections_rejected_total";
+pub const CONNECTIONS_ACTIVE: &str = "ringlb_connections_active";
+pub const CONNECTION_DURATION: &str = "ringlb_connection_duration_seconds";
+pub const ACCEPT_ERRORS: &str = "ringlb_accept_errors_total";
+pub const NODE_CONNECTIONS_ACTIVE: &str = "ringlb_node_connections_active";
+pub const CONNECT_ATTEMPTS: &str = "ringlb_connect_attempts_total";
+pub const CONNECT_FAILURES: &str = "ringlb_connect_failures_total";
+pub const BYTES: &str = "ringlb_bytes_total";
+pub const RING_POINTS: &str = "ringlb_ring_points";
+
+pub const L_LISTENER: &str = "listener";
+pub const L_POOL: &str = "pool";
+pub const L_NODE: &str = "node";
+pub const L_REASON: &str = "reason";
+pub const L_DIRECTION: &str = "direction";
+
+/// Reasons a connection is closed at accept, before any backend is contacted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// `max_connections` reached.
+    MaxConnections,
+    /// No node could be connected (all attempts failed) or the pool is empty.
+    NoNode,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::MaxConnections => "max_connections",
+            RejectReason::NoNode => "no_node",
+        }
+    }
+}
+
+/// Handles of one listener.
+#[derive(Debug, Clone)]
+pub struct ListenerMetrics {
+    pub accepted: Counter,
+    pub active: Gauge,
+    pub rejected_max: Counter,
+    pub rejected_no_node: Counter,
+    pub accept_errors: Counter,
+    pub duration: Histogram,
+}
+
+impl ListenerMetrics {
+    pub fn new(listener: &str) -> Self {
+        let l = listener.to_string();
+        let rejected = |r: RejectReason| counter!(CONNECTIONS_REJECTED, L_LISTENER => l.clone(), L_REASON => r.as_str());
+        ListenerMetrics {
+            accepted: counter!(CONNECTIONS_ACCEPTED, L_LISTENER => l.clone()),
+            active: gauge!(CONNECTIONS_ACTIVE, L_LISTENER => l.clone()),
+            rejected_max: rejected(RejectReason::MaxConnections),
+            rejected_no_node: rejected(RejectReason::NoNode),
+            accept_errors: counter!(ACCEPT_ERRORS, L_LISTENER => l.clone()),
+            duration: histogram!(CONNECTION_DURATION, L_LISTENER => l),
+        }
+    }
+
+    pub fn rejected(&self, r: RejectReason) -> &Counter {
+        match r {
+            RejectReason::MaxConnections => &self.rejected_max,
+            RejectReason::NoNode => &self.rejected_no_node,
+        }
+    }
+}
+
+/// Why a connect to a node failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    Refused,
+    Timeout,
+    Unreachable,
+    Other,
+}
+
+impl ConnectFailure {
+    pub const ALL: [ConnectFailure; 4] = [
+        ConnectFailure::Refused,
+        ConnectFailure::Timeout,
+        ConnectFailure::Unreachable,
+        ConnectFailure::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectFailure::Refused => "refused",
+            ConnectFailure::Timeout => "timeout",
+            ConnectFailure::Unreachable => "unreachable",
+            ConnectFailure::Other => "other",
+        }
+    }
+
+    pub fn classify(e: &std::io::Error) -> ConnectFailure {
+        use std::io::ErrorKind::*;
+        match e.kind() {
+            ConnectionRefused => ConnectFailure::Refused,
+            TimedOut => ConnectFailure::Timeout,
+            HostUnreachable | NetworkUnreachable | AddrNotAvailable => ConnectFailure::Unreachable,
+            _ => ConnectFailure::Other,
+        }
+    }
+}
+
+/// Handles of one node in one pool.
+#[derive(Debug, Clone)]
+pub struct NodeMetrics {
+    pub active: Gauge,
+    pub attempts: Counter,
+    failures: [Counter; 4],
+    pub bytes_to_node: Counter,
+    pub bytes_to_client: Counter,
+    pub ring_points: Gauge,
+}
+
+impl NodeMetrics {
+    pub fn new(pool: &str, node: &str) -> Self {
+        let (p, n) = (pool.to_string(), node.to_string());
+        let failure = |f: ConnectFailure| counter!(CONNECT_FAILURES, L_POOL => p.clone(), L_NODE => n.clone(), L_REASON => f.as_str());
+        NodeMetrics {
+            active: gauge!(NODE_CONNECTIONS_ACTIVE, L_POOL => p.clone(), L_NODE => n.clone()),
+            attempts: counter!(CONNECT_ATTEMPTS, L_POOL => p.clone(), L_NODE => n.clone()),
+            failures: ConnectFailure::ALL.map(failure),
+            bytes_to_node: counter!(BYTES, L_POOL => p.clone(), L_NODE => n.clone(), L_DIRECTION => "to_node"),
+            bytes_to_client: counter!(BYTES, L_POOL => p.clone(), L_NODE => n.clone(), L_DIRECTION => "to_client"),
+            ring_points: gauge!(RING_POINTS, L_POOL => p, L_NODE => n),
+        }
+    }
+
+    pub fn failure(&self, f: ConnectFailure) -> &Counter {
+        &self.failures[f as usize]
+    }
+}

@@ -1,0 +1,142 @@
+//! One client connection: pick the node for the client IP on the current ring,
+//! connect with `connect_timeout` (falling back to the next distinct nodes along the
+//! ring, up to `connect_attempts`), then forward until done. Ends with one INFO event.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::forward::{self, End, Meters};
+use crate::metrics::{ConnectFailure, ListenerMetrics, RejectReason};
+use crate::pool::{Node, Pool};
+use crate::ring::canonical_ip;
+
+/// What every connection of one listener shares.
+#[derive(Debug)]
+pub struct ListenerContext {
+    pub name: String,
+    pub pool: Arc<Pool>,
+    pub metrics: ListenerMetrics,
+    /// Cancelled when open connections must be closed (shutdown grace ran out).
+    pub hard_stop: CancellationToken,
+}
+
+/// Decrements a counter when dropped, whatever way the task ends.
+struct ActiveGuard<'a> {
+    count: &'a AtomicU64,
+    gauge: &'a metrics::Gauge,
+}
+
+impl<'a> ActiveGuard<'a> {
+    fn new(count: &'a AtomicU64, gauge: &'a metrics::Gauge) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        gauge.increment(1.0);
+        ActiveGuard { count, gauge }
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.decrement(1.0);
+    }
+}
+
+/// Serve one accepted client connection. Runs inside the connection's span.
+pub async fn handle(client: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) {
+    let start = Instant::now();
+    let snapshot = ctx.pool.snapshot();
+    let ip = canonical_ip(peer.ip());
+
+    let mut failures = String::new();
+    let mut connected: Option<(Arc<Node>, TcpStream)> = None;
+    for node in snapshot.select(ip) {
+        node.metrics.attempts.increment(1);
+        let attempt = tokio::time::timeout(
+            snapshot.settings.connect_timeout,
+            TcpStream::connect(node.addr),
+        );
+        let result = tokio::select! {
+            r = attempt => r,
+            _ = ctx.hard_stop.cancelled() => {
+                info!(reason = "cancelled", "connection closed before a node was reached");
+                return;
+            }
+        };
+        let failure = match result {
+            Ok(Ok(stream)) => {
+                connected = Some((node.clone(), stream));
+                break;
+            }
+            Ok(Err(e)) => (ConnectFailure::classify(&e), e.to_string()),
+            Err(_) => (
+                ConnectFailure::Timeout,
+                format!(
+                    "timeout after {}",
+                    humantime::format_duration(snapshot.settings.connect_timeout)
+                ),
+            ),
+        };
+        node.connect_failures.fetch_add(1, Ordering::Relaxed);
+        node.metrics.failure(failure.0).increment(1);
+        debug!(node = %node.name, addr = %node.addr, reason = %failure.1, "connect failed");
+        let _ = write!(
+            failures,
+            "{}{} ({}): {}",
+            if failures.is_empty() { "" } else { "; " },
+            node.name,
+            node.addr,
+            failure.1
+        );
+    }
+
+    let Some((node, upstream)) = connected else {
+        ctx.metrics.rejected(RejectReason::NoNode).increment(1);
+        if snapshot.members.is_empty() {
+            warn!(pool = %ctx.pool.name, "no node in service; closing client connection");
+        } else {
+            warn!(pool = %ctx.pool.name, tried = %failures, "no node could be reached; closing client connection");
+        }
+        return;
+    };
+    if !failures.is_empty() {
+        info!(node = %node.name, tried = %failures, "connected to a fallback node");
+    }
+    let _ = upstream.set_nodelay(true);
+    node.total.fetch_add(1, Ordering::Relaxed);
+    let _node_active = ActiveGuard::new(&node.active, &node.metrics.active);
+
+    let out = forward::forward(
+        &client,
+        &upstream,
+        snapshot.settings.idle_timeout,
+        &ctx.hard_stop,
+        Meters {
+            to_node: &node.metrics.bytes_to_node,
+            to_client: &node.metrics.bytes_to_client,
+        },
+    )
+    .await;
+    let duration = start.elapsed();
+    ctx.metrics.duration.record(duration.as_secs_f64());
+    let error = match &out.end {
+        End::ClientError(e) | End::NodeError(e) => Some(e.to_string()),
+        _ => None,
+    };
+    info!(
+        node = %node.name,
+        node_addr = %node.addr,
+        bytes_to_node = out.to_node,
+        bytes_to_client = out.to_client,
+        duration_ms = duration.as_millis() as u64,
+        reason = out.end.as_str(),
+        error = error.as_deref().unwrap_or(""),
+        "connection closed"
+    );
+}
