@@ -1,0 +1,173 @@
+//! Shared helpers for integration tests: real sockets on loopback, port 0, clients
+//! bound to distinct 127.0.0.0/8 sources, polling instead of sleeps.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use ringlb::backend::{Backend, Mode};
+use ringlb::{Config, Server, ShutdownReport};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// Start `n` greeting echo backends named `node-0`, `node-1`, ...
+pub async fn backends(n: usize) -> Vec<Backend> {
+    let mut v = Vec::new();
+    for i in 0..n {
+        v.push(
+            Backend::start(&format!("node-{i}"), SocketAddr::new(LOCAL, 0), Mode::Greet)
+                .await
+                .expect("backend bind"),
+        );
+    }
+    v
+}
+
+/// Config text: one listener `lb` on 127.0.0.1:0, pool `p` with the given nodes
+/// (name, addr), extra lines for the listener, the pool table and the top level.
+pub fn config_text(
+    nodes: &[(String, SocketAddr)],
+    listener_extra: &str,
+    pool_extra: &str,
+    top_extra: &str,
+) -> String {
+    let mut s = format!(
+        "{top_extra}\n[[listener]]\nname = \"lb\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n{listener_extra}\n[pools.p]\n{pool_extra}\n"
+    );
+    for (name, addr) in nodes {
+        s.push_str(&format!(
+            "[[pools.p.nodes]]\nname = \"{name}\"\naddr = \"{addr}\"\n"
+        ));
+    }
+    s
+}
+
+pub fn nodes_of(backends: &[Backend]) -> Vec<(String, SocketAddr)> {
+    backends.iter().map(|b| (b.name.clone(), b.addr)).collect()
+}
+
+/// A balancer running in this process.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub config: Config,
+    pub shutdown: CancellationToken,
+    pub hard_stop: CancellationToken,
+    pub task: JoinHandle<ShutdownReport>,
+    pub pool: std::sync::Arc<ringlb::pool::Pool>,
+}
+
+impl Running {
+    pub async fn stop(self) -> ShutdownReport {
+        self.shutdown.cancel();
+        self.hard_stop.cancel();
+        self.task.await.expect("server task")
+    }
+}
+
+pub async fn start(text: &str) -> Running {
+    let config = Config::parse(text, "test.toml").expect("valid config");
+    let server = Server::bind(config.clone()).expect("bind");
+    let addr = server.local_addr("lb").expect("listener lb");
+    let pool = server.pool("p").expect("pool p").clone();
+    let shutdown = CancellationToken::new();
+    let hard_stop = server.hard_stop();
+    let task = tokio::spawn(server.run(shutdown.clone()));
+    Running {
+        addr,
+        config,
+        shutdown,
+        hard_stop,
+        task,
+        pool,
+    }
+}
+
+/// The i-th distinct client address in 127.0.0.0/8 (never 127.0.0.1, never .0/.255).
+pub fn client_ip(i: u32) -> IpAddr {
+    let i = i + 1;
+    let (a, b, c) = ((i / 250 / 250) % 250 + 1, (i / 250) % 250, i % 250 + 2);
+    IpAddr::V4(Ipv4Addr::new(127, a as u8, b as u8, c as u8))
+}
+
+/// Connect to `dst` from `src` (any port).
+pub async fn connect_from(src: IpAddr, dst: SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(src, 0))?;
+    sock.connect(dst).await
+}
+
+/// Read one line (without the newline), bounded in time.
+pub async fn read_line(stream: &mut TcpStream) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    let fut = async {
+        loop {
+            let n = stream.read(&mut byte).await?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("EOF after {:?}", String::from_utf8_lossy(&line)),
+                ));
+            }
+            if byte[0] == b'\n' {
+                return Ok(String::from_utf8_lossy(&line).into_owned());
+            }
+            line.push(byte[0]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no line in 10s"))?
+}
+
+/// Connect from `src` and return the name of the node that greets.
+pub async fn node_for(src: IpAddr, dst: SocketAddr) -> std::io::Result<String> {
+    let mut s = connect_from(src, dst).await?;
+    read_line(&mut s).await
+}
+
+/// Poll `cond` every 20 ms until it holds or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if cond().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("condition not met within {within:?}: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Read until EOF with a bound; returns bytes read, or an error (reset, timeout).
+pub async fn read_to_eof(stream: &mut TcpStream, within: Duration) -> std::io::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    tokio::time::timeout(within, stream.read_to_end(&mut v))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no EOF in time"))??;
+    Ok(v)
+}
+
+/// Deterministic pseudo-random bytes (xorshift), for byte-exact checks.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
