@@ -69,24 +69,32 @@ fn instructions(server: &Server, backends: &[Backend]) -> String {
     };
     let (ip, port) = (addr.ip(), addr.port());
     let _ = writeln!(s, "  balancer listener {name} on {addr}\n");
+    let exe = std::env::args().next().unwrap_or_else(|| "ringlb".into());
+    let tries = [
+        (
+            format!("nc {ip} {port}"),
+            "greeted by the node your IP maps to; type a line, it echoes",
+        ),
+        (
+            format!("curl -s http://{addr}/"),
+            "HTTP through the balancer: 'hello from <node>'",
+        ),
+        (
+            format!("for i in $(seq 1 8); do curl -s --interface 127.0.0.$i http://{addr}/; done"),
+            "8 client IPs, each sticks to its node",
+        ),
+        (
+            format!(
+                "{exe} which --config {} 127.0.0.1 127.0.0.2 127.0.0.3",
+                cfg.source.display()
+            ),
+            "what the ring says, with the fallback order",
+        ),
+    ];
     let _ = writeln!(s, "Try, in another terminal:");
-    let _ = writeln!(
-        s,
-        "  nc {ip} {port}                      # greeted by the node your IP maps to; type a line, it echoes"
-    );
-    let _ = writeln!(
-        s,
-        "  curl -s http://{addr}/              # HTTP through the balancer: 'hello from <node>'"
-    );
-    let _ = writeln!(
-        s,
-        "  for i in $(seq 1 8); do curl -s --interface 127.0.0.$i http://{addr}/; done   # 8 client IPs, each sticks to its node"
-    );
-    let _ = writeln!(
-        s,
-        "  ringlb which --config {} 127.0.0.1 127.0.0.2 127.0.0.3   # what the ring says, with fallback order",
-        cfg.source.display()
-    );
+    for (cmd, what) in &tries {
+        let _ = writeln!(s, "  # {what}\n  {cmd}");
+    }
     let _ = writeln!(
         s,
         "\nCtrl-C stops (open connections get {} to finish; a second Ctrl-C closes them).",

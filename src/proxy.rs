@@ -136,7 +136,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContex
         bytes_to_client = out.to_client,
         duration_ms = duration.as_millis() as u64,
         reason = out.end.as_str(),
-        error = error.as_deref().unwrap_or(""),
+        error = error.as_deref(),
         "connection closed"
     );
 }

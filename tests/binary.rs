@@ -1,0 +1,254 @@
+//! The real `ringlb` binary: `run` with signals, and `demo`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} failed");
+}
+
+/// Lines of a child's stream, delivered through a channel so reads have deadlines.
+fn lines_of(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Wait for a line containing `needle`; returns it. Every line seen is kept in `log`.
+fn wait_for(rx: &mpsc::Receiver<String>, needle: &str, log: &mut Vec<String>) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                log.push(line.clone());
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+            Err(_) => panic!("no line with {needle:?}; saw:\n{}", log.join("\n")),
+        }
+    }
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Strip ANSI colour codes from log text.
+fn plain(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_drains_on_sigterm_ignores_sighup_and_exits_zero() {
+    let b = backends(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run.toml");
+    std::fs::write(
+        &path,
+        config_text(&nodes_of(&b), "", "", "shutdown_grace = \"20s\""),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = lines_of(child.stderr.take().unwrap());
+    let mut log = Vec::new();
+    let line = wait_for(&rx, "\"listening\"", &mut log);
+    // {"timestamp":..., "level":"INFO","message":"listening","listener":"lb","addr":"127.0.0.1:PORT",...}
+    let addr: SocketAddr = line
+        .split("\"addr\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no addr in {line}"));
+
+    let mut s = connect_from(client_ip(3), addr).await.unwrap();
+    let node = read_line(&mut s).await.unwrap();
+    assert!(node.starts_with("node-"));
+
+    // SIGHUP must not kill the process.
+    signal(&child, "HUP");
+    wait_for(&rx, "SIGHUP", &mut log);
+    assert!(child.try_wait().unwrap().is_none());
+
+    signal(&child, "TERM");
+    wait_for(&rx, "draining", &mut log);
+    eventually(Duration::from_secs(5), "listener closed", || async move {
+        connect_from(client_ip(4), addr).await.is_err()
+    })
+    .await;
+    s.write_all(b"after sigterm\n").await.unwrap();
+    assert_eq!(read_line(&mut s).await.unwrap(), "after sigterm");
+    drop(s);
+    let st = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert!(st.success(), "exit status {st}");
+    let close = wait_for(&rx, "connection closed", &mut log);
+    for field in [
+        "\"client\":",
+        "\"listener\":\"lb\"",
+        "\"node\":",
+        "\"bytes_to_node\":14",
+        "\"bytes_to_client\":",
+        "\"duration_ms\":",
+        "\"reason\":\"",
+    ] {
+        assert!(close.contains(field), "{field} missing in {close}");
+    }
+}
+
+#[test]
+fn run_with_a_bad_config_names_the_problem_and_exits_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[listener]]\nname=\"x\"\nlisten=\"127.0.0.1:0\"\npool=\"nope\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml"), "{err}");
+    assert!(
+        err.contains("listener[0].pool: no pool named \"nope\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_reports_a_busy_port() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("busy.toml");
+    let text = config_text(&[("n".into(), "127.0.0.1:9".parse().unwrap())], "", "", "")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("listener lb: cannot listen on 127.0.0.1:{port}")),
+        "{err}"
+    );
+}
+
+/// A free loopback port (bound then released; good enough for a test config).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_http_and_greets_nc_users_through_the_real_balancer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("demo.toml");
+    let mut text = std::fs::read_to_string("config/demo.toml").unwrap();
+    for port in ["7070", "7071", "7072", "7073"] {
+        text = text.replace(&format!(":{port}\""), &format!(":{}\"", free_port()));
+    }
+    std::fs::write(&path, &text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["demo", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = lines_of(child.stdout.take().unwrap());
+    let _err = lines_of(child.stderr.take().unwrap());
+    let mut log = Vec::new();
+    let line = plain(&wait_for(&out, "balancer listener", &mut log));
+    let addr: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    wait_for(&out, "curl", &mut log);
+    wait_for(&out, "Ctrl-C", &mut log);
+
+    // HTTP through the balancer.
+    let mut s = connect_from(client_ip(7), addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\n\r\n")
+        .await
+        .unwrap();
+    let resp = read_to_eof(&mut s, Duration::from_secs(5)).await.unwrap();
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
+    assert!(resp.contains("hello from demo-"), "{resp}");
+
+    // A silent client (like nc) is greeted, then echoed.
+    let mut s = connect_from(client_ip(7), addr).await.unwrap();
+    let greet = read_line(&mut s).await.unwrap();
+    assert!(
+        resp.contains(&format!("hello from {greet}")),
+        "same client IP, same node: {greet} vs {resp}"
+    );
+    s.write_all(b"echo me\n").await.unwrap();
+    assert_eq!(read_line(&mut s).await.unwrap(), "echo me");
+    drop(s);
+
+    signal(&child, "INT");
+    let st = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert!(st.success(), "exit status {st}");
+}
