@@ -170,7 +170,11 @@ impl Config {
     /// Parse and validate config text; `source` names it in error messages.
     pub fn parse(text: &str, source: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let source = source.as_ref();
-        let raw: RawConfig = toml::from_str(text).map_err(|e| syntax_error(text, source, &e))?;
+        let de = toml::Deserializer::new(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            syntax_error(text, source, &path, e.inner())
+        })?;
         raw.validate(source)
     }
 
@@ -180,7 +184,7 @@ impl Config {
     }
 }
 
-fn syntax_error(text: &str, path: &Path, e: &toml::de::Error) -> ConfigError {
+fn syntax_error(text: &str, path: &Path, key: &str, e: &toml::de::Error) -> ConfigError {
     let (line, column) = match e.span() {
         Some(span) => line_col(text, span.start),
         None => (1, 1),
@@ -188,8 +192,15 @@ fn syntax_error(text: &str, path: &Path, e: &toml::de::Error) -> ConfigError {
     // The toml message is one line ("unknown field `x`, expected one of ...");
     // show the offending line under it so the operator sees the spot.
     let src_line = text.lines().nth(line.saturating_sub(1)).unwrap_or("");
+    // `key` is the dotted path serde was at (`.` when the error is at the top or is
+    // a syntax error); name it so type errors say which key they are about.
+    let prefix = if key.is_empty() || key == "." {
+        String::new()
+    } else {
+        format!("{key}: ")
+    };
     let message = format!(
-        "{}\n    | {}\n    | {}^",
+        "{prefix}{}\n    | {}\n    | {}^",
         e.message().trim_end(),
         src_line,
         " ".repeat(column.saturating_sub(1))
@@ -265,8 +276,8 @@ impl Problems {
                 key,
                 format!(
                     "{} is too short (minimum {})",
-                    humantime::format_duration(v),
-                    humantime::format_duration(min)
+                    fmt_duration(v),
+                    fmt_duration(min)
                 ),
             );
         } else if v > max {
@@ -274,8 +285,8 @@ impl Problems {
                 key,
                 format!(
                     "{} is too long (maximum {})",
-                    humantime::format_duration(v),
-                    humantime::format_duration(max)
+                    fmt_duration(v),
+                    fmt_duration(max)
                 ),
             );
         }
@@ -320,7 +331,9 @@ impl RawConfig {
             }
             let listen = match l.listen.parse::<SocketAddr>() {
                 Ok(a) => {
-                    if let Some(first) = listen_addrs.insert(a, i) {
+                    if a.port() == 0 {
+                        // Port 0: the kernel picks a free port per listener.
+                    } else if let Some(first) = listen_addrs.insert(a, i) {
                         p.push(
                             format!("{key}.listen"),
                             format!("address {a} is already used by listener[{first}]"),
@@ -378,11 +391,35 @@ impl RawConfig {
             }
         }
 
+        for (j, b) in listeners.iter().enumerate() {
+            for a in &listeners[..j] {
+                if overlaps(a, b) {
+                    p.push(
+                        format!("listener[{j}].listen"),
+                        format!(
+                            "{} overlaps {} of listener {:?} (a wildcard address takes the port on every address of its family{})",
+                            b.listen,
+                            a.listen,
+                            a.name,
+                            if a.listen.is_ipv6() != b.listen.is_ipv6() { "; set ipv6_only = true to split IPv4 and IPv6" } else { "" }
+                        ),
+                    );
+                }
+            }
+        }
+
         let mut pools = BTreeMap::new();
         for (pname, rp) in &self.pools {
             let key = format!("pools.{pname}");
-            if pname.trim().is_empty() {
-                p.push(key.clone(), "pool name must not be empty");
+            if pname.is_empty()
+                || !pname
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                p.push(
+                    format!("pools.{pname:?}"),
+                    "pool names use only letters, digits, '_' and '-'",
+                );
             }
             let points_per_weight = p.range(
                 format!("{key}.points_per_weight"),
@@ -457,7 +494,8 @@ impl RawConfig {
                     defaults::WEIGHT,
                     limits::WEIGHT,
                 );
-                total_points += u64::from(weight) * u64::from(points_per_weight);
+                total_points = total_points
+                    .saturating_add(u64::from(weight).saturating_mul(u64::from(points_per_weight)));
                 match resolve(&n.addr) {
                     Ok(addr) => {
                         if let Some(first) = addrs.insert(addr, i) {
@@ -516,6 +554,50 @@ impl RawConfig {
     }
 }
 
+/// Two listeners that cannot both bind: same port and one of them a wildcard covering
+/// the other's address (exact duplicates are reported separately).
+fn overlaps(a: &ListenerConfig, b: &ListenerConfig) -> bool {
+    let (x, y) = (a.listen, b.listen);
+    if x.port() != y.port() || x.port() == 0 || x == y {
+        return false;
+    }
+    let covers = |w: &ListenerConfig, o: &ListenerConfig| {
+        if !w.listen.ip().is_unspecified() {
+            return false;
+        }
+        match (w.listen.is_ipv6(), o.listen.is_ipv6()) {
+            (false, false) | (true, true) => true,
+            // [::]:p without IPV6_V6ONLY also takes IPv4 port p.
+            (true, false) => !w.ipv6_only,
+            (false, true) => !o.ipv6_only && o.listen.ip().is_unspecified(),
+        }
+    };
+    covers(a, b) || covers(b, a)
+}
+
+/// A duration in the largest unit that divides it exactly (`90s` → `90s`,
+/// `86400s` → `1d`, `1500ms` → `1500ms`), readable and valid config syntax.
+pub fn fmt_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return humantime::format_duration(d).to_string();
+    }
+    for (unit, size) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
 /// Resolve `IP:port` or `host:port` to one address (the first the resolver returns).
 fn resolve(text: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = text.parse::<SocketAddr>() {
@@ -546,10 +628,12 @@ fn check_node_addr(a: SocketAddr, text: &str) -> Result<SocketAddr, String> {
             a.ip()
         ));
     }
-    if let IpAddr::V4(v4) = a.ip() {
-        if v4.is_broadcast() || v4.is_multicast() {
-            return Err(format!("{text:?}: not a unicast address"));
-        }
+    let unicast = match a.ip() {
+        IpAddr::V4(v4) => !(v4.is_broadcast() || v4.is_multicast()),
+        IpAddr::V6(v6) => !v6.is_multicast(),
+    };
+    if !unicast {
+        return Err(format!("{text:?}: not a unicast address"));
     }
     Ok(a)
 }
@@ -568,7 +652,7 @@ pub fn summary(cfg: &Config) -> String {
         plural(cfg.pools.len()),
         cfg.node_count(),
         plural(cfg.node_count()),
-        humantime::format_duration(cfg.shutdown_grace)
+        fmt_duration(cfg.shutdown_grace)
     );
     for l in &cfg.listeners {
         let _ = writeln!(
@@ -580,13 +664,13 @@ pub fn summary(cfg: &Config) -> String {
     for pool in cfg.pools.values() {
         let _ = writeln!(
             s,
-            "  pool {:<16} {} node{}, {} points/weight, connect_timeout {}, idle_timeout {}, {} attempt{}, key /{} v4 /{} v6",
+            "  pool {:<16} {} node{}, points_per_weight {}, connect_timeout {}, idle_timeout {}, {} attempt{}, key /{} v4 /{} v6",
             pool.name,
             pool.nodes.len(),
             plural(pool.nodes.len()),
             pool.points_per_weight,
-            humantime::format_duration(pool.connect_timeout),
-            humantime::format_duration(pool.idle_timeout),
+            fmt_duration(pool.connect_timeout),
+            fmt_duration(pool.idle_timeout),
             pool.connect_attempts,
             plural(pool.connect_attempts as usize),
             pool.key_prefix_v4,
@@ -648,7 +732,10 @@ addr = "127.0.0.1:9001"
         let text = MIN.replace("pool = \"web\"", "pool = \"web\"\npoool = 1");
         let e = Config::parse(&text, "x.toml").unwrap_err();
         let s = e.to_string();
-        assert!(s.starts_with("x.toml:6:1: unknown field `poool`"), "{s}");
+        assert!(
+            s.starts_with("x.toml:6:1: listener[0].poool: unknown field `poool`"),
+            "{s}"
+        );
     }
 
     #[test]
@@ -689,7 +776,7 @@ addr = "127.0.0.1:1"
         let e = Config::parse(text, "p.toml").unwrap_err();
         let msgs = e.messages().join("\n");
         for want in [
-            "p.toml: shutdown_grace: 2days is too long",
+            "p.toml: shutdown_grace: 2d is too long (maximum 1d)",
             "listener[0].listen: \"nope\" is not an IP:port",
             "listener[0].pool: no pool named \"missing\"",
             "listener[1].name: duplicate listener name \"a\"",
@@ -715,6 +802,97 @@ addr = "127.0.0.1:1"
         assert!(c.listeners[0].listen.is_ipv6());
         assert_eq!(c.pools["web"].nodes[0].addr.port(), 9001);
         assert_eq!(c.pools["web"].nodes[0].name, "localhost:9001");
+    }
+
+    #[test]
+    fn type_errors_name_the_key_path() {
+        let text = MIN.replace(
+            "addr = \"127.0.0.1:9001\"",
+            "addr = \"127.0.0.1:9001\"\nweight = -1",
+        );
+        let s = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(
+            s.starts_with("t.toml:10:10: pools.web.nodes[0].weight: "),
+            "{s}"
+        );
+        let text = MIN.replace("[pools.web]", "[pools.web]\nidle_timeout = \"2 parsecs\"");
+        let s = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(s.contains("pools.web.idle_timeout: "), "{s}");
+    }
+
+    #[test]
+    fn huge_weights_do_not_overflow() {
+        let text = MIN
+            .replace("[pools.web]", "[pools.web]\npoints_per_weight = 4294967295")
+            .replace(
+                "addr = \"127.0.0.1:9001\"",
+                "addr = \"127.0.0.1:9001\"\nweight = 4294967295",
+            );
+        let msgs = Config::parse(&text, "t.toml")
+            .unwrap_err()
+            .messages()
+            .join("\n");
+        assert!(
+            msgs.contains("pools.web.nodes[0].weight: 4294967295 is out of range"),
+            "{msgs}"
+        );
+        assert!(msgs.contains("ring points"), "{msgs}");
+    }
+
+    #[test]
+    fn overlapping_listeners_are_refused_and_port_zero_is_not_a_duplicate() {
+        let two = |a: &str, b: &str, v6only: bool| {
+            format!(
+                "[[listener]]\nname = \"a\"\nlisten = \"{a}\"\npool = \"p\"\nipv6_only = {v6only}\n\
+                 [[listener]]\nname = \"b\"\nlisten = \"{b}\"\npool = \"p\"\n\
+                 [pools.p]\n[[pools.p.nodes]]\naddr = \"127.0.0.1:9\"\n"
+            )
+        };
+        let bad = [
+            ("0.0.0.0:8080", "127.0.0.1:8080", true),
+            ("127.0.0.1:8080", "0.0.0.0:8080", true),
+            ("[::]:8080", "127.0.0.1:8080", false),
+            ("[::]:8080", "[::1]:8080", true),
+        ];
+        for (a, b, v6only) in bad {
+            let e = Config::parse(&two(a, b, v6only), "o.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("listener[1].listen") && e.contains("overlaps"),
+                "{a} {b}: {e}"
+            );
+        }
+        let good = [
+            ("[::]:8080", "0.0.0.0:8080", true),
+            ("127.0.0.1:0", "127.0.0.1:0", true),
+            ("127.0.0.1:8080", "127.0.0.2:8080", true),
+            ("0.0.0.0:8080", "0.0.0.0:8081", true),
+        ];
+        for (a, b, v6only) in good {
+            Config::parse(&two(a, b, v6only), "o.toml").unwrap_or_else(|e| panic!("{a} {b}: {e}"));
+        }
+    }
+
+    #[test]
+    fn pool_names_and_multicast_nodes() {
+        let text = MIN
+            .replace("pools.web", "pools.\"a.b\"")
+            .replace("pool = \"web\"", "pool = \"a.b\"");
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("pools.\"a.b\": pool names use only"), "{e}");
+        let text = MIN.replace("127.0.0.1:9001", "[ff02::1]:9001");
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("not a unicast address"), "{e}");
+    }
+
+    #[test]
+    fn durations_print_in_exact_units() {
+        assert_eq!(fmt_duration(Duration::from_secs(31 * 86_400)), "31d");
+        assert_eq!(fmt_duration(Duration::from_secs(3600)), "1h");
+        assert_eq!(fmt_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(fmt_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(fmt_duration(Duration::ZERO), "0s");
     }
 
     #[test]

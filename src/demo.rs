@@ -98,7 +98,7 @@ fn instructions(server: &Server, backends: &[Backend]) -> String {
     let _ = writeln!(
         s,
         "\nCtrl-C stops (open connections get {} to finish; a second Ctrl-C closes them).",
-        humantime::format_duration(cfg.shutdown_grace)
+        crate::config::fmt_duration(cfg.shutdown_grace)
     );
     s
 }

@@ -79,7 +79,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContex
                 ConnectFailure::Timeout,
                 format!(
                     "timeout after {}",
-                    humantime::format_duration(snapshot.settings.connect_timeout)
+                    crate::config::fmt_duration(snapshot.settings.connect_timeout)
                 ),
             ),
         };

@@ -126,7 +126,7 @@ impl Server {
         if open_at_shutdown > 0 {
             info!(
                 open = open_at_shutdown,
-                grace = %humantime::format_duration(grace),
+                grace = %crate::config::fmt_duration(grace),
                 "stopped accepting; draining open connections"
             );
         }

@@ -1,0 +1,282 @@
+//! `ringlb check` and `ringlb which` run as the real binary against the config
+//! fixtures in `tests/fixtures/config/{valid,invalid}` and the shipped configs.
+//!
+//! Every `*.toml` in a fixture folder is a case, so adding a file adds a case.
+//! An invalid fixture starts with `# expect: <substring>` lines; each substring must
+//! appear in the stderr of `ringlb check --config FILE`, which must exit 1.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A fixture folder with fewer files than this fails the test (no vacuous pass).
+const MIN_FIXTURES: usize = 5;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn ringlb(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(args)
+        .current_dir(root())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("cannot run the ringlb binary")
+}
+
+fn check(path: &Path) -> Output {
+    ringlb(&["check", "--config", path.to_str().expect("UTF-8 path")])
+}
+
+/// The `*.toml` files of a fixture folder, sorted; panics if there are too few.
+fn fixtures(kind: &str) -> Vec<PathBuf> {
+    let dir = root().join("tests/fixtures/config").join(kind);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= MIN_FIXTURES,
+        "{} has {} fixture(s); expected at least {MIN_FIXTURES}",
+        dir.display(),
+        files.len()
+    );
+    files
+}
+
+/// Describe a run for a failure message.
+fn describe(out: &Output) -> String {
+    format!(
+        "status: {}\n--- stdout ---\n{}--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Panic with every failure at once.
+fn report(kind: &str, total: usize, failures: &[String]) {
+    if !failures.is_empty() {
+        panic!(
+            "{} of {total} {kind} fixture(s) failed:\n\n{}",
+            failures.len(),
+            failures.join("\n\n")
+        );
+    }
+}
+
+/// Problems with one valid config's `check` run (empty if it passed).
+fn valid_problems(path: &Path) -> Vec<String> {
+    let out = check(path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut problems = Vec::new();
+    if out.status.code() != Some(0) {
+        problems.push("expected exit code 0".to_string());
+    }
+    if !stdout.contains("OK") {
+        problems.push("stdout has no \"OK\" summary".to_string());
+    }
+    if !out.stderr.is_empty() {
+        problems.push("expected nothing on stderr".to_string());
+    }
+    if problems.is_empty() {
+        Vec::new()
+    } else {
+        vec![format!(
+            "{}: {}\n{}",
+            path.display(),
+            problems.join("; "),
+            describe(&out)
+        )]
+    }
+}
+
+#[test]
+fn valid_fixtures_pass_check() {
+    let files = fixtures("valid");
+    let failures: Vec<String> = files.iter().flat_map(|f| valid_problems(f)).collect();
+    report("valid", files.len(), &failures);
+}
+
+#[test]
+fn invalid_fixtures_fail_check_with_expected_messages() {
+    let files = fixtures("invalid");
+    let mut failures = Vec::new();
+    for path in &files {
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        // The expectations are in the comment block the file starts with.
+        let expects: Vec<&str> = text
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("# expect:"))
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .collect();
+        if expects.is_empty() {
+            failures.push(format!(
+                "{}: no `# expect: <substring>` line at the top",
+                path.display()
+            ));
+            continue;
+        }
+        let out = check(path);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let mut problems = Vec::new();
+        if out.status.code() != Some(1) {
+            problems.push("expected exit code 1".to_string());
+        }
+        if stdout.contains("OK") {
+            problems.push("stdout has an \"OK\" summary".to_string());
+        }
+        for e in &expects {
+            if !stderr.contains(e) {
+                problems.push(format!("stderr lacks {e:?}"));
+            }
+        }
+        if !problems.is_empty() {
+            failures.push(format!(
+                "{}:\n  {}\n{}",
+                path.display(),
+                problems.join("\n  "),
+                describe(&out)
+            ));
+        }
+    }
+    report("invalid", files.len(), &failures);
+}
+
+#[test]
+fn shipped_configs_pass_check() {
+    let failures: Vec<String> = ["config/ringlb.toml", "config/demo.toml"]
+        .iter()
+        .flat_map(|p| valid_problems(&root().join(p)))
+        .collect();
+    report("shipped", 2, &failures);
+}
+
+/// `config/ringlb.toml` documents every key, set to its default where there is one.
+#[test]
+fn example_config_sets_every_key_to_its_default() {
+    let path = root().join("config/ringlb.toml");
+    let text = std::fs::read_to_string(&path).expect("config/ringlb.toml");
+    let set: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
+        .collect();
+    for key in [
+        "shutdown_grace",
+        "name",
+        "listen",
+        "pool",
+        "max_connections",
+        "backlog",
+        "ipv6_only",
+        "points_per_weight",
+        "connect_timeout",
+        "idle_timeout",
+        "connect_attempts",
+        "key_prefix_v4",
+        "key_prefix_v6",
+        "addr",
+        "weight",
+    ] {
+        assert!(set.contains(&key), "config/ringlb.toml does not set {key}");
+    }
+    let out = check(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "shutdown_grace 30s",
+        "(max_connections 50000, backlog 4096)",
+        "points_per_weight 160, connect_timeout 2s, idle_timeout 1h, 3 attempts, key /32 v4 /64 v6",
+    ] {
+        assert!(
+            stdout.contains(want),
+            "missing {want:?}\n{}",
+            describe(&out)
+        );
+    }
+    for node in ["ws-a", "ws-b", "ws-c"] {
+        assert!(
+            stdout.contains(&format!("node {node} ")),
+            "missing node {node}\n{}",
+            describe(&out)
+        );
+    }
+}
+
+#[test]
+fn summary_lists_listener_pool_and_node_names() {
+    let out = check(&root().join("tests/fixtures/config/valid/multi.toml"));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("OK: 4 listeners, 4 pools, 7 nodes"),
+        "{}",
+        describe(&out)
+    );
+    let mut missing = Vec::new();
+    for listener in ["http", "http-alt", "api", "db"] {
+        missing.push(format!("listener {listener} "));
+    }
+    for pool in ["web", "api", "spare", "db"] {
+        missing.push(format!("pool {pool} "));
+    }
+    // `192.0.2.30:80` has no name: it is named after its addr.
+    for node in [
+        "web-1",
+        "web-2",
+        "api-1",
+        "api-2",
+        "api-3",
+        "192.0.2.30:80",
+        "db-primary",
+    ] {
+        missing.push(format!("node {node} "));
+    }
+    missing.retain(|want| !stdout.contains(want.as_str()));
+    assert!(
+        missing.is_empty(),
+        "summary lacks {missing:?}\n{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn which_prints_one_line_per_ip() {
+    let config = "tests/fixtures/config/valid/weights.toml";
+    let ips = ["127.0.0.1", "10.0.0.1"];
+    let out = ringlb(&["which", "--config", config, ips[0], ips[1]]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.contains(" -> ")).collect();
+    assert_eq!(
+        lines.len(),
+        ips.len(),
+        "expected one ` -> ` line per IP\n{}",
+        describe(&out)
+    );
+    let nodes = ["small", "medium", "large"];
+    for (line, ip) in lines.iter().zip(ips) {
+        assert!(
+            line.trim_start().starts_with(ip),
+            "{line:?} is not for {ip}"
+        );
+        assert!(line.contains("then:"), "{line:?} has no `then:`");
+        let (_, after) = line.split_once(" -> ").expect("arrow");
+        let node = after.split_whitespace().next().unwrap_or("");
+        assert!(nodes.contains(&node), "{line:?}: unknown node {node:?}");
+        // The fallback order is the other two nodes, each once.
+        let (_, then) = line.split_once("then:").expect("then");
+        let mut rest: Vec<&str> = then.split(',').map(str::trim).collect();
+        rest.sort_unstable();
+        let mut others: Vec<&str> = nodes.iter().copied().filter(|n| *n != node).collect();
+        others.sort_unstable();
+        assert_eq!(rest, others, "{line:?}: fallback is not the other nodes");
+    }
+}
