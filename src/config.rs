@@ -38,6 +38,15 @@ pub mod limits {
     );
     pub const SHUTDOWN_GRACE: (Duration, Duration) =
         (Duration::ZERO, Duration::from_secs(24 * 3600));
+    pub const HEALTH_INTERVAL: (Duration, Duration) =
+        (Duration::from_millis(10), Duration::from_secs(3600));
+    pub const HEALTH_TIMEOUT: (Duration, Duration) =
+        (Duration::from_millis(1), Duration::from_secs(600));
+    pub const RISE_FALL: std::ops::RangeInclusive<u32> = 1..=100;
+    pub const PASSIVE_FAILURES: std::ops::RangeInclusive<u32> = 0..=1000;
+    pub const HEALTH_PORT: std::ops::RangeInclusive<u16> = 1..=65535;
+    /// Longest `expect_body` (the probe reads at most 64 KiB of body).
+    pub const EXPECT_BODY_LEN: usize = 1024;
 }
 
 /// Defaults, in one place; `config/ringlb.toml` documents the same values.
@@ -54,6 +63,17 @@ pub mod defaults {
     pub const KEY_PREFIX_V4: u8 = 32;
     pub const KEY_PREFIX_V6: u8 = 64;
     pub const WEIGHT: u32 = 1;
+    pub const ON_NODE_DOWN: super::OnNodeDown = super::OnNodeDown::Keep;
+    pub const WHEN_ALL_DOWN: super::WhenAllDown = super::WhenAllDown::Reject;
+    /// With active health checks; 0 when `health.kind = "none"`.
+    pub const PASSIVE_FAILURES: u32 = 3;
+    pub const HEALTH_KIND: super::HealthKind = super::HealthKind::Tcp;
+    pub const HEALTH_PATH: &str = "/";
+    pub const EXPECT_STATUS: &str = "200-399";
+    pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+    pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const RISE: u32 = 2;
+    pub const FALL: u32 = 3;
 }
 
 // ---------------------------------------------------------------------------
@@ -95,8 +115,87 @@ pub struct RawPool {
     pub connect_attempts: Option<u32>,
     pub key_prefix_v4: Option<u8>,
     pub key_prefix_v6: Option<u8>,
+    pub on_node_down: Option<OnNodeDown>,
+    pub when_all_down: Option<WhenAllDown>,
+    pub passive_failures: Option<u32>,
+    pub health: Option<RawHealth>,
     #[serde(default)]
     pub nodes: Vec<RawNode>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub kind: Option<HealthKind>,
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub expect_status: Option<String>,
+    pub expect_body: Option<String>,
+    pub port: Option<u16>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub timeout: Option<Duration>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+}
+
+/// How nodes are probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthKind {
+    /// TCP connect only.
+    Tcp,
+    /// HTTP/1.1 GET, status (and optionally body) checked.
+    Http,
+    /// No active probes: nodes are always in service.
+    None,
+}
+
+impl HealthKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthKind::Tcp => "tcp",
+            HealthKind::Http => "http",
+            HealthKind::None => "none",
+        }
+    }
+}
+
+impl OnNodeDown {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnNodeDown::Keep => "keep",
+            OnNodeDown::Close => "close",
+        }
+    }
+}
+
+impl WhenAllDown {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WhenAllDown::Reject => "reject",
+            WhenAllDown::Any => "any",
+        }
+    }
+}
+
+/// What happens to a node's open connections when it goes down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNodeDown {
+    Keep,
+    Close,
+}
+
+/// What new connections do when every node of the pool is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenAllDown {
+    /// Close them at once.
+    Reject,
+    /// Ignore health: use the ring of every node (fail open).
+    Any,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -141,8 +240,106 @@ pub struct PoolConfig {
     pub connect_attempts: u32,
     pub key_prefix_v4: u8,
     pub key_prefix_v6: u8,
+    pub on_node_down: OnNodeDown,
+    pub when_all_down: WhenAllDown,
+    /// Consecutive connect failures from real traffic that take a node down at once
+    /// (0 = off).
+    pub passive_failures: u32,
+    pub health: HealthConfig,
     /// In file order (the ring does not depend on it).
     pub nodes: Vec<NodeConfig>,
+}
+
+/// Active health checking of a pool's nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub kind: HealthKind,
+    /// HTTP: request path (starts with `/`).
+    pub path: String,
+    /// HTTP: Host header; default: the node's address host part.
+    pub host: Option<String>,
+    /// HTTP: accepted status codes.
+    pub expect_status: StatusSet,
+    /// HTTP: substring the body must contain (empty: not checked).
+    pub expect_body: String,
+    /// Probe this port instead of the node's traffic port.
+    pub port: Option<u16>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            kind: defaults::HEALTH_KIND,
+            path: defaults::HEALTH_PATH.to_string(),
+            host: None,
+            expect_status: StatusSet::parse(defaults::EXPECT_STATUS).unwrap_or_default(),
+            expect_body: String::new(),
+            port: None,
+            interval: defaults::HEALTH_INTERVAL,
+            timeout: defaults::HEALTH_TIMEOUT,
+            rise: defaults::RISE,
+            fall: defaults::FALL,
+        }
+    }
+}
+
+/// A set of HTTP status codes, written as ranges and lists: `"200-399"`,
+/// `"200,204,301-302"`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusSet(Vec<(u16, u16)>);
+
+impl StatusSet {
+    pub fn parse(text: &str) -> Result<StatusSet, String> {
+        let mut ranges = Vec::new();
+        for part in text.split(',') {
+            let part = part.trim();
+            if part.is_empty() {
+                return Err(format!("{text:?}: empty item in the list"));
+            }
+            let (lo, hi) = match part.split_once('-') {
+                Some((a, b)) => (a.trim(), b.trim()),
+                None => (part, part),
+            };
+            let code = |t: &str| -> Result<u16, String> {
+                match t.parse::<u16>() {
+                    Ok(c) if (100..=599).contains(&c) => Ok(c),
+                    _ => Err(format!(
+                        "{text:?}: {t:?} is not an HTTP status code (100 to 599)"
+                    )),
+                }
+            };
+            let (lo, hi) = (code(lo)?, code(hi)?);
+            if lo > hi {
+                return Err(format!("{text:?}: range {lo}-{hi} is backwards"));
+            }
+            ranges.push((lo, hi));
+        }
+        Ok(StatusSet(ranges))
+    }
+
+    pub fn contains(&self, status: u16) -> bool {
+        self.0.iter().any(|&(lo, hi)| (lo..=hi).contains(&status))
+    }
+}
+
+impl std::fmt::Display for StatusSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (lo, hi)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if lo == hi {
+                write!(f, "{lo}")?;
+            } else {
+                write!(f, "{lo}-{hi}")?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -523,6 +720,24 @@ impl RawConfig {
                     ),
                 );
             }
+            let health = validate_health(&mut p, &key, rp.health.as_ref());
+            let passive_default = if health.kind == HealthKind::None {
+                0
+            } else {
+                defaults::PASSIVE_FAILURES
+            };
+            let passive_failures = p.range(
+                format!("{key}.passive_failures"),
+                rp.passive_failures,
+                passive_default,
+                limits::PASSIVE_FAILURES,
+            );
+            if health.kind == HealthKind::None && passive_failures > 0 {
+                p.push(
+                    format!("{key}.passive_failures"),
+                    "needs active health checks to bring a node back: with health.kind = \"none\" set it to 0 (the default then)",
+                );
+            }
             pools.insert(
                 pname.clone(),
                 PoolConfig {
@@ -533,6 +748,10 @@ impl RawConfig {
                     connect_attempts,
                     key_prefix_v4,
                     key_prefix_v6,
+                    on_node_down: rp.on_node_down.unwrap_or(defaults::ON_NODE_DOWN),
+                    when_all_down: rp.when_all_down.unwrap_or(defaults::WHEN_ALL_DOWN),
+                    passive_failures,
+                    health,
                     nodes,
                 },
             );
@@ -551,6 +770,102 @@ impl RawConfig {
                 problems: p.0,
             })
         }
+    }
+}
+
+/// Validate `[pools.NAME.health]` (absent: TCP probes with the defaults).
+fn validate_health(p: &mut Problems, pool_key: &str, raw: Option<&RawHealth>) -> HealthConfig {
+    let d = HealthConfig::default();
+    let Some(h) = raw else {
+        return d;
+    };
+    let key = format!("{pool_key}.health");
+    let kind = h.kind.unwrap_or(d.kind);
+    let interval = p.duration(
+        format!("{key}.interval"),
+        h.interval,
+        d.interval,
+        limits::HEALTH_INTERVAL,
+    );
+    let timeout = p.duration(
+        format!("{key}.timeout"),
+        h.timeout,
+        d.timeout,
+        limits::HEALTH_TIMEOUT,
+    );
+    if !timeout.is_zero() && timeout >= interval {
+        p.push(
+            format!("{key}.timeout"),
+            format!(
+                "{} must be shorter than interval ({}) so probes of one node never overlap",
+                fmt_duration(timeout),
+                fmt_duration(interval)
+            ),
+        );
+    }
+    let rise = p.range(format!("{key}.rise"), h.rise, d.rise, limits::RISE_FALL);
+    let fall = p.range(format!("{key}.fall"), h.fall, d.fall, limits::RISE_FALL);
+    if let Some(port) = h.port {
+        p.range(format!("{key}.port"), Some(port), 1, limits::HEALTH_PORT);
+    }
+    let path = h.path.clone().unwrap_or(d.path);
+    if !path.starts_with('/') || path.chars().any(|c| c.is_control() || c == ' ') {
+        p.push(
+            format!("{key}.path"),
+            format!("{path:?} must start with '/' and contain no spaces or control characters"),
+        );
+    }
+    if let Some(host) = &h.host {
+        if host.is_empty() || host.chars().any(|c| c.is_control() || c == ' ') {
+            p.push(
+                format!("{key}.host"),
+                format!("{host:?} is not a valid Host header value"),
+            );
+        }
+    }
+    let expect_status = match h.expect_status.as_deref() {
+        None => d.expect_status,
+        Some(t) => StatusSet::parse(t).unwrap_or_else(|reason| {
+            p.push(format!("{key}.expect_status"), reason);
+            StatusSet::default()
+        }),
+    };
+    let expect_body = h.expect_body.clone().unwrap_or_default();
+    if expect_body.len() > limits::EXPECT_BODY_LEN {
+        p.push(
+            format!("{key}.expect_body"),
+            format!("longer than {} bytes", limits::EXPECT_BODY_LEN),
+        );
+    }
+    if kind != HealthKind::Http {
+        for (set, name) in [
+            (h.path.is_some(), "path"),
+            (h.host.is_some(), "host"),
+            (h.expect_status.is_some(), "expect_status"),
+            (h.expect_body.is_some(), "expect_body"),
+        ] {
+            if set {
+                p.push(
+                    format!("{key}.{name}"),
+                    format!(
+                        "only used with kind = \"http\" (kind is \"{}\")",
+                        kind.as_str()
+                    ),
+                );
+            }
+        }
+    }
+    HealthConfig {
+        kind,
+        path,
+        host: h.host.clone(),
+        expect_status,
+        expect_body,
+        port: h.port,
+        interval,
+        timeout,
+        rise,
+        fall,
     }
 }
 
@@ -675,6 +990,40 @@ pub fn summary(cfg: &Config) -> String {
             plural(pool.connect_attempts as usize),
             pool.key_prefix_v4,
             pool.key_prefix_v6
+        );
+        let h = &pool.health;
+        let health = match h.kind {
+            HealthKind::None => "health none (nodes always in service)".to_string(),
+            HealthKind::Tcp => format!(
+                "health tcp{} every {} (timeout {}, rise {}, fall {})",
+                h.port.map(|p| format!(" port {p}")).unwrap_or_default(),
+                fmt_duration(h.interval),
+                fmt_duration(h.timeout),
+                h.rise,
+                h.fall
+            ),
+            HealthKind::Http => format!(
+                "health http GET {}{} expect {}{} every {} (timeout {}, rise {}, fall {})",
+                h.path,
+                h.port.map(|p| format!(" port {p}")).unwrap_or_default(),
+                h.expect_status,
+                if h.expect_body.is_empty() {
+                    String::new()
+                } else {
+                    format!(" body ~ {:?}", h.expect_body)
+                },
+                fmt_duration(h.interval),
+                fmt_duration(h.timeout),
+                h.rise,
+                h.fall
+            ),
+        };
+        let _ = writeln!(
+            s,
+            "    {health}; passive_failures {}, on_node_down {}, when_all_down {}",
+            pool.passive_failures,
+            pool.on_node_down.as_str(),
+            pool.when_all_down.as_str()
         );
         for n in &pool.nodes {
             let _ = writeln!(

@@ -5,6 +5,7 @@
 //! Buffers are allocated on the first byte in each direction, so an idle connection
 //! holds no buffer memory.
 
+use std::future::Future;
 use std::io;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +14,6 @@ use std::time::Duration;
 use metrics::Counter;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 /// Per-direction buffer size.
 pub const BUFFER_SIZE: usize = 32 * 1024;
@@ -29,8 +29,10 @@ pub enum End {
     ClientError(io::Error),
     /// Reading from or writing to the node failed.
     NodeError(io::Error),
-    /// Closed by the balancer (shutdown grace ran out, or configuration said so).
+    /// Closed by the balancer: the shutdown grace ran out.
     Cancelled,
+    /// Closed by the balancer: the node went down and `on_node_down = "close"`.
+    NodeDown,
 }
 
 impl End {
@@ -42,6 +44,7 @@ impl End {
             End::ClientError(_) => "client_error",
             End::NodeError(_) => "node_error",
             End::Cancelled => "cancelled",
+            End::NodeDown => "node_down",
         }
     }
 }
@@ -73,12 +76,12 @@ struct DirError {
 }
 
 /// Forward until both directions are finished, the idle timeout fires, an error
-/// occurs, or `cancel` is triggered.
+/// occurs, or `stop` completes (its value says why the balancer closed it).
 pub async fn forward(
     client: &TcpStream,
     node: &TcpStream,
     idle_timeout: Duration,
-    cancel: &CancellationToken,
+    stop: impl Future<Output = End>,
     meters: Meters<'_>,
 ) -> Outcome {
     let start = Instant::now();
@@ -125,7 +128,7 @@ pub async fn forward(
             Err(DirError { side: Side::Node, error }) => End::NodeError(error),
         },
         _ = idle => End::IdleTimeout,
-        _ = cancel.cancelled() => End::Cancelled,
+        why = stop => why,
     };
     Outcome {
         to_node: to_node.load(Ordering::Relaxed),

@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod forward;
+pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod pool;

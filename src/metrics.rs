@@ -13,20 +13,29 @@ pub const CONNECT_ATTEMPTS: &str = "ringlb_connect_attempts_total";
 pub const CONNECT_FAILURES: &str = "ringlb_connect_failures_total";
 pub const BYTES: &str = "ringlb_bytes_total";
 pub const RING_POINTS: &str = "ringlb_ring_points";
+pub const NODE_UP: &str = "ringlb_node_up";
+pub const NODE_TRANSITIONS: &str = "ringlb_node_transitions_total";
+pub const PROBES: &str = "ringlb_probes_total";
+pub const PROBE_DURATION: &str = "ringlb_probe_duration_seconds";
+pub const POOL_NODES_UP: &str = "ringlb_pool_nodes_up";
 
 pub const L_LISTENER: &str = "listener";
 pub const L_POOL: &str = "pool";
 pub const L_NODE: &str = "node";
 pub const L_REASON: &str = "reason";
 pub const L_DIRECTION: &str = "direction";
+pub const L_RESULT: &str = "result";
+pub const L_TO: &str = "to";
 
 /// Reasons a connection is closed at accept, before any backend is contacted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectReason {
     /// `max_connections` reached.
     MaxConnections,
-    /// No node could be connected (all attempts failed) or the pool is empty.
+    /// No node could be connected (all attempts failed).
     NoNode,
+    /// Every node of the pool is down and `when_all_down = "reject"`.
+    AllDown,
 }
 
 impl RejectReason {
@@ -34,6 +43,7 @@ impl RejectReason {
         match self {
             RejectReason::MaxConnections => "max_connections",
             RejectReason::NoNode => "no_node",
+            RejectReason::AllDown => "all_down",
         }
     }
 }
@@ -45,6 +55,7 @@ pub struct ListenerMetrics {
     pub active: Gauge,
     pub rejected_max: Counter,
     pub rejected_no_node: Counter,
+    pub rejected_all_down: Counter,
     pub accept_errors: Counter,
     pub duration: Histogram,
 }
@@ -58,6 +69,7 @@ impl ListenerMetrics {
             active: gauge!(CONNECTIONS_ACTIVE, L_LISTENER => l.clone()),
             rejected_max: rejected(RejectReason::MaxConnections),
             rejected_no_node: rejected(RejectReason::NoNode),
+            rejected_all_down: rejected(RejectReason::AllDown),
             accept_errors: counter!(ACCEPT_ERRORS, L_LISTENER => l.clone()),
             duration: histogram!(CONNECTION_DURATION, L_LISTENER => l),
         }
@@ -67,6 +79,7 @@ impl ListenerMetrics {
         match r {
             RejectReason::MaxConnections => &self.rejected_max,
             RejectReason::NoNode => &self.rejected_no_node,
+            RejectReason::AllDown => &self.rejected_all_down,
         }
     }
 }
@@ -117,6 +130,13 @@ pub struct NodeMetrics {
     pub bytes_to_node: Counter,
     pub bytes_to_client: Counter,
     pub ring_points: Gauge,
+    /// 1 while the node is in service, 0 while down.
+    pub up: Gauge,
+    pub went_up: Counter,
+    pub went_down: Counter,
+    pub probes_ok: Counter,
+    pub probes_failed: Counter,
+    pub probe_duration: Histogram,
 }
 
 impl NodeMetrics {
@@ -129,7 +149,13 @@ impl NodeMetrics {
             failures: ConnectFailure::ALL.map(failure),
             bytes_to_node: counter!(BYTES, L_POOL => p.clone(), L_NODE => n.clone(), L_DIRECTION => "to_node"),
             bytes_to_client: counter!(BYTES, L_POOL => p.clone(), L_NODE => n.clone(), L_DIRECTION => "to_client"),
-            ring_points: gauge!(RING_POINTS, L_POOL => p, L_NODE => n),
+            ring_points: gauge!(RING_POINTS, L_POOL => p.clone(), L_NODE => n.clone()),
+            up: gauge!(NODE_UP, L_POOL => p.clone(), L_NODE => n.clone()),
+            went_up: counter!(NODE_TRANSITIONS, L_POOL => p.clone(), L_NODE => n.clone(), L_TO => "up"),
+            went_down: counter!(NODE_TRANSITIONS, L_POOL => p.clone(), L_NODE => n.clone(), L_TO => "down"),
+            probes_ok: counter!(PROBES, L_POOL => p.clone(), L_NODE => n.clone(), L_RESULT => "ok"),
+            probes_failed: counter!(PROBES, L_POOL => p.clone(), L_NODE => n.clone(), L_RESULT => "fail"),
+            probe_duration: histogram!(PROBE_DURATION, L_POOL => p, L_NODE => n),
         }
     }
 

@@ -1,21 +1,25 @@
-//! A pool: its nodes, their live counters and state, and the current ring snapshot.
+//! A pool: its nodes, their health and live counters, and the current ring snapshot.
 //!
 //! Connections load one immutable [`PoolSnapshot`] through `arc-swap` and never take
-//! a lock. Whoever changes the set of nodes that are in service (health, reload)
-//! publishes a new snapshot; the ring is rebuilt only when that set changed.
+//! a lock. Health changes (probes, passive failures) go through [`Pool::probe_result`]
+//! and [`Pool::connect_failed`]; when the set of nodes in service changes, a new ring
+//! of those nodes is built and swapped in. Nothing here does network I/O.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
 
-use crate::config::{NodeConfig, PoolConfig};
+use crate::config::{HealthConfig, NodeConfig, OnNodeDown, PoolConfig, WhenAllDown};
+use crate::health::{NodeHealth, ProbeOutcome};
 use crate::metrics::NodeMetrics;
 use crate::ring::{Key, Ring, RingNode};
 
-/// One backend node and its live counters.
+/// One backend node, its health and its live counters.
 #[derive(Debug)]
 pub struct Node {
     pub name: String,
@@ -23,6 +27,12 @@ pub struct Node {
     pub weight: u32,
     /// In service (on the ring). Nodes start in service.
     up: AtomicBool,
+    /// Hysteresis state and the last probe; only probes and state changes lock it.
+    health: Mutex<NodeHealth>,
+    /// Consecutive connect failures seen by real traffic.
+    passive_failures: AtomicU32,
+    /// Cancelled (and replaced) when the node goes down with `on_node_down = "close"`.
+    close_token: ArcSwap<CancellationToken>,
     pub active: AtomicU64,
     pub total: AtomicU64,
     pub connect_failures: AtomicU64,
@@ -31,24 +41,44 @@ pub struct Node {
 
 impl Node {
     fn new(pool: &str, cfg: &NodeConfig) -> Node {
+        let metrics = NodeMetrics::new(pool, &cfg.name);
+        metrics.up.set(1.0);
         Node {
             name: cfg.name.clone(),
             addr: cfg.addr,
             weight: cfg.weight,
             up: AtomicBool::new(true),
+            health: Mutex::new(NodeHealth::new(SystemTime::now())),
+            passive_failures: AtomicU32::new(0),
+            close_token: ArcSwap::from_pointee(CancellationToken::new()),
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
-            metrics: NodeMetrics::new(pool, &cfg.name),
+            metrics,
         }
     }
 
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
     }
+
+    /// A copy of the health state (for status output).
+    pub fn health(&self) -> NodeHealth {
+        self.lock_health().clone()
+    }
+
+    fn lock_health(&self) -> MutexGuard<'_, NodeHealth> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Token a new connection to this node watches: cancelled if the node goes
+    /// down while the pool says `on_node_down = "close"`.
+    pub fn close_token(&self) -> Arc<CancellationToken> {
+        self.close_token.load_full()
+    }
 }
 
-/// Settings a connection needs, copied into each snapshot.
+/// Settings a connection or a probe needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSettings {
     pub connect_timeout: Duration,
@@ -57,6 +87,10 @@ pub struct PoolSettings {
     pub key_prefix_v4: u8,
     pub key_prefix_v6: u8,
     pub points_per_weight: u32,
+    pub on_node_down: OnNodeDown,
+    pub when_all_down: WhenAllDown,
+    pub passive_failures: u32,
+    pub health: HealthConfig,
 }
 
 impl From<&PoolConfig> for PoolSettings {
@@ -68,6 +102,10 @@ impl From<&PoolConfig> for PoolSettings {
             key_prefix_v4: c.key_prefix_v4,
             key_prefix_v6: c.key_prefix_v6,
             points_per_weight: c.points_per_weight,
+            on_node_down: c.on_node_down,
+            when_all_down: c.when_all_down,
+            passive_failures: c.passive_failures,
+            health: c.health.clone(),
         }
     }
 }
@@ -75,10 +113,13 @@ impl From<&PoolConfig> for PoolSettings {
 /// An immutable view used by connections: the ring over the nodes in service.
 #[derive(Debug)]
 pub struct PoolSnapshot {
-    pub settings: PoolSettings,
-    /// Nodes on the ring; ring indexes refer to this list.
+    pub settings: Arc<PoolSettings>,
+    /// Nodes on the ring; ring indexes refer to this list. Empty when every node
+    /// is down and `when_all_down = "reject"`.
     pub members: Vec<Arc<Node>>,
     pub ring: Ring,
+    /// Every node is down and the ring holds all of them (`when_all_down = "any"`).
+    pub failing_open: bool,
 }
 
 impl PoolSnapshot {
@@ -104,6 +145,14 @@ impl PoolSnapshot {
             .map(|i| self.members[i].clone())
             .collect()
     }
+
+    /// Share of the hash space (0..=1) the named node owns in this snapshot.
+    pub fn share_of(&self, name: &str) -> f64 {
+        self.members
+            .iter()
+            .position(|n| n.name == name)
+            .map_or(0.0, |i| self.ring.share_of(i))
+    }
 }
 
 /// A pool of nodes.
@@ -111,9 +160,9 @@ impl PoolSnapshot {
 pub struct Pool {
     pub name: String,
     nodes: Vec<Arc<Node>>,
-    settings: PoolSettings,
+    settings: Arc<PoolSettings>,
     snapshot: ArcSwap<PoolSnapshot>,
-    /// Serialises rebuilds so two state changes never publish out of order.
+    /// Serialises state changes so rebuilds never publish out of order.
     rebuild: Mutex<()>,
 }
 
@@ -124,7 +173,7 @@ impl Pool {
             .iter()
             .map(|n| Arc::new(Node::new(&cfg.name, n)))
             .collect();
-        let settings = PoolSettings::from(cfg);
+        let settings = Arc::new(PoolSettings::from(cfg));
         let snapshot = ArcSwap::from_pointee(build_snapshot(&settings, &nodes));
         Pool {
             name: cfg.name.clone(),
@@ -140,6 +189,10 @@ impl Pool {
         self.snapshot.load_full()
     }
 
+    pub fn settings(&self) -> &Arc<PoolSettings> {
+        &self.settings
+    }
+
     /// Every configured node, in service or not, in file order.
     pub fn nodes(&self) -> &[Arc<Node>] {
         &self.nodes
@@ -149,24 +202,139 @@ impl Pool {
         self.nodes.iter().find(|n| n.name == name)
     }
 
-    /// Put a node in or out of service. Returns true if its state changed, in which
-    /// case a new ring of the nodes in service has been published.
-    pub fn set_up(&self, name: &str, up: bool) -> bool {
+    /// Nodes in service.
+    pub fn up_count(&self) -> usize {
+        self.nodes.iter().filter(|n| n.is_up()).count()
+    }
+
+    /// Record an active probe result; applies rise/fall and changes the node's
+    /// state when a threshold is crossed.
+    pub fn probe_result(&self, node: &Arc<Node>, outcome: ProbeOutcome) {
+        let h = &self.settings.health;
+        if outcome.ok {
+            node.metrics.probes_ok.increment(1);
+        } else {
+            node.metrics.probes_failed.increment(1);
+        }
+        node.metrics
+            .probe_duration
+            .record(outcome.latency.as_secs_f64());
+        let _guard = self.lock_rebuild();
+        let mut health = node.lock_health();
+        let change = health.observe(&outcome, h.rise, h.fall);
+        let streak = if outcome.ok {
+            health.ok_streak
+        } else {
+            health.fail_streak
+        };
+        drop(health);
+        if let Some(up) = change {
+            let why = format!(
+                "{} ({streak} consecutive {})",
+                outcome.detail,
+                if up { "successes" } else { "failures" }
+            );
+            self.apply(node, up, &why);
+        }
+    }
+
+    /// A connect from real traffic succeeded: reset the passive failure streak.
+    pub fn connect_succeeded(&self, node: &Node) {
+        if node.passive_failures.load(Ordering::Relaxed) != 0 {
+            node.passive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A connect from real traffic failed. After `passive_failures` in a row the
+    /// node is taken down at once (the probes bring it back).
+    pub fn connect_failed(&self, node: &Arc<Node>, reason: &str) {
+        let limit = self.settings.passive_failures;
+        if limit == 0 {
+            return;
+        }
+        let streak = node.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if streak < limit || !node.is_up() {
+            return;
+        }
+        let _guard = self.lock_rebuild();
+        if !node.is_up() {
+            return;
+        }
+        node.lock_health().force_down(SystemTime::now());
+        let why = format!("{streak} consecutive connect failures from traffic (last: {reason})");
+        self.apply(node, false, &why);
+    }
+
+    /// Put a node in or out of service by hand (tests, tools). Returns true if its
+    /// state changed.
+    pub fn set_up(&self, name: &str, up: bool, why: &str) -> bool {
         let Some(node) = self.node(name) else {
             return false;
         };
-        let _guard = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
-        if node.up.swap(up, Ordering::AcqRel) == up {
+        let _guard = self.lock_rebuild();
+        if node.is_up() == up {
             return false;
+        }
+        node.lock_health().force(up, SystemTime::now());
+        self.apply(node, up, why);
+        true
+    }
+
+    fn lock_rebuild(&self) -> MutexGuard<'_, ()> {
+        self.rebuild.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Change a node's state, publish the new ring and log. Caller holds `rebuild`.
+    fn apply(&self, node: &Arc<Node>, up: bool, why: &str) {
+        let before = self.up_count();
+        if node.up.swap(up, Ordering::AcqRel) == up {
+            return;
+        }
+        let after = self.up_count();
+        let total = self.nodes.len();
+        node.metrics.up.set(if up { 1.0 } else { 0.0 });
+        if up {
+            node.passive_failures.store(0, Ordering::Relaxed);
+            node.metrics.went_up.increment(1);
+            info!(pool = %self.name, node = %node.name, addr = %node.addr, reason = %why,
+                up = after, total, "node UP: back on the ring; its clients return to it");
+        } else {
+            node.metrics.went_down.increment(1);
+            let open = node.active.load(Ordering::Relaxed);
+            let action = match self.settings.on_node_down {
+                OnNodeDown::Keep => "its open connections are kept",
+                OnNodeDown::Close => "closing its open connections",
+            };
+            warn!(pool = %self.name, node = %node.name, addr = %node.addr, reason = %why,
+                up = after, total, open_connections = open,
+                "node DOWN: off the ring; its clients move to their next node; {action}");
+            if self.settings.on_node_down == OnNodeDown::Close {
+                let old = node.close_token.swap(Arc::new(CancellationToken::new()));
+                old.cancel();
+            }
         }
         self.snapshot
             .store(Arc::new(build_snapshot(&self.settings, &self.nodes)));
-        true
+        if after == 0 {
+            match self.settings.when_all_down {
+                WhenAllDown::Reject => error!(pool = %self.name, total,
+                    "all nodes DOWN: new connections are closed at once (when_all_down = \"reject\")"),
+                WhenAllDown::Any => error!(pool = %self.name, total,
+                    "all nodes DOWN: failing open, new connections use the ring of every node (when_all_down = \"any\")"),
+            }
+        } else if before == 0 {
+            info!(pool = %self.name, up = after, total, "pool has a node in service again");
+        }
     }
 }
 
-fn build_snapshot(settings: &PoolSettings, nodes: &[Arc<Node>]) -> PoolSnapshot {
-    let members: Vec<Arc<Node>> = nodes.iter().filter(|n| n.is_up()).cloned().collect();
+fn build_snapshot(settings: &Arc<PoolSettings>, nodes: &[Arc<Node>]) -> PoolSnapshot {
+    let mut members: Vec<Arc<Node>> = nodes.iter().filter(|n| n.is_up()).cloned().collect();
+    let mut failing_open = false;
+    if members.is_empty() && settings.when_all_down == WhenAllDown::Any {
+        members = nodes.to_vec();
+        failing_open = true;
+    }
     let ring_nodes: Vec<RingNode> = members
         .iter()
         .map(|n| RingNode {
@@ -185,6 +353,7 @@ fn build_snapshot(settings: &PoolSettings, nodes: &[Arc<Node>]) -> PoolSnapshot 
         settings: settings.clone(),
         members,
         ring,
+        failing_open,
     }
 }
 
@@ -193,15 +362,17 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    fn pool() -> Pool {
+    fn pool_with(extra: &str) -> Pool {
         let cfg = Config::parse(
-            r#"
+            &format!(
+                r#"
 [[listener]]
 name = "l"
 listen = "127.0.0.1:0"
 pool = "p"
 [pools.p]
 connect_attempts = 2
+{extra}
 [[pools.p.nodes]]
 name = "a"
 addr = "127.0.0.1:1001"
@@ -211,15 +382,28 @@ addr = "127.0.0.1:1002"
 [[pools.p.nodes]]
 name = "c"
 addr = "127.0.0.1:1003"
-"#,
+"#
+            ),
             "t.toml",
         )
         .unwrap();
         Pool::new(&cfg.pools["p"])
     }
 
+    fn pool() -> Pool {
+        pool_with("")
+    }
+
     fn ip(i: u32) -> IpAddr {
         IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i * 7919))
+    }
+
+    fn outcome(ok: bool) -> ProbeOutcome {
+        ProbeOutcome {
+            ok,
+            detail: if ok { "ok".into() } else { "http 503".into() },
+            latency: Duration::from_millis(1),
+        }
     }
 
     #[test]
@@ -240,8 +424,8 @@ addr = "127.0.0.1:1003"
         let before: Vec<String> = (0..2000)
             .map(|i| p.snapshot().select(ip(i)).next().unwrap().name.clone())
             .collect();
-        assert!(p.set_up("b", false));
-        assert!(!p.set_up("b", false), "no change, no rebuild");
+        assert!(p.set_up("b", false, "test"));
+        assert!(!p.set_up("b", false, "test"), "no change, no rebuild");
         let s = p.snapshot();
         assert_eq!(s.members.len(), 2);
         for (i, was) in before.iter().enumerate() {
@@ -252,11 +436,91 @@ addr = "127.0.0.1:1003"
                 assert_ne!(now, "b");
             }
         }
-        assert!(p.set_up("b", true));
+        assert!(p.set_up("b", true, "test"));
         let s = p.snapshot();
         for (i, was) in before.iter().enumerate() {
             assert_eq!(&s.select(ip(i as u32)).next().unwrap().name, was);
         }
-        assert!(!p.set_up("nope", false));
+        assert!(!p.set_up("nope", false, "test"));
+    }
+
+    #[test]
+    fn probes_apply_fall_and_rise() {
+        let p = pool_with("[pools.p.health]\nrise = 2\nfall = 3");
+        let b = p.node("b").unwrap().clone();
+        p.probe_result(&b, outcome(false));
+        p.probe_result(&b, outcome(false));
+        assert!(b.is_up(), "2 failures < fall 3");
+        p.probe_result(&b, outcome(true));
+        p.probe_result(&b, outcome(false));
+        p.probe_result(&b, outcome(false));
+        assert!(b.is_up(), "a success resets the failure streak");
+        p.probe_result(&b, outcome(false));
+        assert!(!b.is_up());
+        assert_eq!(p.snapshot().members.len(), 2);
+        p.probe_result(&b, outcome(true));
+        assert!(!b.is_up(), "1 success < rise 2");
+        p.probe_result(&b, outcome(true));
+        assert!(b.is_up());
+        assert_eq!(p.snapshot().members.len(), 3);
+        let h = b.health();
+        assert_eq!(h.transitions, 2);
+        assert_eq!(h.last.unwrap().detail, "ok");
+    }
+
+    #[test]
+    fn passive_failures_take_a_node_down_and_a_success_resets_the_streak() {
+        let p = pool_with("passive_failures = 2");
+        let a = p.node("a").unwrap().clone();
+        p.connect_failed(&a, "refused");
+        p.connect_succeeded(&a);
+        p.connect_failed(&a, "refused");
+        assert!(a.is_up());
+        p.connect_failed(&a, "refused");
+        assert!(!a.is_up());
+        // The probes bring it back, after `rise` successes.
+        p.probe_result(&a, outcome(true));
+        p.probe_result(&a, outcome(true));
+        assert!(a.is_up());
+    }
+
+    #[test]
+    fn all_down_rejects_or_fails_open() {
+        let p = pool();
+        for n in ["a", "b", "c"] {
+            p.set_up(n, false, "test");
+        }
+        let s = p.snapshot();
+        assert!(s.members.is_empty() && !s.failing_open);
+        assert_eq!(s.select(ip(1)).count(), 0);
+
+        let p = pool_with("when_all_down = \"any\"");
+        let full: Vec<String> = (0..100)
+            .map(|i| p.snapshot().select(ip(i)).next().unwrap().name.clone())
+            .collect();
+        for n in ["a", "b", "c"] {
+            p.set_up(n, false, "test");
+        }
+        let s = p.snapshot();
+        assert!(s.failing_open);
+        for (i, was) in full.iter().enumerate() {
+            assert_eq!(&s.select(ip(i as u32)).next().unwrap().name, was);
+        }
+    }
+
+    #[test]
+    fn close_on_down_cancels_the_nodes_token_and_replaces_it() {
+        let p = pool_with("on_node_down = \"close\"");
+        let a = p.node("a").unwrap().clone();
+        let tok = a.close_token();
+        p.set_up("a", false, "test");
+        assert!(tok.is_cancelled());
+        assert!(!a.close_token().is_cancelled());
+
+        let p = pool();
+        let a = p.node("a").unwrap().clone();
+        let tok = a.close_token();
+        p.set_up("a", false, "test");
+        assert!(!tok.is_cancelled(), "keep is the default");
     }
 }

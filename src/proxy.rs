@@ -53,6 +53,13 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContex
     let start = Instant::now();
     let snapshot = ctx.pool.snapshot();
     let ip = canonical_ip(peer.ip());
+    if snapshot.members.is_empty() {
+        // Every node is down and the pool says reject: logged once per transition
+        // by the pool, counted here.
+        ctx.metrics.rejected(RejectReason::AllDown).increment(1);
+        debug!("all nodes down; closed");
+        return;
+    }
 
     let mut failures = String::new();
     let mut connected: Option<(Arc<Node>, TcpStream)> = None;
@@ -85,6 +92,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContex
         };
         node.connect_failures.fetch_add(1, Ordering::Relaxed);
         node.metrics.failure(failure.0).increment(1);
+        ctx.pool.connect_failed(node, &failure.1);
         debug!(node = %node.name, addr = %node.addr, reason = %failure.1, "connect failed");
         let _ = write!(
             failures,
@@ -98,13 +106,10 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContex
 
     let Some((node, upstream)) = connected else {
         ctx.metrics.rejected(RejectReason::NoNode).increment(1);
-        if snapshot.members.is_empty() {
-            warn!(pool = %ctx.pool.name, "no node in service; closing client connection");
-        } else {
-            warn!(pool = %ctx.pool.name, tried = %failures, "no node could be reached; closing client connection");
-        }
+        warn!(pool = %ctx.pool.name, tried = %failures, "no node could be reached; closing client connection");
         return;
     };
+    ctx.pool.connect_succeeded(&node);
     if !failures.is_empty() {
         info!(node = %node.name, tried = %failures, "connected to a fallback node");
     }
@@ -112,11 +117,18 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContex
     node.total.fetch_add(1, Ordering::Relaxed);
     let _node_active = ActiveGuard::new(&node.active, &node.metrics.active);
 
+    let node_down = node.close_token();
+    let stop = async {
+        tokio::select! {
+            _ = ctx.hard_stop.cancelled() => End::Cancelled,
+            _ = node_down.cancelled() => End::NodeDown,
+        }
+    };
     let out = forward::forward(
         &client,
         &upstream,
         snapshot.settings.idle_timeout,
-        &ctx.hard_stop,
+        stop,
         Meters {
             to_node: &node.metrics.bytes_to_node,
             to_client: &node.metrics.bytes_to_client,

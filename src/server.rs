@@ -1,5 +1,5 @@
 //! The running balancer: binds every listener, builds every pool, runs the accept
-//! loops, and on shutdown stops accepting, then drains open connections for
+//! loops and the health probes, and on shutdown stops accepting, then drains open connections for
 //! `shutdown_grace` before closing the rest.
 
 use std::collections::BTreeMap;
@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::health;
 use crate::listener::{self, BoundListener};
 use crate::metrics::ListenerMetrics;
 use crate::pool::Pool;
@@ -118,8 +119,14 @@ impl Server {
             ));
         }
 
+        let mut probes = JoinSet::new();
+        for pool in pools.values() {
+            health::spawn(pool, &shutdown, &mut probes);
+        }
+
         shutdown.cancelled().await;
         while acceptors.join_next().await.is_some() {}
+        while probes.join_next().await.is_some() {}
         tracker.close();
         let open_at_shutdown = tracker.len();
         let grace = config.shutdown_grace;

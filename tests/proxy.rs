@@ -207,7 +207,12 @@ async fn connect_fallback_serves_a_dead_nodes_clients_on_their_next_node_only() 
     drop(dead);
     let mut nodes = nodes_of(&b);
     nodes.push(("dead".into(), dead_addr));
-    let text = config_text(&nodes, "", "connect_attempts = 2", "");
+    let text = config_text(
+        &nodes,
+        "",
+        "connect_attempts = 2\n[pools.p.health]\nkind = \"none\"",
+        "",
+    );
     let lb = start(&text).await;
     let ips: Vec<IpAddr> = (0..400).map(|i| client_ip(i * 13)).collect();
     let expected = which_cli(&text, &ips);
