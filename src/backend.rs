@@ -3,11 +3,18 @@
 //! * [`Mode::Greet`]: on connect, send one line `"<name>\n"`, then echo every byte;
 //!   on EOF from the client, finish sending and close the write side (half-close).
 //! * [`Mode::Demo`]: if the client speaks HTTP first (within a short wait), answer
-//!   one HTTP/1.1 response naming the backend (`GET /healthcheck` answers 200 `ok`);
-//!   otherwise greet and echo as above, so `nc` shows the greeting at once.
+//!   one HTTP/1.1 response naming the backend; otherwise greet and echo as above,
+//!   so `nc` shows the greeting at once.
+//! * [`Mode::Http`]: HTTP only, answered at once (a health endpoint on its own port).
+//!
+//! HTTP paths: `GET /healthcheck` answers the backend's health status (200 `ok`, or
+//! 503 `overloaded` after [`Backend::set_healthy`]`(false)`); `GET /health/down`
+//! and `GET /health/up` flip it (what the demo tells newcomers to `curl`); any
+//! other path answers 200 `hello from <name>`.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +33,7 @@ const MAX_HEAD: usize = 8 * 1024;
 pub enum Mode {
     Greet,
     Demo,
+    Http,
 }
 
 /// A running backend; stops (and closes its connections) on [`Backend::stop`] or drop.
@@ -33,6 +41,7 @@ pub enum Mode {
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
+    healthy: Arc<AtomicBool>,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
@@ -50,14 +59,28 @@ impl Backend {
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let stop = CancellationToken::new();
-        let name_arc: Arc<str> = Arc::from(name);
-        let task = tokio::spawn(serve(listener, name_arc, mode, stop.clone()));
+        let healthy = Arc::new(AtomicBool::new(true));
+        let shared = Arc::new(Shared {
+            name: name.to_string(),
+            healthy: healthy.clone(),
+        });
+        let task = tokio::spawn(serve(listener, shared, mode, stop.clone()));
         Backend {
             name: name.to_string(),
             addr,
+            healthy,
             stop,
             task: Some(task),
         }
+    }
+
+    /// What `GET /healthcheck` answers from now on: 200 when healthy, 503 when not.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
     }
 
     /// Close the listening socket and every open connection; wait until done.
@@ -75,7 +98,13 @@ impl Drop for Backend {
     }
 }
 
-async fn serve(listener: TcpListener, name: Arc<str>, mode: Mode, stop: CancellationToken) {
+#[derive(Debug)]
+struct Shared {
+    name: String,
+    healthy: Arc<AtomicBool>,
+}
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>, mode: Mode, stop: CancellationToken) {
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -86,12 +115,12 @@ async fn serve(listener: TcpListener, name: Arc<str>, mode: Mode, stop: Cancella
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let name = name.clone();
+        let shared = shared.clone();
         let stop = stop.clone();
         tracker.spawn(async move {
             tokio::select! {
                 _ = stop.cancelled() => {}
-                _ = connection(stream, &name, mode) => {}
+                _ = connection(stream, &shared, mode) => {}
             }
         });
     }
@@ -100,16 +129,20 @@ async fn serve(listener: TcpListener, name: Arc<str>, mode: Mode, stop: Cancella
     tracker.wait().await;
 }
 
-async fn connection(mut stream: TcpStream, name: &str, mode: Mode) -> io::Result<()> {
+async fn connection(mut stream: TcpStream, shared: &Shared, mode: Mode) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
+    let name = shared.name.as_str();
     let mut first = Vec::new();
+    if mode == Mode::Http {
+        return http(stream, first, shared).await;
+    }
     if mode == Mode::Demo {
         let mut buf = vec![0u8; MAX_HEAD];
         if let Ok(r) = tokio::time::timeout(SNIFF_WAIT, stream.read(&mut buf)).await {
             let n = r?;
             first.extend_from_slice(&buf[..n]);
             if looks_like_http(&first) {
-                return http(stream, first, name).await;
+                return http(stream, first, shared).await;
             }
             if n == 0 {
                 // Client closed without sending: greet anyway, then close.
@@ -131,7 +164,8 @@ fn looks_like_http(b: &[u8]) -> bool {
         .any(|m| b.starts_with(m.as_bytes()))
 }
 
-async fn http(mut stream: TcpStream, mut head: Vec<u8>, name: &str) -> io::Result<()> {
+async fn http(mut stream: TcpStream, mut head: Vec<u8>, shared: &Shared) -> io::Result<()> {
+    let name = shared.name.as_str();
     // Read the rest of the request head (bounded).
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
@@ -144,13 +178,23 @@ async fn http(mut stream: TcpStream, mut head: Vec<u8>, name: &str) -> io::Resul
     let line = String::from_utf8_lossy(head.split(|&b| b == b'\n').next().unwrap_or(&[]));
     let path = line.split_whitespace().nth(1).unwrap_or("/");
     let head_only = line.starts_with("HEAD ");
-    let body = if path == "/healthcheck" {
-        format!("ok {name}\n")
-    } else {
-        format!("hello from {name}\n")
+    let (status, body) = match path {
+        "/healthcheck" if shared.healthy.load(Ordering::Relaxed) => {
+            ("200 OK", format!("ok {name}\n"))
+        }
+        "/healthcheck" => ("503 Service Unavailable", format!("overloaded {name}\n")),
+        "/health/down" => {
+            shared.healthy.store(false, Ordering::Relaxed);
+            ("200 OK", format!("{name}: /healthcheck now answers 503\n"))
+        }
+        "/health/up" => {
+            shared.healthy.store(true, Ordering::Relaxed);
+            ("200 OK", format!("{name}: /healthcheck now answers 200\n"))
+        }
+        _ => ("200 OK", format!("hello from {name}\n")),
     };
     let resp = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Backend: {name}\r\nConnection: close\r\n\r\n{}",
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Backend: {name}\r\nConnection: close\r\n\r\n{}",
         body.len(),
         if head_only { "" } else { &body }
     );

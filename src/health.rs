@@ -47,6 +47,8 @@ pub struct NodeHealth {
     pub fail_streak: u32,
     /// When the node entered its current state.
     pub since: SystemTime,
+    /// Why it entered its current state (empty at start).
+    pub reason: String,
     pub last: Option<ProbeRecord>,
     /// Number of up/down changes.
     pub transitions: u64,
@@ -62,6 +64,7 @@ impl NodeHealth {
             ok_streak: 0,
             fail_streak: 0,
             since: now,
+            reason: String::new(),
             last: None,
             transitions: 0,
             probes: 0,

@@ -292,6 +292,7 @@ impl Pool {
         }
         let after = self.up_count();
         let total = self.nodes.len();
+        node.lock_health().reason = why.to_string();
         node.metrics.up.set(if up { 1.0 } else { 0.0 });
         if up {
             node.passive_failures.store(0, Ordering::Relaxed);

@@ -171,3 +171,86 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     v.truncate(len);
     v
 }
+
+/// A node with a traffic backend (greet + echo) on `127.0.0.{k+1}:0` and an HTTP
+/// health endpoint on the same IP and a port shared by every node of the fleet.
+pub struct Fleet {
+    pub traffic: Vec<Backend>,
+    pub health: Vec<Backend>,
+    pub health_port: u16,
+}
+
+impl Fleet {
+    pub async fn start(n: usize) -> Fleet {
+        'retry: for _ in 0..50 {
+            let mut health = Vec::new();
+            let first = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = first.local_addr().unwrap().port();
+            health.push(Backend::from_listener("node-0", first, Mode::Http));
+            for k in 1..n {
+                let ip = Ipv4Addr::new(127, 0, 0, k as u8 + 1);
+                match tokio::net::TcpListener::bind((ip, port)).await {
+                    Ok(l) => {
+                        health.push(Backend::from_listener(&format!("node-{k}"), l, Mode::Http))
+                    }
+                    Err(_) => continue 'retry,
+                }
+            }
+            let mut traffic = Vec::new();
+            for k in 0..n {
+                let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, k as u8 + 1));
+                traffic.push(
+                    Backend::start(&format!("node-{k}"), SocketAddr::new(ip, 0), Mode::Greet)
+                        .await
+                        .unwrap(),
+                );
+            }
+            return Fleet {
+                traffic,
+                health,
+                health_port: port,
+            };
+        }
+        panic!("could not find a health port free on every node address");
+    }
+
+    pub fn nodes(&self) -> Vec<(String, SocketAddr)> {
+        nodes_of(&self.traffic)
+    }
+
+    /// Pool lines for an HTTP health check on the shared port.
+    pub fn http_health(&self, interval: &str, timeout: &str, rise: u32, fall: u32) -> String {
+        format!(
+            "[pools.p.health]\nkind = \"http\"\npath = \"/healthcheck\"\nport = {}\ninterval = \"{interval}\"\ntimeout = \"{timeout}\"\nrise = {rise}\nfall = {fall}\n",
+            self.health_port
+        )
+    }
+}
+
+/// Map client index → node name through real connections (50 at a time).
+pub async fn nodes_for(ips: &[IpAddr], dst: SocketAddr) -> Vec<String> {
+    let mut out = vec![String::new(); ips.len()];
+    let mut set = tokio::task::JoinSet::new();
+    for (chunk_no, chunk) in ips.chunks(ips.len().div_ceil(50).max(1)).enumerate() {
+        let chunk = chunk.to_vec();
+        set.spawn(async move {
+            let mut v = Vec::new();
+            for ip in chunk {
+                v.push(
+                    node_for(ip, dst)
+                        .await
+                        .unwrap_or_else(|e| format!("ERROR {e}")),
+                );
+            }
+            (chunk_no, v)
+        });
+    }
+    let size = ips.len().div_ceil(50).max(1);
+    while let Some(r) = set.join_next().await {
+        let (no, v) = r.unwrap();
+        for (i, n) in v.into_iter().enumerate() {
+            out[no * size + i] = n;
+        }
+    }
+    out
+}
