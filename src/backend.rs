@@ -83,6 +83,11 @@ impl Backend {
         self.healthy.load(Ordering::Relaxed)
     }
 
+    /// A handle that flips this backend's health from elsewhere.
+    pub fn health_switch(&self) -> HealthSwitch {
+        HealthSwitch(self.healthy.clone())
+    }
+
     /// Close the listening socket and every open connection; wait until done.
     pub async fn stop(mut self) {
         self.stop.cancel();
@@ -95,6 +100,20 @@ impl Backend {
 impl Drop for Backend {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// Flips what a [`Backend`]'s `/healthcheck` answers.
+#[derive(Debug, Clone)]
+pub struct HealthSwitch(Arc<AtomicBool>);
+
+impl HealthSwitch {
+    pub fn set(&self, healthy: bool) {
+        self.0.store(healthy, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
     }
 }
 

@@ -57,6 +57,9 @@ pub enum Command {
         /// Only the pool of this listener.
         #[arg(long)]
         listener: Option<String>,
+        /// Probe every node once now and leave the ones that fail off the ring.
+        #[arg(long)]
+        probe: bool,
         /// Client IPs (IPv4 or IPv6). `-` reads whitespace-separated IPs from stdin.
         #[arg(required = true, value_name = "IP")]
         ips: Vec<String>,

@@ -45,11 +45,58 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<ShutdownRep
     }
     let server = Server::bind(cfg)?;
     println!("{}", instructions(&server, &backends));
+    let toggles = toggle_on_stdin(&backends);
     let report = server.run(shutdown).await;
+    toggles.abort();
     for b in backends {
         b.stop().await;
     }
     Ok(report)
+}
+
+/// Typing a backend's name (and Enter) flips its `/healthcheck` between 200 and 503.
+/// stdin is read on a plain thread so a blocked read never holds up shutdown.
+fn toggle_on_stdin(backends: &[Backend]) -> tokio::task::JoinHandle<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let switches: Vec<(String, crate::backend::HealthSwitch)> = backends
+        .iter()
+        .map(|b| (b.name.clone(), b.health_switch()))
+        .collect();
+    tokio::spawn(async move {
+        while let Some(line) = rx.recv().await {
+            let name = line.trim();
+            if name.is_empty() {
+                continue;
+            }
+            match switches.iter().find(|(n, _)| n == name) {
+                Some((n, sw)) => {
+                    let healthy = !sw.get();
+                    sw.set(healthy);
+                    println!(
+                        "{n}: /healthcheck now answers {}; watch the log for the node going {} after 2 probes",
+                        if healthy { 200 } else { 503 },
+                        if healthy { "UP" } else { "DOWN" }
+                    );
+                }
+                None => println!(
+                    "no demo backend named {name:?}; type one of: {}",
+                    switches
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+    })
 }
 
 fn instructions(server: &Server, backends: &[Backend]) -> String {
@@ -83,18 +130,33 @@ fn instructions(server: &Server, backends: &[Backend]) -> String {
             format!("for i in $(seq 1 8); do curl -s --interface 127.0.0.$i http://{addr}/; done"),
             "8 client IPs, each sticks to its node",
         ),
-        (
+    ];
+    let mut tries = tries.to_vec();
+    if cfg.source.exists() {
+        tries.push((
             format!(
-                "{exe} which --config {} 127.0.0.1 127.0.0.2 127.0.0.3",
+                "{exe} which --config {} --probe 127.0.0.1 127.0.0.2 127.0.0.3",
                 cfg.source.display()
             ),
-            "what the ring says, with the fallback order",
-        ),
-    ];
+            "what the ring says, with node states and the fallback order",
+        ));
+    }
+    if let Some(b) = backends.get(1) {
+        tries.push((
+            format!("curl -s http://{}/health/down", b.addr),
+            "make a backend 'overloaded' (/healthcheck answers 503): its clients move; /health/up brings them back",
+        ));
+    }
     let _ = writeln!(s, "Try, in another terminal:");
     for (cmd, what) in &tries {
         let _ = writeln!(s, "  # {what}\n  {cmd}");
     }
+    let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
+    let _ = writeln!(
+        s,
+        "\nOr type a backend's name ({}) and Enter here to flip its health.",
+        names.join(", ")
+    );
     let _ = writeln!(
         s,
         "\nCtrl-C stops (open connections get {} to finish; a second Ctrl-C closes them).",

@@ -17,7 +17,12 @@ use ringlb::{which, Config, Server};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format, cli.log_level.as_deref());
+    // Tools print their answer on stdout; the server logs. Default levels differ.
+    let default_level = match cli.command {
+        Command::Run { .. } | Command::Demo { .. } => "info",
+        Command::Check { .. } | Command::Which { .. } => "error",
+    };
+    init_tracing(cli.log_format, cli.log_level.as_deref(), default_level);
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -27,10 +32,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat, level: Option<&str>) {
+fn init_tracing(format: LogFormat, level: Option<&str>, default_level: &str) {
     let filter = match level {
         Some(l) => EnvFilter::new(l),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -48,6 +53,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             config,
             pool,
             listener,
+            probe,
             ips,
         } => {
             let cfg = match Config::from_file(&config) {
@@ -68,8 +74,17 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             let ips = which::parse_ips(&args)?;
             let pools = which::pools_for(&cfg, pool.as_deref(), listener.as_deref())?;
-            let mappings = which::map(&cfg, &pools, &ips);
-            print!("{}", which::render(&cfg, &mappings));
+            let probed = if probe {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("starting the tokio runtime")?;
+                Some(rt.block_on(which::probe_once(&cfg, &pools)))
+            } else {
+                None
+            };
+            let mappings = which::map(&cfg, &pools, &ips, probed.as_ref());
+            print!("{}", which::render(&cfg, &mappings, probed.as_ref()));
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config } => {

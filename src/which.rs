@@ -1,12 +1,17 @@
 //! `ringlb which`: the node each client IP maps to, and its fallback order, computed
 //! from the config exactly as the running balancer computes it (same ring code).
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use crate::config::Config;
+use crate::config::{fmt_duration, Config, HealthKind};
+use crate::health::{self, ProbeOutcome};
 use crate::pool::Pool;
 use crate::ring::canonical_ip;
+
+/// Probe results by pool, then node name.
+pub type Probed = HashMap<String, HashMap<String, ProbeOutcome>>;
 
 /// Why `which` could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +31,9 @@ pub struct Mapping {
     pub ip: IpAddr,
     pub node: String,
     pub fallback: Vec<String>,
+    /// The node on the ring of every node, when it differs from `node` because
+    /// nodes are down.
+    pub if_all_up: Option<String>,
 }
 
 /// Parse IP arguments (IPv4, IPv6, IPv4-mapped IPv6).
@@ -65,19 +73,56 @@ pub fn pools_for<'a>(
     Ok(cfg.pools.keys().map(String::as_str).collect())
 }
 
-/// Map every IP on every selected pool.
-pub fn map(cfg: &Config, pools: &[&str], ips: &[IpAddr]) -> Vec<Mapping> {
+/// Probe every node of the selected pools once, concurrently, in the foreground.
+/// Pools with `health.kind = "none"` are not probed.
+pub async fn probe_once(cfg: &Config, pools: &[&str]) -> Probed {
+    let mut tasks = tokio::task::JoinSet::new();
+    for &name in pools {
+        let pool = &cfg.pools[name];
+        if pool.health.kind == HealthKind::None {
+            continue;
+        }
+        for node in &pool.nodes {
+            let (p, n, h, addr) = (
+                name.to_string(),
+                node.name.clone(),
+                pool.health.clone(),
+                health::probe_addr(node.addr, &pool.health),
+            );
+            tasks.spawn(async move { (p, n, health::probe(addr, &h).await) });
+        }
+    }
+    let mut out = Probed::new();
+    while let Some(Ok((p, n, o))) = tasks.join_next().await {
+        out.entry(p).or_default().insert(n, o);
+    }
+    out
+}
+
+/// Map every IP on every selected pool. With probe results, nodes whose probe
+/// failed are taken off the ring first (one probe decides here, not rise/fall).
+pub fn map(cfg: &Config, pools: &[&str], ips: &[IpAddr], probed: Option<&Probed>) -> Vec<Mapping> {
     let mut out = Vec::with_capacity(pools.len() * ips.len());
     for &name in pools {
         let pool = Pool::new(&cfg.pools[name]);
+        let full = pool.snapshot();
+        if let Some(results) = probed.and_then(|p| p.get(name)) {
+            for (node, o) in results {
+                if !o.ok {
+                    pool.set_up(node, false, &o.detail);
+                }
+            }
+        }
         let snap = pool.snapshot();
         for &ip in ips {
             let order = snap.order(ip);
             let mut names = order.iter().map(|n| n.name.clone());
             let node = names.next().unwrap_or_default();
+            let all_up = full.order(ip).first().map(|n| n.name.clone());
             out.push(Mapping {
                 pool: name.to_string(),
                 ip: canonical_ip(ip),
+                if_all_up: all_up.filter(|n| *n != node),
                 node,
                 fallback: names.collect(),
             });
@@ -86,8 +131,9 @@ pub fn map(cfg: &Config, pools: &[&str], ips: &[IpAddr]) -> Vec<Mapping> {
     out
 }
 
-/// Human output: one line per IP, `IP -> node (addr)  then: next, next...`.
-pub fn render(cfg: &Config, mappings: &[Mapping]) -> String {
+/// Human output: per pool a header (with node states when probed), then one line
+/// per IP, `IP -> node (addr)  then: next, next...`.
+pub fn render(cfg: &Config, mappings: &[Mapping], probed: Option<&Probed>) -> String {
     let width = mappings
         .iter()
         .map(|m| m.ip.to_string().len())
@@ -108,6 +154,34 @@ pub fn render(cfg: &Config, mappings: &[Mapping]) -> String {
                 pool.connect_attempts
             );
             current_pool = Some(m.pool.as_str());
+            let h = &pool.health;
+            match (h.kind, probed.and_then(|p| p.get(&m.pool))) {
+                (HealthKind::None, _) => {
+                    let _ = writeln!(s, "  health: none (every node is always in service)");
+                }
+                (_, None) => {
+                    let _ = writeln!(
+                        s,
+                        "  health: {} every {}; node states are not known here (--probe probes each node once now)",
+                        h.kind.as_str(),
+                        fmt_duration(h.interval)
+                    );
+                }
+                (_, Some(results)) => {
+                    for n in &pool.nodes {
+                        if let Some(o) = results.get(&n.name) {
+                            let _ = writeln!(
+                                s,
+                                "  node {:<12} {:<4} {} ({} ms)",
+                                n.name,
+                                if o.ok { "UP" } else { "DOWN" },
+                                o.detail,
+                                o.latency.as_millis()
+                            );
+                        }
+                    }
+                }
+            }
         }
         let addr = pool
             .nodes
@@ -115,9 +189,17 @@ pub fn render(cfg: &Config, mappings: &[Mapping]) -> String {
             .find(|n| n.name == m.node)
             .map(|n| n.addr.to_string())
             .unwrap_or_default();
+        if m.node.is_empty() {
+            let _ = writeln!(
+                s,
+                "  {:<width$} -> none: every node is down (when_all_down = \"reject\")",
+                m.ip.to_string()
+            );
+            continue;
+        }
         let _ = writeln!(
             s,
-            "  {:<width$} -> {} ({})  then: {}",
+            "  {:<width$} -> {} ({})  then: {}{}",
             m.ip.to_string(),
             m.node,
             addr,
@@ -125,7 +207,11 @@ pub fn render(cfg: &Config, mappings: &[Mapping]) -> String {
                 "-".to_string()
             } else {
                 m.fallback.join(", ")
-            }
+            },
+            m.if_all_up
+                .as_ref()
+                .map(|n| format!("  [{n} is down]"))
+                .unwrap_or_default()
         );
     }
     s

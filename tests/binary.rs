@@ -213,12 +213,14 @@ async fn demo_serves_http_and_greets_nc_users_through_the_real_balancer() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
         .args(["demo", "--config"])
         .arg(&path)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
     let out = lines_of(child.stdout.take().unwrap());
-    let _err = lines_of(child.stderr.take().unwrap());
+    let err = lines_of(child.stderr.take().unwrap());
     let mut log = Vec::new();
     let line = plain(&wait_for(&out, "balancer listener", &mut log));
     let addr: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
@@ -245,6 +247,30 @@ async fn demo_serves_http_and_greets_nc_users_through_the_real_balancer() {
     s.write_all(b"echo me\n").await.unwrap();
     assert_eq!(read_line(&mut s).await.unwrap(), "echo me");
     drop(s);
+
+    // Typing the node's name makes it unhealthy: the probes take it down and this
+    // client moves; typing it again brings it and the client back.
+    use std::io::Write as _;
+    let mut errlog = Vec::new();
+    writeln!(stdin, "{greet}").unwrap();
+    wait_for(
+        &out,
+        &format!("{greet}: /healthcheck now answers 503"),
+        &mut log,
+    );
+    let down = plain(&wait_for(&err, "node DOWN", &mut errlog));
+    assert!(down.contains(&format!("node={greet}")), "{down}");
+    assert!(down.contains("http 503 (2 consecutive failures)"), "{down}");
+    let moved = node_for(client_ip(7), addr).await.unwrap();
+    assert_ne!(moved, greet);
+    writeln!(stdin, "{greet}").unwrap();
+    wait_for(
+        &out,
+        &format!("{greet}: /healthcheck now answers 200"),
+        &mut log,
+    );
+    wait_for(&err, "node UP", &mut errlog);
+    assert_eq!(node_for(client_ip(7), addr).await.unwrap(), greet);
 
     signal(&child, "INT");
     let st = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))

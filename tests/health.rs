@@ -329,3 +329,54 @@ async fn all_down_with_any_fails_open_on_the_full_ring() {
     }
     lb.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn which_probe_shows_node_states_and_maps_around_down_nodes() {
+    let fleet = Fleet::start(3).await;
+    fleet.health[1].set_healthy(false);
+    let mut nodes = fleet.nodes();
+    // node-2 refuses: point it at a closed port.
+    let closed = TcpListener::bind("127.0.0.3:0").await.unwrap();
+    nodes[2].1 = closed.local_addr().unwrap();
+    drop(closed);
+    let text = config_text(&nodes, "", &fleet.http_health("1s", "500ms", 2, 3), "");
+    // Stop node-2's health endpoint so its probe is refused too.
+    let mut health = fleet.health;
+    health.pop().unwrap().stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.toml");
+    std::fs::write(&path, &text).unwrap();
+    let clients = ips(50);
+    let out = tokio::task::spawn_blocking(move || {
+        let mut args = vec!["which".to_string(), "--probe".into(), "--config".into()];
+        args.push(path.display().to_string());
+        args.extend(clients.iter().map(|ip| ip.to_string()));
+        std::process::Command::new(env!("CARGO_BIN_EXE_ringlb"))
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("node node-0       UP   http 200"), "{text}");
+    assert!(text.contains("node node-1       DOWN http 503"), "{text}");
+    assert!(
+        text.contains("node node-2       DOWN connect refused"),
+        "{text}"
+    );
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(" -> ")).collect();
+    assert_eq!(lines.len(), 50);
+    for l in &lines {
+        assert!(l.contains("-> node-0 ("), "{l}");
+    }
+    assert!(
+        lines.iter().any(|l| l.ends_with("[node-1 is down]")),
+        "{text}"
+    );
+    assert!(
+        lines.iter().any(|l| l.ends_with("[node-2 is down]")),
+        "{text}"
+    );
+}
