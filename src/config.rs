@@ -357,9 +357,9 @@ impl Config {
     /// Read, parse and validate a config file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::parse(&text, path)
     }
@@ -396,9 +396,13 @@ fn syntax_error(text: &str, path: &Path, key: &str, e: &toml::de::Error) -> Conf
     } else {
         format!("{key}: ")
     };
+    let mut text_msg = e.message().trim_end().to_string();
+    if text_msg.contains("expected a duration") {
+        text_msg.push_str(" such as \"500ms\", \"2s\", \"5m\", \"1h\" or \"1d\"");
+    }
     let message = format!(
         "{prefix}{}\n    | {}\n    | {}^",
-        e.message().trim_end(),
+        text_msg,
         src_line,
         " ".repeat(column.saturating_sub(1))
     );
@@ -466,7 +470,15 @@ impl Problems {
     ) -> Duration {
         let v = v.unwrap_or(default);
         let key = key.into();
-        if v.is_zero() && !min.is_zero() {
+        if v.subsec_nanos() % 1_000_000 != 0 {
+            self.push(
+                key,
+                format!(
+                    "{} is not a whole number of milliseconds",
+                    humantime::format_duration(v)
+                ),
+            );
+        } else if v.is_zero() && !min.is_zero() {
             self.push(key, "must be greater than zero");
         } else if v < min {
             self.push(
@@ -527,6 +539,17 @@ impl RawConfig {
                 );
             }
             let listen = match l.listen.parse::<SocketAddr>() {
+                Ok(SocketAddr::V6(a)) if a.ip().to_ipv4_mapped().is_some() => {
+                    p.push(
+                        format!("{key}.listen"),
+                        format!(
+                            "{a} is an IPv4-mapped IPv6 address, which cannot be bound; write {}:{} instead",
+                            a.ip().to_ipv4_mapped().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+                            a.port()
+                        ),
+                    );
+                    None
+                }
                 Ok(a) => {
                     if a.port() == 0 {
                         // Port 0: the kernel picks a free port per listener.
@@ -549,7 +572,7 @@ impl RawConfig {
                     None
                 }
             };
-            if !self.pools.contains_key(&l.pool) {
+            if !self.pools.is_empty() && !self.pools.contains_key(&l.pool) {
                 let known: Vec<&str> = self.pools.keys().map(String::as_str).collect();
                 p.push(
                     format!("{key}.pool"),
@@ -934,6 +957,8 @@ fn resolve(text: &str) -> Result<SocketAddr, String> {
 }
 
 fn check_node_addr(a: SocketAddr, text: &str) -> Result<SocketAddr, String> {
+    // `[::ffff:a.b.c.d]:p` is the IPv4 node a.b.c.d:p.
+    let a = SocketAddr::new(crate::ring::canonical_ip(a.ip()), a.port());
     if a.port() == 0 {
         return Err(format!("{text:?}: port 0 is not a valid backend port"));
     }
@@ -972,8 +997,17 @@ pub fn summary(cfg: &Config) -> String {
     for l in &cfg.listeners {
         let _ = writeln!(
             s,
-            "  listener {:<12} {:<22} -> pool {} (max_connections {}, backlog {})",
-            l.name, l.listen, l.pool, l.max_connections, l.backlog
+            "  listener {:<12} {:<22} -> pool {} (max_connections {}, backlog {}{})",
+            l.name,
+            l.listen,
+            l.pool,
+            l.max_connections,
+            l.backlog,
+            if l.listen.is_ipv6() {
+                format!(", ipv6_only {}", l.ipv6_only)
+            } else {
+                String::new()
+            }
         );
     }
     for pool in cfg.pools.values() {
@@ -987,7 +1021,11 @@ pub fn summary(cfg: &Config) -> String {
             fmt_duration(pool.connect_timeout),
             fmt_duration(pool.idle_timeout),
             pool.connect_attempts,
-            plural(pool.connect_attempts as usize),
+            if pool.connect_attempts as usize > pool.nodes.len() {
+                format!("s ({} effective: one per node)", pool.nodes.len())
+            } else {
+                plural(pool.connect_attempts as usize).to_string()
+            },
             pool.key_prefix_v4,
             pool.key_prefix_v6
         );
@@ -1233,6 +1271,28 @@ addr = "127.0.0.1:1"
         let text = MIN.replace("127.0.0.1:9001", "[ff02::1]:9001");
         let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
         assert!(e.contains("not a unicast address"), "{e}");
+    }
+
+    #[test]
+    fn mapped_listen_refused_mapped_node_folded_sub_ms_refused() {
+        let text = MIN.replace("127.0.0.1:0", "[::ffff:127.0.0.1]:9300");
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("write 127.0.0.1:9300 instead"), "{e}");
+        let text = MIN.replace(
+            "addr = \"127.0.0.1:9001\"",
+            "addr = \"127.0.0.1:9001\"\n[[pools.web.nodes]]\naddr = \"[::ffff:127.0.0.1]:9001\"",
+        );
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("duplicate address 127.0.0.1:9001"), "{e}");
+        let text = MIN.replace("[pools.web]", "[pools.web]\nconnect_timeout = \"500us\"");
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("connect_timeout: 500us is not a whole number of milliseconds"),
+            "{e}"
+        );
+        let text = MIN.replace("[pools.web]", "[pools.web]\nconnect_timeout = \"2S\"");
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("expected a duration such as \"500ms\""), "{e}");
     }
 
     #[test]

@@ -24,12 +24,8 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: cannot read config file: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("{path}: cannot read config file: {error}")]
+    Io { path: PathBuf, error: io::Error },
     /// TOML syntax error, or a value of the wrong type / an unknown key.
     #[error("{path}:{line}:{column}: {message}")]
     Syntax {
@@ -66,14 +62,14 @@ impl ConfigError {
 pub enum Error {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("listener {listener}: cannot listen on {addr}: {source}")]
+    #[error("listener {listener}: cannot listen on {addr}")]
     Bind {
         listener: String,
         addr: SocketAddr,
         #[source]
         source: io::Error,
     },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]

@@ -2,7 +2,7 @@
 //! turn results into exit codes.
 #![forbid(unsafe_code)]
 
-use std::io::Read as _;
+use std::io::{IsTerminal as _, Read as _};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -22,7 +22,10 @@ fn main() -> ExitCode {
         Command::Run { .. } | Command::Demo { .. } => "info",
         Command::Check { .. } | Command::Which { .. } => "error",
     };
-    init_tracing(cli.log_format, cli.log_level.as_deref(), default_level);
+    if let Err(e) = init_tracing(cli.log_format, cli.log_level.as_deref(), default_level) {
+        eprintln!("ringlb: {e:#}");
+        return ExitCode::from(2);
+    }
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -32,18 +35,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat, level: Option<&str>, default_level: &str) {
+fn init_tracing(format: LogFormat, level: Option<&str>, default_level: &str) -> anyhow::Result<()> {
     let filter = match level {
-        Some(l) => EnvFilter::new(l),
+        Some(l) => EnvFilter::try_new(l).with_context(|| format!("--log-level {l:?}"))?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    Ok(())
 }
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {

@@ -284,12 +284,15 @@ impl Pool {
         self.rebuild.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Change a node's state, publish the new ring and log. Caller holds `rebuild`.
+    /// Change a node's state, publish the new ring, then log (so whoever reads the
+    /// log line already finds the new ring). Caller holds `rebuild`.
     fn apply(&self, node: &Arc<Node>, up: bool, why: &str) {
         let before = self.up_count();
         if node.up.swap(up, Ordering::AcqRel) == up {
             return;
         }
+        self.snapshot
+            .store(Arc::new(build_snapshot(&self.settings, &self.nodes)));
         let after = self.up_count();
         let total = self.nodes.len();
         node.lock_health().reason = why.to_string();
@@ -314,8 +317,6 @@ impl Pool {
                 old.cancel();
             }
         }
-        self.snapshot
-            .store(Arc::new(build_snapshot(&self.settings, &self.nodes)));
         if after == 0 {
             match self.settings.when_all_down {
                 WhenAllDown::Reject => error!(pool = %self.name, total,

@@ -149,10 +149,14 @@ impl Server {
         if !drained {
             closed_at_grace = tracker.len();
             if closed_at_grace > 0 {
-                warn!(
-                    open = closed_at_grace,
-                    "closing connections still open at the end of the grace period"
-                );
+                if hard_stop.is_cancelled() {
+                    warn!(open = closed_at_grace, "closing open connections now");
+                } else {
+                    warn!(
+                        open = closed_at_grace,
+                        "closing connections still open at the end of the grace period"
+                    );
+                }
             }
             hard_stop.cancel();
             if tokio::time::timeout(HARD_STOP_WAIT, tracker.wait())

@@ -151,7 +151,7 @@ pub fn render(cfg: &Config, mappings: &[Mapping], probed: Option<&Probed>) -> St
                 pool.nodes.len(),
                 pool.key_prefix_v4,
                 pool.key_prefix_v6,
-                pool.connect_attempts
+                (pool.connect_attempts as usize).min(pool.nodes.len())
             );
             current_pool = Some(m.pool.as_str());
             let h = &pool.health;

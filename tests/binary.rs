@@ -153,7 +153,7 @@ fn run_with_a_bad_config_names_the_problem_and_exits_one() {
     let path = dir.path().join("bad.toml");
     std::fs::write(
         &path,
-        "[[listener]]\nname=\"x\"\nlisten=\"127.0.0.1:0\"\npool=\"nope\"\n",
+        "[[listener]]\nname=\"x\"\nlisten=\"127.0.0.1:0\"\npool=\"nope\"\n[pools.web]\n[[pools.web.nodes]]\naddr=\"127.0.0.1:9\"\n",
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ringlb"))

@@ -18,10 +18,14 @@ fn ips(n: u32) -> Vec<IpAddr> {
     (0..n).map(|i| client_ip(i * 7 + 3)).collect()
 }
 
+/// Wait until the node has the state and the published ring agrees with it.
 async fn wait_state(lb: &Running, node: &str, up: bool) {
     let n = lb.pool.node(node).unwrap().clone();
+    let pool = lb.pool.clone();
     eventually(WITHIN, &format!("{node} up={up}"), || {
-        let ok = n.is_up() == up;
+        let snap = pool.snapshot();
+        let on_ring = snap.members.iter().any(|m| m.name == n.name);
+        let ok = n.is_up() == up && (snap.failing_open || on_ring == up);
         async move { ok }
     })
     .await;
