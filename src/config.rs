@@ -576,15 +576,7 @@ impl RawConfig {
                 let known: Vec<&str> = self.pools.keys().map(String::as_str).collect();
                 p.push(
                     format!("{key}.pool"),
-                    format!(
-                        "no pool named {:?} (defined: {})",
-                        l.pool,
-                        if known.is_empty() {
-                            "none".to_string()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
+                    format!("no pool named {:?} (defined: {})", l.pool, known.join(", ")),
                 );
             }
             let max_connections = p.range(
