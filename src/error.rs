@@ -76,3 +76,12 @@ pub enum Error {
         source: io::Error,
     },
 }
+
+/// Errors that mean "this process or host is out of something" (descriptors,
+/// buffers, memory), not that a peer misbehaved: back off, and never blame a node.
+pub fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}

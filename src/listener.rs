@@ -2,7 +2,6 @@
 //! accept loop: connection limit, accept-error backoff, one span per connection,
 //! each connection spawned into the server's task tracker.
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,18 +9,27 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::config::ListenerConfig;
-use crate::error::Error;
+use crate::error::{is_resource_exhaustion, Error};
 use crate::metrics::RejectReason;
 use crate::proxy::{self, ListenerContext};
 
 /// Shortest and longest pause after an accept error such as EMFILE.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Time without an accept error after which an out-of-resources episode is over.
+const EPISODE_QUIET: Duration = Duration::from_secs(1);
+
+struct Episode {
+    errors: u64,
+    last_error: Instant,
+}
 
 /// A bound, listening socket.
 #[derive(Debug)]
@@ -59,14 +67,6 @@ pub fn bind(config: &ListenerConfig) -> Result<BoundListener, Error> {
     })
 }
 
-/// Errors that mean "the process or system is out of something": back off and retry.
-fn is_resource_error(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
-}
-
 /// Accept until `shutdown` is cancelled, then drop the socket (new connects are
 /// refused from then on).
 pub async fn accept_loop(
@@ -82,7 +82,10 @@ pub async fn accept_loop(
     } = bound;
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let mut backoff = ACCEPT_BACKOFF_MIN;
-    let mut in_error_episode = false;
+    // An episode of resource errors: one WARN when it starts, one INFO when accept
+    // has worked again with no error for EPISODE_QUIET (so a flapping shortage is
+    // one episode, not a log line per connection).
+    let mut episode: Option<Episode> = None;
     let mut at_limit = false;
     let mut conn_id: u64 = 0;
     info!(listener = %config.name, addr = %local_addr, pool = %config.pool, "listening");
@@ -94,11 +97,20 @@ pub async fn accept_loop(
         };
         let (stream, peer) = match accepted {
             Ok(x) => x,
-            Err(e) if is_resource_error(&e) => {
+            Err(e) if is_resource_exhaustion(&e) => {
                 ctx.metrics.accept_errors.increment(1);
-                if !in_error_episode {
-                    warn!(listener = %config.name, error = %e, "accept failed: out of resources; backing off until it recovers");
-                    in_error_episode = true;
+                match episode.as_mut() {
+                    Some(ep) => {
+                        ep.errors += 1;
+                        ep.last_error = Instant::now();
+                    }
+                    None => {
+                        warn!(listener = %config.name, error = %e, "accept failed: out of resources; backing off until it recovers");
+                        episode = Some(Episode {
+                            errors: 1,
+                            last_error: Instant::now(),
+                        });
+                    }
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -114,9 +126,11 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        if in_error_episode {
-            info!(listener = %config.name, "accept recovered");
-            in_error_episode = false;
+        if let Some(ep) = &episode {
+            if ep.last_error.elapsed() >= EPISODE_QUIET {
+                info!(listener = %config.name, failed_accepts = ep.errors, "accept recovered");
+                episode = None;
+            }
         }
         backoff = ACCEPT_BACKOFF_MIN;
         ctx.metrics.accepted.increment(1);

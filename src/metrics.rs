@@ -36,6 +36,8 @@ pub enum RejectReason {
     NoNode,
     /// Every node of the pool is down and `when_all_down = "reject"`.
     AllDown,
+    /// ringlb itself is out of descriptors or memory for the node connection.
+    LocalResources,
 }
 
 impl RejectReason {
@@ -44,6 +46,7 @@ impl RejectReason {
             RejectReason::MaxConnections => "max_connections",
             RejectReason::NoNode => "no_node",
             RejectReason::AllDown => "all_down",
+            RejectReason::LocalResources => "local_resources",
         }
     }
 }
@@ -56,6 +59,7 @@ pub struct ListenerMetrics {
     pub rejected_max: Counter,
     pub rejected_no_node: Counter,
     pub rejected_all_down: Counter,
+    pub rejected_local: Counter,
     pub accept_errors: Counter,
     pub duration: Histogram,
 }
@@ -70,6 +74,7 @@ impl ListenerMetrics {
             rejected_max: rejected(RejectReason::MaxConnections),
             rejected_no_node: rejected(RejectReason::NoNode),
             rejected_all_down: rejected(RejectReason::AllDown),
+            rejected_local: rejected(RejectReason::LocalResources),
             accept_errors: counter!(ACCEPT_ERRORS, L_LISTENER => l.clone()),
             duration: histogram!(CONNECTION_DURATION, L_LISTENER => l),
         }
@@ -80,6 +85,7 @@ impl ListenerMetrics {
             RejectReason::MaxConnections => &self.rejected_max,
             RejectReason::NoNode => &self.rejected_no_node,
             RejectReason::AllDown => &self.rejected_all_down,
+            RejectReason::LocalResources => &self.rejected_local,
         }
     }
 }

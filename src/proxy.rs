@@ -12,10 +12,40 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::error::is_resource_exhaustion;
 use crate::forward::{self, End, Meters};
 use crate::metrics::{ConnectFailure, ListenerMetrics, RejectReason};
 use crate::pool::{Node, Pool};
 use crate::ring::canonical_ip;
+
+static LOCAL_SHORTAGE_LOG: RateLimit = RateLimit::new(10);
+
+/// Allows one event per period (seconds), process-wide, without a lock.
+struct RateLimit {
+    period_secs: u64,
+    last: AtomicU64,
+}
+
+impl RateLimit {
+    const fn new(period_secs: u64) -> Self {
+        RateLimit {
+            period_secs,
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn allow(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last.load(Ordering::Relaxed);
+        (last == 0 || now >= last + self.period_secs)
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
 
 /// What every connection of one listener shares.
 #[derive(Debug)]
@@ -80,6 +110,19 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContex
             Ok(Ok(stream)) => {
                 connected = Some((node.clone(), stream));
                 break;
+            }
+            Ok(Err(e)) if is_resource_exhaustion(&e) => {
+                // Our own shortage, not the node's fault: other nodes would fail the
+                // same way, and passive health must not take healthy nodes down.
+                ctx.metrics
+                    .rejected(RejectReason::LocalResources)
+                    .increment(1);
+                if LOCAL_SHORTAGE_LOG.allow() {
+                    warn!(error = %e, "cannot open connections to nodes: out of local resources; closing client connections (logged at most every 10s)");
+                } else {
+                    debug!(error = %e, "out of local resources; closed");
+                }
+                return;
             }
             Ok(Err(e)) => (ConnectFailure::classify(&e), e.to_string()),
             Err(_) => (

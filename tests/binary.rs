@@ -278,3 +278,97 @@ async fn demo_serves_http_and_greets_nc_users_through_the_real_balancer() {
         .unwrap();
     assert!(st.success(), "exit status {st}");
 }
+
+/// CPU time (user + system, in clock ticks of 1/100 s) a process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_accept_backs_off_without_spinning_and_recovers() {
+    let b = backends(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fds.toml");
+    std::fs::write(
+        &path,
+        config_text(&nodes_of(&b), "", "[pools.p.health]\nkind = \"none\"", ""),
+    )
+    .unwrap();
+    let mut child = Command::new("prlimit")
+        .args(["--nofile=64:64", "--"])
+        .arg(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = lines_of(child.stderr.take().unwrap());
+    let mut log = Vec::new();
+    let line = wait_for(&rx, "\"listening\"", &mut log);
+    let addr: SocketAddr = line
+        .split("\"addr\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap();
+
+    // Open connections until ringlb runs out of descriptors; keep the served ones.
+    let mut served = Vec::new();
+    let mut unserved = Vec::new();
+    for i in 0..60 {
+        let mut s = connect_from(client_ip(i), addr).await.unwrap();
+        match tokio::time::timeout(Duration::from_millis(500), read_line(&mut s)).await {
+            Ok(Ok(_)) => served.push(s),
+            _ => unserved.push(s),
+        }
+        if unserved.len() >= 5 {
+            break;
+        }
+    }
+    assert!(served.len() >= 10, "only {} served", served.len());
+    assert!(unserved.len() >= 5, "never ran out of descriptors");
+    wait_for(&rx, "out of resources; backing off", &mut log);
+
+    // While out of descriptors: alive, and not spinning.
+    let pid = child.id();
+    let t0 = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_ticks(pid) - t0;
+    assert!(used < 60, "{used} ticks of CPU in 2 s while backing off");
+    assert!(child.try_wait().unwrap().is_none(), "ringlb exited");
+    while let Ok(l) = rx.try_recv() {
+        log.push(l);
+    }
+    let episodes = log
+        .iter()
+        .filter(|l| l.contains("out of resources; backing off"))
+        .count();
+    assert_eq!(episodes, 1, "one warning per episode:\n{}", log.join("\n"));
+
+    // Free descriptors: new connections are served again.
+    drop(served.drain(..20.min(served.len())).collect::<Vec<_>>());
+    let addr2 = addr;
+    eventually(Duration::from_secs(10), "served again", || async move {
+        match connect_from(client_ip(500), addr2).await {
+            Ok(mut s) => matches!(
+                tokio::time::timeout(Duration::from_secs(1), read_line(&mut s)).await,
+                Ok(Ok(_))
+            ),
+            Err(_) => false,
+        }
+    })
+    .await;
+    wait_for(&rx, "accept recovered", &mut log);
+    drop(unserved);
+    drop(served);
+    signal(&child, "TERM");
+    let st = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert!(st.success(), "exit status {st}");
+}
