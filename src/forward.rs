@@ -57,11 +57,12 @@ pub struct Outcome {
     pub end: End,
 }
 
-/// Counters fed while bytes move (for long-lived connections, not only at the end).
+/// Counters fed while bytes move (for long-lived connections, not only at the end):
+/// a metrics counter and a plain total for status output, per direction.
 #[derive(Debug, Clone, Copy)]
 pub struct Meters<'a> {
-    pub to_node: &'a Counter,
-    pub to_client: &'a Counter,
+    pub to_node: (&'a Counter, &'a AtomicU64),
+    pub to_client: (&'a Counter, &'a AtomicU64),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -148,7 +149,7 @@ async fn pipe(
     start: Instant,
     last_activity: &AtomicU64,
     bytes: &AtomicU64,
-    meter: &Counter,
+    meter: (&Counter, &AtomicU64),
 ) -> Result<(), DirError> {
     let rerr = |error| DirError {
         side: from_side,
@@ -190,7 +191,8 @@ async fn pipe(
             }
         }
         bytes.fetch_add(n as u64, Ordering::Relaxed);
-        meter.increment(n as u64);
+        meter.0.increment(n as u64);
+        meter.1.fetch_add(n as u64, Ordering::Relaxed);
         last_activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }

@@ -24,7 +24,8 @@ use crate::ring::{Key, Ring, RingNode};
 pub struct Node {
     pub name: String,
     pub addr: SocketAddr,
-    pub weight: u32,
+    /// Ring weight (a reload may change it).
+    weight: AtomicU32,
     /// In service (on the ring). Nodes start in service.
     up: AtomicBool,
     /// Hysteresis state and the last probe; only probes and state changes lock it.
@@ -36,6 +37,8 @@ pub struct Node {
     pub active: AtomicU64,
     pub total: AtomicU64,
     pub connect_failures: AtomicU64,
+    pub bytes_to_node: AtomicU64,
+    pub bytes_to_client: AtomicU64,
     pub metrics: NodeMetrics,
 }
 
@@ -46,7 +49,7 @@ impl Node {
         Node {
             name: cfg.name.clone(),
             addr: cfg.addr,
-            weight: cfg.weight,
+            weight: AtomicU32::new(cfg.weight),
             up: AtomicBool::new(true),
             health: Mutex::new(NodeHealth::new(SystemTime::now())),
             passive_failures: AtomicU32::new(0),
@@ -54,8 +57,14 @@ impl Node {
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
+            bytes_to_node: AtomicU64::new(0),
+            bytes_to_client: AtomicU64::new(0),
             metrics,
         }
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
     }
 
     pub fn is_up(&self) -> bool {
@@ -114,6 +123,8 @@ impl From<&PoolConfig> for PoolSettings {
 #[derive(Debug)]
 pub struct PoolSnapshot {
     pub settings: Arc<PoolSettings>,
+    /// Every configured node, in service or not, in file order.
+    pub nodes: Vec<Arc<Node>>,
     /// Nodes on the ring; ring indexes refer to this list. Empty when every node
     /// is down and `when_all_down = "reject"`.
     pub members: Vec<Arc<Node>>,
@@ -159,8 +170,6 @@ impl PoolSnapshot {
 #[derive(Debug)]
 pub struct Pool {
     pub name: String,
-    nodes: Vec<Arc<Node>>,
-    settings: Arc<PoolSettings>,
     snapshot: ArcSwap<PoolSnapshot>,
     /// Serialises state changes so rebuilds never publish out of order.
     rebuild: Mutex<()>,
@@ -174,14 +183,61 @@ impl Pool {
             .map(|n| Arc::new(Node::new(&cfg.name, n)))
             .collect();
         let settings = Arc::new(PoolSettings::from(cfg));
-        let snapshot = ArcSwap::from_pointee(build_snapshot(&settings, &nodes));
+        let snapshot = ArcSwap::from_pointee(build_snapshot(settings, nodes));
         Pool {
             name: cfg.name.clone(),
-            nodes,
-            settings,
             snapshot,
             rebuild: Mutex::new(()),
         }
+    }
+
+    /// Apply a new config of this pool (reload). Nodes with the same name and
+    /// address stay (with their health state and counters; a new weight applies);
+    /// others are added (starting up) or removed (no new connections; their open
+    /// connections continue, or close with `on_node_down = "close"`). Settings,
+    /// health included, apply from now on. One new ring is published.
+    pub fn reconfigure(&self, cfg: &PoolConfig) -> PoolChange {
+        let _guard = self.lock_rebuild();
+        let old = self.snapshot();
+        let mut change = PoolChange::default();
+        let mut nodes = Vec::with_capacity(cfg.nodes.len());
+        for nc in &cfg.nodes {
+            match old
+                .nodes
+                .iter()
+                .find(|n| n.name == nc.name && n.addr == nc.addr)
+            {
+                Some(n) => {
+                    let w = n.weight.swap(nc.weight, Ordering::Relaxed);
+                    if w != nc.weight {
+                        change
+                            .reweighted
+                            .push(format!("{} {w}->{}", n.name, nc.weight));
+                    }
+                    nodes.push(n.clone());
+                }
+                None => {
+                    change.added.push(nc.name.clone());
+                    nodes.push(Arc::new(Node::new(&cfg.name, nc)));
+                }
+            }
+        }
+        let settings = Arc::new(PoolSettings::from(cfg));
+        let close = settings.on_node_down == OnNodeDown::Close;
+        for n in &old.nodes {
+            if !nodes.iter().any(|m| Arc::ptr_eq(m, n)) {
+                change.removed.push(n.name.clone());
+                n.metrics.ring_points.set(0.0);
+                n.metrics.up.set(0.0);
+                if close {
+                    n.close_token.load().cancel();
+                }
+            }
+        }
+        change.settings_changed = *old.settings != *settings;
+        self.snapshot
+            .store(Arc::new(build_snapshot(settings, nodes)));
+        change
     }
 
     /// The current snapshot (cheap; no lock).
@@ -189,28 +245,40 @@ impl Pool {
         self.snapshot.load_full()
     }
 
-    pub fn settings(&self) -> &Arc<PoolSettings> {
-        &self.settings
+    /// The current settings (a reload may replace them).
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.snapshot.load().settings.clone()
     }
 
     /// Every configured node, in service or not, in file order.
-    pub fn nodes(&self) -> &[Arc<Node>] {
-        &self.nodes
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
+        self.snapshot.load().nodes.clone()
     }
 
-    pub fn node(&self, name: &str) -> Option<&Arc<Node>> {
-        self.nodes.iter().find(|n| n.name == name)
+    pub fn node(&self, name: &str) -> Option<Arc<Node>> {
+        self.snapshot
+            .load()
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .cloned()
     }
 
     /// Nodes in service.
     pub fn up_count(&self) -> usize {
-        self.nodes.iter().filter(|n| n.is_up()).count()
+        self.snapshot
+            .load()
+            .nodes
+            .iter()
+            .filter(|n| n.is_up())
+            .count()
     }
 
     /// Record an active probe result; applies rise/fall and changes the node's
     /// state when a threshold is crossed.
     pub fn probe_result(&self, node: &Arc<Node>, outcome: ProbeOutcome) {
-        let h = &self.settings.health;
+        let settings = self.settings();
+        let h = &settings.health;
         if outcome.ok {
             node.metrics.probes_ok.increment(1);
         } else {
@@ -248,7 +316,7 @@ impl Pool {
     /// A connect from real traffic failed. After `passive_failures` in a row the
     /// node is taken down at once (the probes bring it back).
     pub fn connect_failed(&self, node: &Arc<Node>, reason: &str) {
-        let limit = self.settings.passive_failures;
+        let limit = self.snapshot.load().settings.passive_failures;
         if limit == 0 {
             return;
         }
@@ -276,7 +344,7 @@ impl Pool {
             return false;
         }
         node.lock_health().force(up, SystemTime::now());
-        self.apply(node, up, why);
+        self.apply(&node, up, why);
         true
     }
 
@@ -287,14 +355,23 @@ impl Pool {
     /// Change a node's state, publish the new ring, then log (so whoever reads the
     /// log line already finds the new ring). Caller holds `rebuild`.
     fn apply(&self, node: &Arc<Node>, up: bool, why: &str) {
+        let old = self.snapshot();
+        if !old.nodes.iter().any(|n| Arc::ptr_eq(n, node)) {
+            // Removed by a reload meanwhile: nothing to publish.
+            node.up.store(up, Ordering::Release);
+            return;
+        }
         let before = self.up_count();
         if node.up.swap(up, Ordering::AcqRel) == up {
             return;
         }
-        self.snapshot
-            .store(Arc::new(build_snapshot(&self.settings, &self.nodes)));
+        let settings = old.settings.clone();
+        self.snapshot.store(Arc::new(build_snapshot(
+            settings.clone(),
+            old.nodes.clone(),
+        )));
         let after = self.up_count();
-        let total = self.nodes.len();
+        let total = old.nodes.len();
         node.lock_health().reason = why.to_string();
         node.metrics.up.set(if up { 1.0 } else { 0.0 });
         if up {
@@ -305,20 +382,20 @@ impl Pool {
         } else {
             node.metrics.went_down.increment(1);
             let open = node.active.load(Ordering::Relaxed);
-            let action = match self.settings.on_node_down {
+            let action = match settings.on_node_down {
                 OnNodeDown::Keep => "its open connections are kept",
                 OnNodeDown::Close => "closing its open connections",
             };
             warn!(pool = %self.name, node = %node.name, addr = %node.addr, reason = %why,
                 up = after, total, open_connections = open,
                 "node DOWN: off the ring; its clients move to their next node; {action}");
-            if self.settings.on_node_down == OnNodeDown::Close {
+            if settings.on_node_down == OnNodeDown::Close {
                 let old = node.close_token.swap(Arc::new(CancellationToken::new()));
                 old.cancel();
             }
         }
         if after == 0 {
-            match self.settings.when_all_down {
+            match settings.when_all_down {
                 WhenAllDown::Reject => error!(pool = %self.name, total,
                     "all nodes DOWN: new connections are closed at once (when_all_down = \"reject\")"),
                 WhenAllDown::Any => error!(pool = %self.name, total,
@@ -330,32 +407,52 @@ impl Pool {
     }
 }
 
-fn build_snapshot(settings: &Arc<PoolSettings>, nodes: &[Arc<Node>]) -> PoolSnapshot {
+fn build_snapshot(settings: Arc<PoolSettings>, nodes: Vec<Arc<Node>>) -> PoolSnapshot {
     let mut members: Vec<Arc<Node>> = nodes.iter().filter(|n| n.is_up()).cloned().collect();
     let mut failing_open = false;
     if members.is_empty() && settings.when_all_down == WhenAllDown::Any {
-        members = nodes.to_vec();
+        members = nodes.clone();
         failing_open = true;
     }
     let ring_nodes: Vec<RingNode> = members
         .iter()
         .map(|n| RingNode {
             name: &n.name,
-            weight: n.weight,
+            weight: n.weight(),
         })
         .collect();
     let ring = Ring::new(&ring_nodes, settings.points_per_weight);
-    for n in nodes {
+    for n in &nodes {
         n.metrics.ring_points.set(0.0);
     }
     for (i, n) in members.iter().enumerate() {
         n.metrics.ring_points.set(f64::from(ring.points_of(i)));
     }
     PoolSnapshot {
-        settings: settings.clone(),
+        settings,
+        nodes,
         members,
         ring,
         failing_open,
+    }
+}
+
+/// What [`Pool::reconfigure`] changed, for the reload summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolChange {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// `"name old->new"`.
+    pub reweighted: Vec<String>,
+    pub settings_changed: bool,
+}
+
+impl PoolChange {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.reweighted.is_empty()
+            && !self.settings_changed
     }
 }
 
@@ -508,6 +605,98 @@ addr = "127.0.0.1:1003"
         for (i, was) in full.iter().enumerate() {
             assert_eq!(&s.select(ip(i as u32)).next().unwrap().name, was);
         }
+    }
+
+    fn cfg_with(nodes: &str, extra: &str) -> PoolConfig {
+        let text = format!(
+            "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\n{extra}\n{nodes}"
+        );
+        Config::parse(&text, "t.toml").unwrap().pools["p"].clone()
+    }
+
+    fn node_toml(name: &str, port: u16, weight: u32) -> String {
+        format!("[[pools.p.nodes]]\nname = \"{name}\"\naddr = \"127.0.0.1:{port}\"\nweight = {weight}\n")
+    }
+
+    #[test]
+    fn reconfigure_keeps_stayed_nodes_adds_removes_and_reweights() {
+        let abc = [
+            node_toml("a", 1001, 1),
+            node_toml("b", 1002, 1),
+            node_toml("c", 1003, 1),
+        ]
+        .concat();
+        let p = Pool::new(&cfg_with(&abc, ""));
+        let a = p.node("a").unwrap();
+        a.total.store(7, Ordering::Relaxed);
+        p.set_up("b", false, "test");
+        let before: Vec<String> = (0..3000)
+            .map(|i| p.snapshot().select(ip(i)).next().unwrap().name.clone())
+            .collect();
+        // b stays (still down), c removed, d added, a weight 2.
+        let next = [
+            node_toml("a", 1001, 2),
+            node_toml("b", 1002, 1),
+            node_toml("d", 1004, 1),
+        ]
+        .concat();
+        let change = p.reconfigure(&cfg_with(&next, "on_node_down = \"close\""));
+        assert_eq!(change.added, vec!["d"]);
+        assert_eq!(change.removed, vec!["c"]);
+        assert_eq!(change.reweighted, vec!["a 1->2"]);
+        assert!(change.settings_changed);
+        let a2 = p.node("a").unwrap();
+        assert!(Arc::ptr_eq(&a, &a2), "a stayed: same node, same counters");
+        assert_eq!(a2.total.load(Ordering::Relaxed), 7);
+        assert!(!p.node("b").unwrap().is_up(), "b keeps its health state");
+        assert!(p.node("d").unwrap().is_up(), "added nodes start up");
+        assert!(p.node("c").is_none());
+        let s = p.snapshot();
+        let names: Vec<&str> = s.members.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, vec!["a", "d"]);
+        // Clients of a stay on a (its old points remain) unless the new node d
+        // took them; nobody goes to c.
+        for (i, was) in before.iter().enumerate() {
+            let now = &s.select(ip(i as u32)).next().unwrap().name;
+            assert_ne!(now, "c");
+            if was == "a" {
+                assert!(now == "a" || now == "d", "{now}");
+            }
+        }
+        // An address change under the same name is a new node (fresh state).
+        let moved = [
+            node_toml("a", 2001, 2),
+            node_toml("b", 1002, 1),
+            node_toml("d", 1004, 1),
+        ]
+        .concat();
+        let change = p.reconfigure(&cfg_with(&moved, ""));
+        assert_eq!(
+            (change.added.clone(), change.removed.clone()),
+            (vec!["a".to_string()], vec!["a".to_string()])
+        );
+        assert_eq!(p.node("a").unwrap().total.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn removing_a_node_with_close_cancels_its_connections_token() {
+        let ab = [node_toml("a", 1001, 1), node_toml("b", 1002, 1)].concat();
+        let p = Pool::new(&cfg_with(&ab, "on_node_down = \"close\""));
+        let tok_b = p.node("b").unwrap().close_token();
+        let tok_a = p.node("a").unwrap().close_token();
+        p.reconfigure(&cfg_with(
+            &node_toml("a", 1001, 1),
+            "on_node_down = \"close\"",
+        ));
+        assert!(tok_b.is_cancelled());
+        assert!(!tok_a.is_cancelled());
+        let p = Pool::new(&cfg_with(&ab, ""));
+        let tok_b = p.node("b").unwrap().close_token();
+        p.reconfigure(&cfg_with(&node_toml("a", 1001, 1), ""));
+        assert!(
+            !tok_b.is_cancelled(),
+            "keep: removed node's connections continue"
+        );
     }
 
     #[test]

@@ -173,8 +173,8 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContex
         snapshot.settings.idle_timeout,
         stop,
         Meters {
-            to_node: &node.metrics.bytes_to_node,
-            to_client: &node.metrics.bytes_to_client,
+            to_node: (&node.metrics.bytes_to_node, &node.bytes_to_node),
+            to_client: (&node.metrics.bytes_to_client, &node.bytes_to_client),
         },
     )
     .await;
