@@ -64,6 +64,17 @@ pub enum Command {
         #[arg(required = true, value_name = "IP")]
         ips: Vec<String>,
     },
+    /// Ask a running ringlb to reload its config (sends SIGHUP to the pid in the
+    /// pid file). With --config, the file is checked first and nothing is sent if
+    /// it is invalid.
+    Reload {
+        /// Pid file of the running instance (default: `pid_file` of --config).
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        /// Config file to check before signalling (and to find `pid_file` in).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Start three demo backends and the balancer in front of them (Ctrl-C stops).
     Demo {
         /// Demo config (default: config/demo.toml, or the built-in copy of it).

@@ -87,10 +87,18 @@ pub mod defaults {
 pub struct RawConfig {
     #[serde(default, with = "humantime_serde::option")]
     pub shutdown_grace: Option<Duration>,
+    pub pid_file: Option<PathBuf>,
+    pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub listener: Vec<RawListener>,
     #[serde(default)]
     pub pools: BTreeMap<String, RawPool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -216,9 +224,18 @@ pub struct Config {
     /// Where it was read from (`<inline>` for strings).
     pub source: PathBuf,
     pub shutdown_grace: Duration,
+    /// Write the process id here while running (for `ringlb reload`).
+    pub pid_file: Option<PathBuf>,
+    /// The admin HTTP endpoint (`/metrics`, `/status`, `/`); off when absent.
+    pub admin: Option<AdminConfig>,
     pub listeners: Vec<ListenerConfig>,
     /// Pools by name (sorted, so output and iteration are deterministic).
     pub pools: BTreeMap<String, PoolConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -772,10 +789,49 @@ impl RawConfig {
             );
         }
 
+        let admin = self
+            .admin
+            .as_ref()
+            .and_then(|a| match a.listen.parse::<SocketAddr>() {
+                Ok(addr) => {
+                    let as_listener = ListenerConfig {
+                        name: "admin".into(),
+                        listen: addr,
+                        pool: String::new(),
+                        max_connections: 1,
+                        backlog: 1,
+                        ipv6_only: true,
+                    };
+                    for l in &listeners {
+                        if l.listen == addr || overlaps(l, &as_listener) {
+                            p.push(
+                                "admin.listen",
+                                format!("{addr} is also taken by listener {:?}", l.name),
+                            );
+                        }
+                    }
+                    Some(AdminConfig { listen: addr })
+                }
+                Err(_) => {
+                    p.push(
+                        "admin.listen",
+                        format!("{:?} is not an IP:port address", a.listen),
+                    );
+                    None
+                }
+            });
+        if let Some(pid) = &self.pid_file {
+            if pid.as_os_str().is_empty() {
+                p.push("pid_file", "must not be empty");
+            }
+        }
+
         if p.0.is_empty() {
             Ok(Config {
                 source: source.to_path_buf(),
                 shutdown_grace,
+                pid_file: self.pid_file.clone(),
+                admin,
                 listeners,
                 pools,
             })

@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{fmt_duration, HealthConfig, HealthKind};
 use crate::pool::{Node, Pool};
@@ -288,14 +288,69 @@ impl Jitter {
     }
 }
 
-/// Start one probe task per node of `pool` (none when `health.kind = "none"`).
-/// Tasks stop when `stop` is cancelled.
-pub fn spawn(pool: &Arc<Pool>, stop: &CancellationToken, tasks: &mut JoinSet<()>) {
-    if pool.settings().health.kind == HealthKind::None {
-        return;
+/// The probe tasks of one pool: one per node (none when `health.kind = "none"`),
+/// kept in step with the pool's nodes by [`Prober::sync`] after a reload.
+#[derive(Debug)]
+pub struct Prober {
+    pool: Arc<Pool>,
+    tasks: Vec<(Arc<Node>, CancellationToken)>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Prober {
+    /// Start probing every node of `pool`; everything stops when `stop` is cancelled.
+    pub fn start(pool: Arc<Pool>, stop: &CancellationToken) -> Prober {
+        let mut p = Prober {
+            pool,
+            tasks: Vec::new(),
+            stop: stop.child_token(),
+            tracker: TaskTracker::new(),
+        };
+        p.sync();
+        p
     }
-    for node in pool.nodes() {
-        tasks.spawn(probe_loop(pool.clone(), node.clone(), stop.clone()));
+
+    /// Start tasks for new nodes, stop those of removed nodes (or all of them when
+    /// health checks were turned off). Settings changes need no restart: every
+    /// probe reads the pool's current settings.
+    pub fn sync(&mut self) {
+        let nodes = if self.pool.settings().health.kind == HealthKind::None {
+            Vec::new()
+        } else {
+            self.pool.nodes()
+        };
+        self.tasks.retain(|(n, tok)| {
+            let keep = nodes.iter().any(|m| Arc::ptr_eq(m, n));
+            if !keep {
+                tok.cancel();
+            }
+            keep
+        });
+        for n in nodes {
+            if !self.tasks.iter().any(|(m, _)| Arc::ptr_eq(m, &n)) {
+                let tok = self.stop.child_token();
+                self.tracker
+                    .spawn(probe_loop(self.pool.clone(), n.clone(), tok.clone()));
+                self.tasks.push((n, tok));
+            }
+        }
+    }
+
+    /// Number of running probe tasks.
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// Stop every probe and wait for them.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
     }
 }
 
@@ -313,7 +368,8 @@ async fn probe_loop(pool: Arc<Pool>, node: Arc<Node>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
-        let h = &pool.settings().health;
+        let settings = pool.settings();
+        let h = &settings.health;
         let started = Instant::now();
         let outcome = tokio::select! {
             _ = stop.cancelled() => return,

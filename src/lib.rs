@@ -4,6 +4,7 @@
 //! operation.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod backend;
 pub mod cli;
 pub mod config;
@@ -15,10 +16,11 @@ pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod reload;
 pub mod ring;
 pub mod server;
 pub mod which;
 
 pub use config::Config;
 pub use error::{ConfigError, Error};
-pub use server::{Server, ShutdownReport};
+pub use server::{Handle, Server, ShutdownReport};

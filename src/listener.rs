@@ -2,13 +2,15 @@
 //! accept loop: connection limit, accept-error backoff, one span per connection,
 //! each connection spawned into the server's task tracker.
 
+use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -16,8 +18,9 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::config::ListenerConfig;
 use crate::error::{is_resource_exhaustion, Error};
-use crate::metrics::RejectReason;
-use crate::proxy::{self, ListenerContext};
+use crate::metrics::{ListenerMetrics, RejectReason};
+use crate::pool::Pool;
+use crate::proxy;
 
 /// Shortest and longest pause after an accept error such as EMFILE.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
@@ -36,7 +39,7 @@ struct Episode {
 pub struct BoundListener {
     pub config: ListenerConfig,
     pub local_addr: SocketAddr,
-    listener: TcpListener,
+    pub socket: Arc<TcpListener>,
 }
 
 /// Create, configure and bind the listening socket. Must run inside a tokio runtime.
@@ -63,49 +66,117 @@ pub fn bind(config: &ListenerConfig) -> Result<BoundListener, Error> {
     Ok(BoundListener {
         config: config.clone(),
         local_addr,
-        listener,
+        socket: Arc::new(listener),
     })
 }
 
-/// Accept until `shutdown` is cancelled, then drop the socket (new connects are
-/// refused from then on).
+/// What one accepted connection needs from its listener, replaced as a whole by a
+/// reload (so a connection keeps the pool and limits it was accepted under).
+#[derive(Debug)]
+pub struct ListenerState {
+    pub config: ListenerConfig,
+    pub pool: Arc<Pool>,
+    pub metrics: ListenerMetrics,
+}
+
+impl ListenerState {
+    pub fn new(config: ListenerConfig, pool: Arc<Pool>) -> ListenerState {
+        let metrics = ListenerMetrics::new(&config.name);
+        ListenerState {
+            config,
+            pool,
+            metrics,
+        }
+    }
+}
+
+/// A listener's live parts: its current state, its open connection count, and the
+/// token that closes open connections (end of the shutdown grace).
+#[derive(Debug)]
+pub struct ListenerShared {
+    pub state: ArcSwap<ListenerState>,
+    pub active: AtomicUsize,
+    pub hard_stop: CancellationToken,
+}
+
+impl ListenerShared {
+    pub fn new(state: ListenerState, hard_stop: CancellationToken) -> ListenerShared {
+        ListenerShared {
+            state: ArcSwap::from_pointee(state),
+            active: AtomicUsize::new(0),
+            hard_stop,
+        }
+    }
+}
+
+/// Set a new accept queue length on a listening socket (Linux applies a second
+/// `listen()` call to the queue of the same socket).
+pub fn set_backlog(listener: &TcpListener, backlog: u32) -> io::Result<()> {
+    socket2::SockRef::from(listener).listen(backlog as i32)
+}
+
+/// Counts one open client connection of a listener, whatever way its task ends.
+struct Active(Arc<ListenerShared>, Arc<ListenerState>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.1.metrics.active.decrement(1.0);
+    }
+}
+
+/// Accept until `stop` is cancelled. Then accept what is already queued (those
+/// clients completed their handshake and would otherwise be reset), and return;
+/// the socket closes when its last owner drops it.
 pub async fn accept_loop(
-    bound: BoundListener,
-    ctx: Arc<ListenerContext>,
+    listener: Arc<TcpListener>,
+    local_addr: SocketAddr,
+    shared: Arc<ListenerShared>,
     tracker: TaskTracker,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
 ) {
-    let BoundListener {
-        config,
-        local_addr,
-        listener,
-    } = bound;
-    let limit = Arc::new(Semaphore::new(config.max_connections));
     let mut backoff = ACCEPT_BACKOFF_MIN;
     // An episode of resource errors: one WARN when it starts, one INFO when accept
     // has worked again with no error for EPISODE_QUIET (so a flapping shortage is
     // one episode, not a log line per connection).
     let mut episode: Option<Episode> = None;
     let mut at_limit = false;
+    let mut draining = false;
     let mut conn_id: u64 = 0;
-    info!(listener = %config.name, addr = %local_addr, pool = %config.pool, "listening");
+    {
+        let st = shared.state.load();
+        info!(listener = %st.config.name, addr = %local_addr, pool = %st.config.pool, "listening");
+    }
     loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => r,
+        let accepted = if draining {
+            match tokio::time::timeout(Duration::ZERO, listener.accept()).await {
+                Ok(r) => r,
+                Err(_) => break,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => {
+                    draining = true;
+                    continue;
+                }
+                r = listener.accept() => r,
+            }
         };
+        let state = shared.state.load_full();
+        let name = &state.config.name;
         let (stream, peer) = match accepted {
             Ok(x) => x,
+            Err(_) if draining => break,
             Err(e) if is_resource_exhaustion(&e) => {
-                ctx.metrics.accept_errors.increment(1);
+                state.metrics.accept_errors.increment(1);
                 match episode.as_mut() {
                     Some(ep) => {
                         ep.errors += 1;
                         ep.last_error = Instant::now();
                     }
                     None => {
-                        warn!(listener = %config.name, error = %e, "accept failed: out of resources; backing off until it recovers");
+                        warn!(listener = %name, error = %e, "accept failed: out of resources; backing off until it recovers");
                         episode = Some(Episode {
                             errors: 1,
                             last_error: Instant::now(),
@@ -113,7 +184,7 @@ pub async fn accept_loop(
                     }
                 }
                 tokio::select! {
-                    _ = shutdown.cancelled() => break,
+                    _ = stop.cancelled() => draining = true,
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
@@ -121,48 +192,53 @@ pub async fn accept_loop(
             }
             Err(e) => {
                 // ECONNABORTED and friends: the peer went away before we got to it.
-                ctx.metrics.accept_errors.increment(1);
-                tracing::debug!(listener = %config.name, error = %e, "accept error");
+                state.metrics.accept_errors.increment(1);
+                tracing::debug!(listener = %name, error = %e, "accept error");
                 continue;
             }
         };
         if let Some(ep) = &episode {
             if ep.last_error.elapsed() >= EPISODE_QUIET {
-                info!(listener = %config.name, failed_accepts = ep.errors, "accept recovered");
+                info!(listener = %name, failed_accepts = ep.errors, "accept recovered");
                 episode = None;
             }
         }
         backoff = ACCEPT_BACKOFF_MIN;
-        ctx.metrics.accepted.increment(1);
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            ctx.metrics
+        state.metrics.accepted.increment(1);
+        let limit = state.config.max_connections;
+        if shared.active.load(Ordering::Relaxed) >= limit {
+            state
+                .metrics
                 .rejected(RejectReason::MaxConnections)
                 .increment(1);
             if !at_limit {
-                warn!(listener = %config.name, limit = config.max_connections, "max_connections reached; closing new connections at once until some end");
+                warn!(listener = %name, limit, "max_connections reached; closing new connections at once until some end");
                 at_limit = true;
             }
-            tracing::debug!(listener = %config.name, client = %peer, "over max_connections; closed");
+            tracing::debug!(listener = %name, client = %peer, "over max_connections; closed");
             drop(stream);
             continue;
-        };
+        }
         if at_limit {
-            info!(listener = %config.name, "below max_connections again");
+            info!(listener = %name, "below max_connections again");
             at_limit = false;
         }
+        // Only this task increments, so the check above cannot be overtaken.
+        shared.active.fetch_add(1, Ordering::Relaxed);
+        state.metrics.active.increment(1.0);
+        let active = Active(shared.clone(), state.clone());
         let _ = stream.set_nodelay(true);
         conn_id += 1;
-        let span = info_span!("conn", id = conn_id, listener = %config.name, client = %peer);
-        let ctx = ctx.clone();
+        let span = info_span!("conn", id = conn_id, listener = %name, client = %peer);
+        let hard_stop = shared.hard_stop.clone();
         tracker.spawn(
             async move {
-                ctx.metrics.active.increment(1.0);
-                proxy::handle(stream, peer, ctx.clone()).await;
-                ctx.metrics.active.decrement(1.0);
-                drop(permit);
+                let _active = active;
+                proxy::handle(stream, peer, &state, &hard_stop).await;
             }
             .instrument(span),
         );
     }
-    info!(listener = %config.name, addr = %local_addr, "stopped accepting");
+    let st = shared.state.load();
+    info!(listener = %st.config.name, addr = %local_addr, "stopped accepting");
 }

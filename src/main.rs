@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 
 use std::io::{IsTerminal as _, Read as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     // Tools print their answer on stdout; the server logs. Default levels differ.
     let default_level = match cli.command {
         Command::Run { .. } | Command::Demo { .. } => "info",
-        Command::Check { .. } | Command::Which { .. } => "error",
+        Command::Check { .. } | Command::Which { .. } | Command::Reload { .. } => "error",
     };
     if let Err(e) = init_tracing(cli.log_format, cli.log_level.as_deref(), default_level) {
         eprintln!("ringlb: {e:#}");
@@ -97,14 +97,21 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(e) => return Ok(print_config_error(&e)),
             };
+            // Before any pool or listener exists, so every metric handle records.
+            ringlb::metrics::install_prometheus();
             runtime()?.block_on(async move {
                 let server = Server::bind(cfg)?;
                 let shutdown = CancellationToken::new();
-                tokio::spawn(handle_signals(shutdown.clone(), server.hard_stop()));
+                tokio::spawn(handle_signals(
+                    shutdown.clone(),
+                    server.hard_stop(),
+                    Some(server.handle()),
+                ));
                 server.run(shutdown).await;
                 Ok(ExitCode::SUCCESS)
             })
         }
+        Command::Reload { pid_file, config } => reload(pid_file, config),
         Command::Demo { config } => {
             let cfg = match ringlb::demo::load(config.as_deref(), Path::new(DEMO_CONFIG_PATH)) {
                 Ok(c) => c,
@@ -114,12 +121,52 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 let shutdown = CancellationToken::new();
                 // The demo has no hard-stop handle before it binds; a second signal
                 // during the (short) demo grace just waits for it.
-                tokio::spawn(handle_signals(shutdown.clone(), CancellationToken::new()));
+                tokio::spawn(handle_signals(
+                    shutdown.clone(),
+                    CancellationToken::new(),
+                    None,
+                ));
                 ringlb::demo::run(cfg, shutdown).await?;
                 Ok(ExitCode::SUCCESS)
             })
         }
     }
+}
+
+fn reload(pid_file: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let mut pid_file = pid_file;
+    if let Some(path) = &config {
+        match Config::from_file(path) {
+            Ok(cfg) => {
+                if pid_file.is_none() {
+                    pid_file = cfg.pid_file.clone();
+                }
+            }
+            Err(e) => {
+                eprintln!("not reloading: the config has errors");
+                return Ok(print_config_error(&e));
+            }
+        }
+    }
+    let Some(pid_file) = pid_file else {
+        anyhow::bail!("no pid file: pass --pid-file, or --config with a pid_file key");
+    };
+    let text = std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("reading pid file {}", pid_file.display()))?;
+    let pid: i32 = text.trim().parse().with_context(|| {
+        format!(
+            "{}: {:?} is not a process id",
+            pid_file.display(),
+            text.trim()
+        )
+    })?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .with_context(|| format!("sending SIGHUP to pid {pid} (from {})", pid_file.display()))?;
+    println!("sent SIGHUP to ringlb (pid {pid}); the result is in its log, /status and ringlb_reloads_total");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check(path: &Path) -> ExitCode {
@@ -147,8 +194,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// SIGTERM/SIGINT: stop accepting and drain (first), close everything (second).
-/// SIGHUP: logged and ignored (it must not kill the process).
-async fn handle_signals(shutdown: CancellationToken, hard_stop: CancellationToken) {
+/// SIGHUP: reload the config (the demo has nothing to reload: logged and ignored).
+async fn handle_signals(
+    shutdown: CancellationToken,
+    hard_stop: CancellationToken,
+    server: Option<ringlb::Handle>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -163,7 +214,13 @@ async fn handle_signals(shutdown: CancellationToken, hard_stop: CancellationToke
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
             _ = hup.recv() => {
-                warn!("SIGHUP received: configuration reload is not supported by this version; the running configuration stays");
+                match &server {
+                    Some(h) => {
+                        info!("SIGHUP received: reloading the configuration");
+                        h.reload();
+                    }
+                    None => warn!("SIGHUP received: the demo does not reload; ignored"),
+                }
                 continue;
             }
         };

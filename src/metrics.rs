@@ -1,7 +1,10 @@
 //! Every metric name and label in one place. Handles are created once per listener
 //! or node (never per connection) and are no-ops until a recorder is installed.
 
+use std::sync::OnceLock;
+
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const CONNECTIONS_ACCEPTED: &str = "ringlb_connections_accepted_total";
 pub const CONNECTIONS_REJECTED: &str = "ringlb_connections_rejected_total";
@@ -17,7 +20,8 @@ pub const NODE_UP: &str = "ringlb_node_up";
 pub const NODE_TRANSITIONS: &str = "ringlb_node_transitions_total";
 pub const PROBES: &str = "ringlb_probes_total";
 pub const PROBE_DURATION: &str = "ringlb_probe_duration_seconds";
-pub const POOL_NODES_UP: &str = "ringlb_pool_nodes_up";
+pub const RELOADS: &str = "ringlb_reloads_total";
+pub const CONFIG_GENERATION: &str = "ringlb_config_generation";
 
 pub const L_LISTENER: &str = "listener";
 pub const L_POOL: &str = "pool";
@@ -168,4 +172,66 @@ impl NodeMetrics {
     pub fn failure(&self, f: ConnectFailure) -> &Counter {
         &self.failures[f as usize]
     }
+}
+
+/// Process-wide handles of the reload machinery.
+#[derive(Debug, Clone)]
+pub struct ServerMetrics {
+    pub reloads_ok: Counter,
+    pub reloads_failed: Counter,
+    pub generation: Gauge,
+}
+
+impl ServerMetrics {
+    pub fn new() -> Self {
+        ServerMetrics {
+            reloads_ok: counter!(RELOADS, L_RESULT => "ok"),
+            reloads_failed: counter!(RELOADS, L_RESULT => "failed"),
+            generation: gauge!(CONFIG_GENERATION),
+        }
+    }
+}
+
+impl Default for ServerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Install the Prometheus recorder for this process (once; later calls return the
+/// same handle). Handles created before this call stay no-ops, so call it before
+/// building pools and listeners. `None` if another recorder was installed first.
+pub fn install_prometheus() -> Option<PrometheusHandle> {
+    PROMETHEUS
+        .get_or_init(|| {
+            let seconds_buckets = [
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 1800.0, 3600.0,
+                14400.0, 86400.0,
+            ];
+            let probe_buckets = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ];
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(CONNECTION_DURATION.to_string()),
+                    &seconds_buckets,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(PROBE_DURATION.to_string()),
+                        &probe_buckets,
+                    )
+                })
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .clone()
+}
+
+/// The installed Prometheus handle, if any.
+pub fn prometheus() -> Option<PrometheusHandle> {
+    PROMETHEUS.get().cloned().flatten()
 }

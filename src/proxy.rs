@@ -14,8 +14,9 @@ use tracing::{debug, info, warn};
 
 use crate::error::is_resource_exhaustion;
 use crate::forward::{self, End, Meters};
-use crate::metrics::{ConnectFailure, ListenerMetrics, RejectReason};
-use crate::pool::{Node, Pool};
+use crate::listener::ListenerState;
+use crate::metrics::{ConnectFailure, RejectReason};
+use crate::pool::Node;
 use crate::ring::canonical_ip;
 
 static LOCAL_SHORTAGE_LOG: RateLimit = RateLimit::new(10);
@@ -47,16 +48,6 @@ impl RateLimit {
     }
 }
 
-/// What every connection of one listener shares.
-#[derive(Debug)]
-pub struct ListenerContext {
-    pub name: String,
-    pub pool: Arc<Pool>,
-    pub metrics: ListenerMetrics,
-    /// Cancelled when open connections must be closed (shutdown grace ran out).
-    pub hard_stop: CancellationToken,
-}
-
 /// Decrements a counter when dropped, whatever way the task ends.
 struct ActiveGuard<'a> {
     count: &'a AtomicU64,
@@ -79,7 +70,12 @@ impl Drop for ActiveGuard<'_> {
 }
 
 /// Serve one accepted client connection. Runs inside the connection's span.
-pub async fn handle(client: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) {
+pub async fn handle(
+    client: TcpStream,
+    peer: SocketAddr,
+    ctx: &ListenerState,
+    hard_stop: &CancellationToken,
+) {
     let start = Instant::now();
     let snapshot = ctx.pool.snapshot();
     let ip = canonical_ip(peer.ip());
@@ -101,7 +97,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContex
         );
         let result = tokio::select! {
             r = attempt => r,
-            _ = ctx.hard_stop.cancelled() => {
+            _ = hard_stop.cancelled() => {
                 info!(reason = "cancelled", "connection closed before a node was reached");
                 return;
             }
@@ -163,7 +159,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContex
     let node_down = node.close_token();
     let stop = async {
         tokio::select! {
-            _ = ctx.hard_stop.cancelled() => End::Cancelled,
+            _ = hard_stop.cancelled() => End::Cancelled,
             _ = node_down.cancelled() => End::NodeDown,
         }
     };

@@ -1,37 +1,35 @@
 //! The running balancer: binds every listener, builds every pool, runs the accept
-//! loops and the health probes, and on shutdown stops accepting, then drains open connections for
-//! `shutdown_grace` before closing the rest.
+//! loops, the health probes, the admin endpoint and the reload loop; on shutdown it
+//! stops accepting, then drains open connections for `shutdown_grace` before
+//! closing the rest.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
-use tokio::task::JoinSet;
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::admin::{self, AdminServer};
+use crate::config::{fmt_duration, Config, ListenerConfig};
 use crate::error::Error;
-use crate::health;
-use crate::listener::{self, BoundListener};
-use crate::metrics::ListenerMetrics;
+use crate::health::Prober;
+use crate::listener::{self, BoundListener, ListenerShared, ListenerState};
+use crate::metrics::ServerMetrics;
 use crate::pool::Pool;
-use crate::proxy::ListenerContext;
+use crate::reload;
 
 /// How long connections get to finish after being told to close at the end of the
 /// grace period (they close at once; this only bounds a pathological case).
 const HARD_STOP_WAIT: Duration = Duration::from_secs(5);
-
-/// A bound balancer, ready to [`run`](Server::run).
-#[derive(Debug)]
-pub struct Server {
-    config: Config,
-    listeners: Vec<BoundListener>,
-    pools: BTreeMap<String, Arc<Pool>>,
-    hard_stop: CancellationToken,
-}
 
 /// What shutdown did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,50 +40,231 @@ pub struct ShutdownReport {
     pub closed_at_grace: usize,
 }
 
+/// The outcome of the last reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadRecord {
+    pub ok: bool,
+    pub at: SystemTime,
+    /// The change summary, or every problem found.
+    pub message: String,
+    /// Config generation after this reload.
+    pub generation: u64,
+}
+
+/// A listener as the status output sees it.
+#[derive(Debug, Clone)]
+pub struct ListenerView {
+    pub local_addr: SocketAddr,
+    pub shared: Arc<ListenerShared>,
+}
+
+/// State shared between the server, its reload loop, the admin endpoint and
+/// [`Handle`]s.
+#[derive(Debug)]
+struct Shared {
+    config: ArcSwap<Config>,
+    pools: ArcSwap<BTreeMap<String, Arc<Pool>>>,
+    listeners: ArcSwap<Vec<ListenerView>>,
+    generation: AtomicU64,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    last_reload: Mutex<Option<ReloadRecord>>,
+    reload_requested: Notify,
+    started: SystemTime,
+    metrics: ServerMetrics,
+}
+
+/// A cheap, cloneable handle on a server: ask for a reload, read its state.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Handle {
+    /// Ask for a reload of the config file. Requests made while a reload runs are
+    /// folded into one more reload after it, so the last request is never lost and
+    /// two reloads never run at once.
+    pub fn reload(&self) {
+        self.shared.reload_requested.notify_one();
+    }
+
+    /// Config generation: 1 at start, +1 per applied reload.
+    pub fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
+    }
+
+    pub fn last_reload(&self) -> Option<ReloadRecord> {
+        self.shared
+            .last_reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reloads applied and refused.
+    pub fn reload_counts(&self) -> (u64, u64) {
+        (
+            self.shared.reloads_ok.load(Ordering::Relaxed),
+            self.shared.reloads_failed.load(Ordering::Relaxed),
+        )
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.config.load_full()
+    }
+
+    pub fn pools(&self) -> Arc<BTreeMap<String, Arc<Pool>>> {
+        self.shared.pools.load_full()
+    }
+
+    pub fn pool(&self, name: &str) -> Option<Arc<Pool>> {
+        self.shared.pools.load().get(name).cloned()
+    }
+
+    pub fn listeners(&self) -> Arc<Vec<ListenerView>> {
+        self.shared.listeners.load_full()
+    }
+
+    /// The bound address of a listener, by its current name.
+    pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
+        self.shared
+            .listeners
+            .load()
+            .iter()
+            .find(|l| l.shared.state.load().config.name == listener)
+            .map(|l| l.local_addr)
+    }
+
+    pub fn started(&self) -> SystemTime {
+        self.shared.started
+    }
+}
+
+/// One running listener.
+struct Running {
+    local_addr: SocketAddr,
+    socket: Arc<TcpListener>,
+    shared: Arc<ListenerShared>,
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    fn name(&self) -> String {
+        self.shared.state.load().config.name.clone()
+    }
+
+    fn config(&self) -> ListenerConfig {
+        self.shared.state.load().config.clone()
+    }
+}
+
+/// A bound balancer, ready to [`run`](Server::run).
+pub struct Server {
+    shared: Arc<Shared>,
+    listeners: Vec<Running>,
+    probers: BTreeMap<String, Prober>,
+    admin: Option<AdminServer>,
+    pending_admin: Option<TcpListener>,
+    pid_file: Option<PathBuf>,
+    tracker: TaskTracker,
+    hard_stop: CancellationToken,
+    probe_stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listeners", &self.local_addrs())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Server {
-    /// Build pools and bind every listener. Must run inside a tokio runtime. Nothing
-    /// is accepted until [`run`](Server::run).
+    /// Build pools and bind every listener (and the admin endpoint). Must run
+    /// inside a tokio runtime. Nothing is accepted until [`run`](Server::run).
     pub fn bind(config: Config) -> Result<Server, Error> {
+        if config.admin.is_some() {
+            crate::metrics::install_prometheus();
+        }
         let pools: BTreeMap<String, Arc<Pool>> = config
             .pools
             .iter()
             .map(|(name, p)| (name.clone(), Arc::new(Pool::new(p))))
             .collect();
-        let listeners = config
-            .listeners
-            .iter()
-            .map(listener::bind)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Server {
-            config,
+        let hard_stop = CancellationToken::new();
+        let mut listeners = Vec::new();
+        for lc in &config.listeners {
+            let bound = listener::bind(lc)?;
+            listeners.push(running(bound, &pools, &hard_stop));
+        }
+        let pending_admin = match &config.admin {
+            Some(a) => Some(admin::bind(a.listen)?),
+            None => None,
+        };
+        let metrics = ServerMetrics::new();
+        metrics.generation.set(1.0);
+        let shared = Arc::new(Shared {
+            config: ArcSwap::from_pointee(config.clone()),
+            pools: ArcSwap::from_pointee(pools),
+            listeners: ArcSwap::from_pointee(Vec::new()),
+            generation: AtomicU64::new(1),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            last_reload: Mutex::new(None),
+            reload_requested: Notify::new(),
+            started: SystemTime::now(),
+            metrics,
+        });
+        let server = Server {
+            shared,
             listeners,
-            pools,
-            hard_stop: CancellationToken::new(),
-        })
+            probers: BTreeMap::new(),
+            admin: None,
+            pending_admin,
+            pid_file: None,
+            tracker: TaskTracker::new(),
+            hard_stop,
+            probe_stop: CancellationToken::new(),
+        };
+        server.publish_listeners();
+        Ok(server)
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// A handle for reloads and status (valid before and during `run`).
+    pub fn handle(&self) -> Handle {
+        Handle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.config.load_full()
     }
 
     /// The bound address of a listener (useful with port 0).
     pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
-        self.listeners
-            .iter()
-            .find(|l| l.config.name == listener)
-            .map(|l| l.local_addr)
+        self.handle().local_addr(listener)
     }
 
     /// Every listener's name and bound address.
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.listeners
             .iter()
-            .map(|l| (l.config.name.clone(), l.local_addr))
+            .map(|l| (l.name(), l.local_addr))
             .collect()
     }
 
-    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
-        self.pools.get(name)
+    /// The admin endpoint's bound address, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.pending_admin
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .or_else(|| self.admin.as_ref().map(|a| a.local_addr))
+    }
+
+    pub fn pool(&self, name: &str) -> Option<Arc<Pool>> {
+        self.handle().pool(name)
     }
 
     /// Cancelling this token closes open connections at once (as when the grace
@@ -94,46 +273,81 @@ impl Server {
         self.hard_stop.clone()
     }
 
-    /// Serve until `shutdown` is cancelled, then stop accepting and drain.
-    pub async fn run(self, shutdown: CancellationToken) -> ShutdownReport {
-        let Server {
-            config,
-            listeners,
-            pools,
-            hard_stop,
-        } = self;
-        let tracker = TaskTracker::new();
-        let mut acceptors = JoinSet::new();
-        for bound in listeners {
-            let ctx = Arc::new(ListenerContext {
-                name: bound.config.name.clone(),
-                pool: pools[&bound.config.pool].clone(),
-                metrics: ListenerMetrics::new(&bound.config.name),
-                hard_stop: hard_stop.clone(),
-            });
-            acceptors.spawn(listener::accept_loop(
-                bound,
-                ctx,
-                tracker.clone(),
-                shutdown.clone(),
-            ));
-        }
+    fn publish_listeners(&self) {
+        let views = self
+            .listeners
+            .iter()
+            .map(|r| ListenerView {
+                local_addr: r.local_addr,
+                shared: r.shared.clone(),
+            })
+            .collect();
+        self.shared.listeners.store(Arc::new(views));
+    }
 
-        let mut probes = JoinSet::new();
-        for pool in pools.values() {
-            health::spawn(pool, &shutdown, &mut probes);
+    fn start_listener(&mut self, i: usize) {
+        let r = &mut self.listeners[i];
+        if r.task.is_none() {
+            r.task = Some(tokio::spawn(listener::accept_loop(
+                r.socket.clone(),
+                r.local_addr,
+                r.shared.clone(),
+                self.tracker.clone(),
+                r.stop.clone(),
+            )));
         }
+    }
 
-        shutdown.cancelled().await;
-        while acceptors.join_next().await.is_some() {}
-        while probes.join_next().await.is_some() {}
+    /// Serve until `shutdown` is cancelled, then stop accepting and drain. Reloads
+    /// requested through [`Handle::reload`] are applied one at a time meanwhile.
+    pub async fn run(mut self, shutdown: CancellationToken) -> ShutdownReport {
+        for i in 0..self.listeners.len() {
+            self.start_listener(i);
+        }
+        for (name, pool) in self.shared.pools.load().iter() {
+            self.probers
+                .insert(name.clone(), Prober::start(pool.clone(), &self.probe_stop));
+        }
+        if let Some(l) = self.pending_admin.take() {
+            self.admin = Some(admin::spawn(l, self.handle()));
+        }
+        let pid_file = self.shared.config.load().pid_file.clone();
+        self.set_pid_file(pid_file);
+
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.shared.reload_requested.notified() => self.reload().await,
+            }
+        }
+        self.shutdown().await
+    }
+
+    async fn shutdown(mut self) -> ShutdownReport {
+        for r in &self.listeners {
+            r.stop.cancel();
+        }
+        for r in &mut self.listeners {
+            if let Some(t) = r.task.take() {
+                let _ = t.await;
+            }
+        }
+        // Close the listening sockets now: new connects are refused from here on.
+        self.listeners.clear();
+        self.publish_listeners();
+        self.probe_stop.cancel();
+        for (_, p) in std::mem::take(&mut self.probers) {
+            p.shutdown().await;
+        }
+        let tracker = self.tracker.clone();
+        let hard_stop = self.hard_stop.clone();
         tracker.close();
         let open_at_shutdown = tracker.len();
-        let grace = config.shutdown_grace;
+        let grace = self.shared.config.load().shutdown_grace;
         if open_at_shutdown > 0 {
             info!(
                 open = open_at_shutdown,
-                grace = %crate::config::fmt_duration(grace),
+                grace = %fmt_duration(grace),
                 "stopped accepting; draining open connections"
             );
         }
@@ -166,10 +380,231 @@ impl Server {
                 warn!(open = tracker.len(), "connections did not close in time");
             }
         }
+        if let Some(a) = self.admin.take() {
+            a.stop().await;
+        }
+        self.set_pid_file(None);
         info!(open_at_shutdown, closed_at_grace, "shutdown complete");
         ShutdownReport {
             open_at_shutdown,
             closed_at_grace,
         }
     }
+
+    /// Write our pid to `path` (removing the previous file), or remove it (`None`).
+    fn set_pid_file(&mut self, path: Option<PathBuf>) {
+        if self.pid_file == path {
+            return;
+        }
+        if let Some(old) = self.pid_file.take() {
+            if let Err(e) = std::fs::remove_file(&old) {
+                warn!(file = %old.display(), error = %e, "cannot remove pid file");
+            }
+        }
+        if let Some(p) = path {
+            match std::fs::write(&p, format!("{}\n", std::process::id())) {
+                Ok(()) => self.pid_file = Some(p),
+                Err(e) => error!(file = %p.display(), error = %e, "cannot write pid file"),
+            }
+        }
+    }
+
+    fn refuse(&self, path: &Path, problems: Vec<String>) {
+        let n = self.shared.reloads_failed.fetch_add(1, Ordering::Relaxed) + 1;
+        self.shared.metrics.reloads_failed.increment(1);
+        error!(
+            file = %path.display(),
+            problems = %problems.join("; "),
+            failed_reloads = n,
+            "reload refused; the running configuration stays"
+        );
+        *self
+            .shared
+            .last_reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(ReloadRecord {
+            ok: false,
+            at: SystemTime::now(),
+            message: problems.join("\n"),
+            generation: self.shared.generation.load(Ordering::Acquire),
+        });
+    }
+
+    /// Read the config file again and apply it, or refuse it and keep running the
+    /// old config untouched.
+    async fn reload(&mut self) {
+        let old = self.shared.config.load_full();
+        let path = old.source.clone();
+        let new = match Config::from_file(&path) {
+            Ok(c) => c,
+            Err(e) => return self.refuse(&path, e.messages()),
+        };
+        let d = reload::diff(&old, &new);
+        if !d.refused.is_empty() {
+            return self.refuse(&path, d.refused);
+        }
+
+        // 1. Everything that can fail: bind new sockets first. Dropping them
+        //    closes them again if any one fails.
+        let mut bound = Vec::new();
+        for lc in &d.bind {
+            match listener::bind(lc) {
+                Ok(b) => bound.push(b),
+                Err(e) => return self.refuse(&path, vec![error_chain(&e)]),
+            }
+        }
+        let new_admin = if d.admin_changed {
+            match &new.admin {
+                Some(a) if self.admin.as_ref().map(|x| x.local_addr) != Some(a.listen) => {
+                    crate::metrics::install_prometheus();
+                    match admin::bind(a.listen) {
+                        Ok(l) => Some(Some(l)),
+                        Err(e) => return self.refuse(&path, vec![error_chain(&e)]),
+                    }
+                }
+                Some(_) => None,
+                None => Some(None),
+            }
+        } else {
+            None
+        };
+
+        // 2. Pools: new rings swapped in; stayed nodes keep state and counters.
+        let mut pools = (*self.shared.pools.load_full()).clone();
+        let mut pool_changes = Vec::new();
+        for (name, pc) in &new.pools {
+            match pools.get(name) {
+                Some(p) => {
+                    let ch = p.reconfigure(pc);
+                    if !ch.is_empty() {
+                        pool_changes.push((name.clone(), ch));
+                    }
+                }
+                None => {
+                    pools.insert(name.clone(), Arc::new(Pool::new(pc)));
+                }
+            }
+        }
+        pools.retain(|name, _| new.pools.contains_key(name));
+        self.shared.pools.store(Arc::new(pools.clone()));
+
+        // 3. Listeners that keep their socket: new state (name, pool, limits).
+        for (old_name, lc) in &d.kept {
+            let Some(r) = self.listeners.iter().find(|r| &r.name() == old_name) else {
+                continue;
+            };
+            let prev = r.config();
+            let pool = pools[&lc.pool].clone();
+            let same_pool = Arc::ptr_eq(&r.shared.state.load().pool, &pool);
+            if prev != *lc || !same_pool {
+                r.shared
+                    .state
+                    .store(Arc::new(ListenerState::new(lc.clone(), pool)));
+            }
+            if prev.backlog != lc.backlog {
+                if let Err(e) = listener::set_backlog(&r.socket, lc.backlog) {
+                    warn!(listener = %lc.name, error = %e, "cannot change the backlog of a running listener");
+                }
+            }
+        }
+        // 4. Close removed or moved listeners (they accept what is queued first);
+        //    their open connections continue.
+        let mut closing = Vec::new();
+        self.listeners.retain_mut(|r| {
+            if d.close.contains(&r.name()) {
+                r.stop.cancel();
+                closing.push(r.task.take());
+                false
+            } else {
+                true
+            }
+        });
+        // 5. Start the new ones.
+        for b in bound {
+            self.listeners.push(running(b, &pools, &self.hard_stop));
+            let i = self.listeners.len() - 1;
+            self.start_listener(i);
+        }
+        for t in closing.into_iter().flatten() {
+            let _ = t.await;
+        }
+        self.publish_listeners();
+
+        // 6. Probes follow the pools' nodes; settings apply at the next probe.
+        let mut probers = std::mem::take(&mut self.probers);
+        for (name, pool) in &pools {
+            match probers.get_mut(name) {
+                Some(p) => p.sync(),
+                None => {
+                    probers.insert(name.clone(), Prober::start(pool.clone(), &self.probe_stop));
+                }
+            }
+        }
+        let removed: Vec<String> = probers
+            .keys()
+            .filter(|n| !pools.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(p) = probers.remove(&name) {
+                p.shutdown().await;
+            }
+        }
+        self.probers = probers;
+
+        // 7. Admin endpoint and pid file.
+        if let Some(next) = new_admin {
+            if let Some(a) = self.admin.take() {
+                a.stop().await;
+            }
+            self.admin = next.map(|l| admin::spawn(l, self.handle()));
+        }
+        self.set_pid_file(new.pid_file.clone());
+
+        // 8. Publish.
+        let summary = reload::summary(&old, &new, &d, &pool_changes);
+        self.shared.config.store(Arc::new(new));
+        let generation = self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.shared.metrics.generation.set(generation as f64);
+        self.shared.reloads_ok.fetch_add(1, Ordering::Relaxed);
+        self.shared.metrics.reloads_ok.increment(1);
+        info!(file = %path.display(), generation, changes = %summary, "reload applied");
+        *self
+            .shared
+            .last_reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(ReloadRecord {
+            ok: true,
+            at: SystemTime::now(),
+            message: summary,
+            generation,
+        });
+    }
+}
+
+fn running(
+    bound: BoundListener,
+    pools: &BTreeMap<String, Arc<Pool>>,
+    hard_stop: &CancellationToken,
+) -> Running {
+    let state = ListenerState::new(bound.config.clone(), pools[&bound.config.pool].clone());
+    Running {
+        local_addr: bound.local_addr,
+        socket: bound.socket,
+        shared: Arc::new(ListenerShared::new(state, hard_stop.clone())),
+        stop: CancellationToken::new(),
+        task: None,
+    }
+}
+
+/// An error and its sources on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
 }

@@ -84,7 +84,7 @@ fn plain(s: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_drains_on_sigterm_ignores_sighup_and_exits_zero() {
+async fn run_drains_on_sigterm_reloads_on_sighup_and_exits_zero() {
     let b = backends(2).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("run.toml");
@@ -115,9 +115,11 @@ async fn run_drains_on_sigterm_ignores_sighup_and_exits_zero() {
     let node = read_line(&mut s).await.unwrap();
     assert!(node.starts_with("node-"));
 
-    // SIGHUP must not kill the process.
+    // SIGHUP reloads (the same file: no changes) and does not kill the process.
     signal(&child, "HUP");
-    wait_for(&rx, "SIGHUP", &mut log);
+    let applied = wait_for(&rx, "reload applied", &mut log);
+    assert!(applied.contains("\"changes\":\"no changes\""), "{applied}");
+    assert!(applied.contains("\"generation\":2"), "{applied}");
     assert!(child.try_wait().unwrap().is_none());
 
     signal(&child, "TERM");
@@ -133,12 +135,13 @@ async fn run_drains_on_sigterm_ignores_sighup_and_exits_zero() {
         .await
         .unwrap();
     assert!(st.success(), "exit status {st}");
-    let close = wait_for(&rx, "connection closed", &mut log);
+    // The close event of our connection (14 bytes sent).
+    let close = wait_for(&rx, "\"bytes_to_node\":14,", &mut log);
     for field in [
-        "\"client\":",
+        "\"message\":\"connection closed\"",
+        &format!("\"client\":\"{}:", client_ip(3)),
         "\"listener\":\"lb\"",
         "\"node\":",
-        "\"bytes_to_node\":14",
         "\"bytes_to_client\":",
         "\"duration_ms\":",
         "\"reason\":\"",

@@ -1,0 +1,262 @@
+//! Reload: the typed difference between the running config and a new one, and the
+//! one-line summary logged when it is applied. Pure: no sockets here; the server
+//! applies the diff (binding first, so a bind failure refuses the whole reload).
+//!
+//! Listeners are matched by their socket: a new listener with the same `listen`
+//! address (and `ipv6_only`) as a running one keeps that socket, even if its name,
+//! pool or limits changed, so there is never a moment without an accepting socket.
+
+use std::fmt::Write as _;
+
+use crate::config::{fmt_duration, Config, ListenerConfig};
+use crate::pool::PoolChange;
+
+/// What a reload changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigDiff {
+    /// Running listeners that keep their socket: (running name, new config).
+    pub kept: Vec<(String, ListenerConfig)>,
+    /// Listeners that need a new socket (new, or their address changed).
+    pub bind: Vec<ListenerConfig>,
+    /// Running listeners whose socket closes (removed, or moved to a new address).
+    pub close: Vec<String>,
+    /// Pools by name.
+    pub pools_added: Vec<String>,
+    pub pools_removed: Vec<String>,
+    pub pools_kept: Vec<String>,
+    pub admin_changed: bool,
+    pub pid_file_changed: bool,
+    pub shutdown_grace_changed: bool,
+    /// Why the new config cannot be applied in place (the reload is refused).
+    pub refused: Vec<String>,
+}
+
+/// Compare the running config with a new, validated one.
+pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
+    let mut d = ConfigDiff::default();
+    let mut matched_old = vec![false; old.listeners.len()];
+    for l in &new.listeners {
+        match old.listeners.iter().position(|o| o.listen == l.listen) {
+            Some(i) if old.listeners[i].ipv6_only != l.ipv6_only => {
+                d.refused.push(format!(
+                    "listener {:?}: changing ipv6_only on the same address ({}) needs a restart",
+                    l.name, l.listen
+                ));
+                matched_old[i] = true;
+            }
+            Some(i) => {
+                matched_old[i] = true;
+                d.kept.push((old.listeners[i].name.clone(), l.clone()));
+            }
+            None => d.bind.push(l.clone()),
+        }
+    }
+    for (i, o) in old.listeners.iter().enumerate() {
+        if !matched_old[i] {
+            d.close.push(o.name.clone());
+        }
+    }
+    for name in new.pools.keys() {
+        if old.pools.contains_key(name) {
+            d.pools_kept.push(name.clone());
+        } else {
+            d.pools_added.push(name.clone());
+        }
+    }
+    for name in old.pools.keys() {
+        if !new.pools.contains_key(name) {
+            d.pools_removed.push(name.clone());
+        }
+    }
+    d.admin_changed = old.admin != new.admin;
+    d.pid_file_changed = old.pid_file != new.pid_file;
+    d.shutdown_grace_changed = old.shutdown_grace != new.shutdown_grace;
+    d
+}
+
+/// One line for the INFO log: what the reload changed.
+pub fn summary(
+    old: &Config,
+    new: &Config,
+    d: &ConfigDiff,
+    pool_changes: &[(String, PoolChange)],
+) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for (old_name, l) in &d.kept {
+        let Some(o) = old.listeners.iter().find(|o| &o.name == old_name) else {
+            continue;
+        };
+        let mut ch = Vec::new();
+        if o.name != l.name {
+            ch.push(format!("renamed from {:?}", o.name));
+        }
+        if o.pool != l.pool {
+            ch.push(format!("pool {} -> {}", o.pool, l.pool));
+        }
+        if o.max_connections != l.max_connections {
+            ch.push(format!(
+                "max_connections {} -> {}",
+                o.max_connections, l.max_connections
+            ));
+        }
+        if o.backlog != l.backlog {
+            ch.push(format!("backlog {} -> {}", o.backlog, l.backlog));
+        }
+        if !ch.is_empty() {
+            parts.push(format!("listener {}: {}", l.name, ch.join(", ")));
+        }
+    }
+    for l in &d.bind {
+        match old.listeners.iter().find(|o| o.name == l.name) {
+            Some(o) => parts.push(format!(
+                "listener {}: moved {} -> {}",
+                l.name, o.listen, l.listen
+            )),
+            None => parts.push(format!("listener {}: added on {}", l.name, l.listen)),
+        }
+    }
+    for name in &d.close {
+        if !d.bind.iter().any(|l| &l.name == name) {
+            parts.push(format!(
+                "listener {name}: removed (open connections continue)"
+            ));
+        }
+    }
+    for p in &d.pools_added {
+        parts.push(format!(
+            "pool {p}: added with {} nodes",
+            new.pools[p].nodes.len()
+        ));
+    }
+    for p in &d.pools_removed {
+        parts.push(format!("pool {p}: removed"));
+    }
+    for (p, c) in pool_changes {
+        let mut s = format!("pool {p}:");
+        if !c.added.is_empty() {
+            let _ = write!(s, " +nodes {}", c.added.join(","));
+        }
+        if !c.removed.is_empty() {
+            let _ = write!(s, " -nodes {}", c.removed.join(","));
+        }
+        if !c.reweighted.is_empty() {
+            let _ = write!(s, " weights {}", c.reweighted.join(","));
+        }
+        if c.settings_changed {
+            s.push_str(" settings changed");
+        }
+        parts.push(s);
+    }
+    if d.admin_changed {
+        parts.push(match &new.admin {
+            Some(a) => format!("admin on {}", a.listen),
+            None => "admin off".to_string(),
+        });
+    }
+    if d.pid_file_changed {
+        parts.push("pid_file changed".to_string());
+    }
+    if d.shutdown_grace_changed {
+        parts.push(format!(
+            "shutdown_grace {} -> {}",
+            fmt_duration(old.shutdown_grace),
+            fmt_duration(new.shutdown_grace)
+        ));
+    }
+    if parts.is_empty() {
+        "no changes".to_string()
+    } else {
+        parts.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (name, port, weight)
+    type Nodes<'a> = &'a [(&'a str, u16, u32)];
+
+    fn cfg(listeners: &[(&str, &str, &str)], pools: &[(&str, Nodes)]) -> Config {
+        let mut t = String::new();
+        for (name, listen, pool) in listeners {
+            t += &format!(
+                "[[listener]]\nname = \"{name}\"\nlisten = \"{listen}\"\npool = \"{pool}\"\n"
+            );
+        }
+        for (p, nodes) in pools {
+            t += &format!("[pools.{p}]\n");
+            for (n, port, w) in *nodes {
+                t += &format!(
+                    "[[pools.{p}.nodes]]\nname = \"{n}\"\naddr = \"127.0.0.1:{port}\"\nweight = {w}\n"
+                );
+            }
+        }
+        Config::parse(&t, "r.toml").unwrap()
+    }
+
+    #[test]
+    fn listeners_are_matched_by_address() {
+        let web: &[(&str, u16, u32)] = &[("a", 1, 1)];
+        let old = cfg(
+            &[
+                ("ws", "127.0.0.1:8080", "web"),
+                ("old", "127.0.0.1:8081", "web"),
+                ("mv", "127.0.0.1:8082", "web"),
+            ],
+            &[("web", web)],
+        );
+        let new = cfg(
+            &[
+                ("ws-renamed", "127.0.0.1:8080", "web"),
+                ("mv", "127.0.0.1:9082", "web"),
+                ("new", "127.0.0.1:8083", "web"),
+            ],
+            &[("web", web)],
+        );
+        let d = diff(&old, &new);
+        assert_eq!(d.kept.len(), 1);
+        assert_eq!(d.kept[0].0, "ws");
+        assert_eq!(d.kept[0].1.name, "ws-renamed");
+        let bind: Vec<&str> = d.bind.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(bind, vec!["mv", "new"]);
+        assert_eq!(d.close, vec!["old", "mv"]);
+        assert!(d.refused.is_empty());
+        let s = summary(&old, &new, &d, &[]);
+        assert!(
+            s.contains("listener ws-renamed: renamed from \"ws\""),
+            "{s}"
+        );
+        assert!(
+            s.contains("listener mv: moved 127.0.0.1:8082 -> 127.0.0.1:9082"),
+            "{s}"
+        );
+        assert!(s.contains("listener new: added on 127.0.0.1:8083"), "{s}");
+        assert!(s.contains("listener old: removed"), "{s}");
+    }
+
+    #[test]
+    fn pools_and_no_change() {
+        let a: &[(&str, u16, u32)] = &[("a", 1, 1)];
+        let old = cfg(&[("l", "127.0.0.1:1", "p")], &[("p", a), ("gone", a)]);
+        let new = cfg(&[("l", "127.0.0.1:1", "q")], &[("p", a), ("q", a)]);
+        let d = diff(&old, &new);
+        assert_eq!(d.pools_added, vec!["q"]);
+        assert_eq!(d.pools_removed, vec!["gone"]);
+        assert_eq!(d.pools_kept, vec!["p"]);
+        assert!(summary(&old, &new, &d, &[]).contains("listener l: pool p -> q"));
+        let same = diff(&old, &old);
+        assert_eq!(summary(&old, &old, &same, &[]), "no changes");
+    }
+
+    #[test]
+    fn ipv6_only_change_on_the_same_address_is_refused() {
+        let a: &[(&str, u16, u32)] = &[("a", 1, 1)];
+        let old = cfg(&[("l", "[::1]:8080", "p")], &[("p", a)]);
+        let mut new = old.clone();
+        new.listeners[0].ipv6_only = false;
+        let d = diff(&old, &new);
+        assert_eq!(d.refused.len(), 1);
+        assert!(d.refused[0].contains("needs a restart"));
+    }
+}
