@@ -803,7 +803,7 @@ impl RawConfig {
                         ipv6_only: true,
                     };
                     for l in &listeners {
-                        if l.listen == addr || overlaps(l, &as_listener) {
+                        if (l.listen == addr && addr.port() != 0) || overlaps(l, &as_listener) {
                             p.push(
                                 "admin.listen",
                                 format!("{addr} is also taken by listener {:?}", l.name),
