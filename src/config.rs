@@ -1042,6 +1042,12 @@ pub fn summary(cfg: &Config) -> String {
         plural(cfg.node_count()),
         fmt_duration(cfg.shutdown_grace)
     );
+    if let Some(a) = &cfg.admin {
+        let _ = writeln!(s, "  admin on {} (/metrics, /status, /)", a.listen);
+    }
+    if let Some(p) = &cfg.pid_file {
+        let _ = writeln!(s, "  pid_file {}", p.display());
+    }
     for l in &cfg.listeners {
         let _ = writeln!(
             s,

@@ -151,6 +151,12 @@ fn instructions(server: &Server, backends: &[Backend]) -> String {
     for (cmd, what) in &tries {
         let _ = writeln!(s, "  # {what}\n  {cmd}");
     }
+    if let Some(admin) = server.admin_addr() {
+        let _ = writeln!(
+            s,
+            "\nStatus page: http://{admin}/  (also /status as JSON and /metrics for Prometheus)"
+        );
+    }
     let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
     let _ = writeln!(
         s,

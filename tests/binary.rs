@@ -209,7 +209,7 @@ async fn demo_serves_http_and_greets_nc_users_through_the_real_balancer() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("demo.toml");
     let mut text = std::fs::read_to_string("config/demo.toml").unwrap();
-    for port in ["7070", "7071", "7072", "7073"] {
+    for port in ["7070", "7071", "7072", "7073", "7080"] {
         text = text.replace(&format!(":{port}\""), &format!(":{}\"", free_port()));
     }
     std::fs::write(&path, &text).unwrap();
@@ -374,4 +374,70 @@ async fn out_of_descriptors_accept_backs_off_without_spinning_and_recovers() {
         .await
         .unwrap();
     assert!(st.success(), "exit status {st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_command_signals_through_the_pid_file_and_checks_first() {
+    let b = backends(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.toml");
+    let pid_path = dir.path().join("ringlb.pid");
+    let top = format!("pid_file = \"{}\"", pid_path.display());
+    let one = config_text(&nodes_of(&b[..1]), "", "", &top);
+    std::fs::write(&path, &one).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = lines_of(child.stderr.take().unwrap());
+    let mut log = Vec::new();
+    wait_for(&rx, "\"listening\"", &mut log);
+    let pid: u32 = std::fs::read_to_string(&pid_path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(pid, child.id());
+
+    // An invalid file: `reload --config` refuses to signal.
+    std::fs::write(&path, one.replace("pool = \"p\"", "pool = \"nope\"")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["reload", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not reloading"));
+
+    // A valid change: signalled through the pid file named in the config.
+    std::fs::write(&path, config_text(&nodes_of(&b), "", "", &top)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["reload", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let applied = wait_for(&rx, "reload applied", &mut log);
+    assert!(applied.contains("+nodes node-1"), "{applied}");
+    assert!(applied.contains("\"generation\":2"), "{applied}");
+
+    signal(&child, "TERM");
+    let st = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert!(st.success());
+    assert!(!pid_path.exists(), "pid file removed at exit");
+    let out = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["reload", "--pid-file"])
+        .arg(&pid_path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "no pid file, no signal");
 }

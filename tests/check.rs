@@ -171,6 +171,7 @@ fn example_config_sets_every_key_to_its_default() {
         .collect();
     for key in [
         "shutdown_grace",
+        "pid_file",
         "name",
         "listen",
         "pool",
