@@ -45,6 +45,7 @@ pub mod limits {
     pub const RISE_FALL: std::ops::RangeInclusive<u32> = 1..=100;
     pub const PASSIVE_FAILURES: std::ops::RangeInclusive<u32> = 0..=1000;
     pub const HEALTH_PORT: std::ops::RangeInclusive<u16> = 1..=65535;
+    pub const WORKERS: std::ops::RangeInclusive<usize> = 1..=1024;
     /// Longest `expect_body` (the probe reads at most 64 KiB of body).
     pub const EXPECT_BODY_LEN: usize = 1024;
 }
@@ -88,6 +89,7 @@ pub struct RawConfig {
     #[serde(default, with = "humantime_serde::option")]
     pub shutdown_grace: Option<Duration>,
     pub pid_file: Option<PathBuf>,
+    pub workers: Option<usize>,
     pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub listener: Vec<RawListener>,
@@ -226,6 +228,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Write the process id here while running (for `ringlb reload`).
     pub pid_file: Option<PathBuf>,
+    /// Runtime worker threads (`None`: one per core). `RINGLB_WORKERS` overrides.
+    pub workers: Option<usize>,
     /// The admin HTTP endpoint (`/metrics`, `/status`, `/`); off when absent.
     pub admin: Option<AdminConfig>,
     pub listeners: Vec<ListenerConfig>,
@@ -371,6 +375,17 @@ pub struct NodeConfig {
 }
 
 impl Config {
+    /// Worker threads to run with: `RINGLB_WORKERS` if set (and valid), else the
+    /// `workers` key, else one per core.
+    pub fn effective_workers(&self) -> usize {
+        std::env::var("RINGLB_WORKERS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|w| limits::WORKERS.contains(w))
+            .or(self.workers)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
     /// Read, parse and validate a config file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
@@ -820,6 +835,10 @@ impl RawConfig {
                     None
                 }
             });
+        let workers = self.workers.map(|w| {
+            p.range("workers", Some(w), 1, limits::WORKERS);
+            w
+        });
         if let Some(pid) = &self.pid_file {
             if pid.as_os_str().is_empty() {
                 p.push("pid_file", "must not be empty");
@@ -831,6 +850,7 @@ impl RawConfig {
                 source: source.to_path_buf(),
                 shutdown_grace,
                 pid_file: self.pid_file.clone(),
+                workers,
                 admin,
                 listeners,
                 pools,
@@ -1044,6 +1064,9 @@ pub fn summary(cfg: &Config) -> String {
     );
     if let Some(a) = &cfg.admin {
         let _ = writeln!(s, "  admin on {} (/metrics, /status, /)", a.listen);
+    }
+    if let Some(w) = cfg.workers {
+        let _ = writeln!(s, "  workers {w}");
     }
     if let Some(p) = &cfg.pid_file {
         let _ = writeln!(s, "  pid_file {}", p.display());

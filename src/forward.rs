@@ -15,6 +15,8 @@ use metrics::Counter;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::splice;
+
 /// Per-direction buffer size.
 pub const BUFFER_SIZE: usize = 32 * 1024;
 
@@ -140,6 +142,12 @@ pub async fn forward(
 
 /// One direction: read from `from`, write everything to `to`; on EOF shut down the
 /// write side of `to` and finish.
+///
+/// Small messages are copied through a buffer that exists only while bytes are
+/// flowing (it is freed as soon as `from` has nothing more to read, so an idle
+/// connection holds none). Once a read fills the whole buffer the direction is
+/// carrying bulk data and switches to `splice(2)` through a pooled pipe (Linux),
+/// falling back to the copy whenever no pipe is free.
 #[allow(clippy::too_many_arguments)]
 async fn pipe(
     from: &TcpStream,
@@ -160,39 +168,112 @@ async fn pipe(
         error,
     };
     let mut buf: Vec<u8> = Vec::new();
-    loop {
-        from.readable().await.map_err(rerr)?;
-        if buf.is_empty() {
-            buf = vec![0u8; BUFFER_SIZE];
-        }
-        let n = match from.try_read(&mut buf) {
-            Ok(0) => {
-                // EOF: half-close towards the other side and keep the other
-                // direction running.
-                match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
-                    Ok(()) => return Ok(()),
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
-                    Err(e) => return Err(werr(e)),
+    let mut bulk = false;
+    let mut pipe: Option<splice::Pipe> = None;
+    let result = loop {
+        // Read what is there, by splice or by copy.
+        let spliced = if bulk && splice::enabled() {
+            if pipe.is_none() {
+                pipe = splice::acquire();
+            }
+            pipe.as_ref().map(|p| splice::fill(from, p))
+        } else {
+            None
+        };
+        let used_splice = spliced.is_some();
+        let read = match spliced {
+            Some(r) => r,
+            None => {
+                if buf.is_empty() {
+                    buf = vec![0u8; BUFFER_SIZE];
+                }
+                from.try_read(&mut buf)
+            }
+        };
+        let n = match read {
+            Ok(0) => break Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Nothing to read now: hold no buffer and no pipe while waiting.
+                buf = Vec::new();
+                if let Some(p) = pipe.take() {
+                    splice::release(p);
+                }
+                if let Err(e) = from.readable().await {
+                    break Err(rerr(e));
+                }
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if used_splice && splice::is_unsupported(&e) => {
+                splice::disable(&e);
+                if let Some(p) = pipe.take() {
+                    splice::discard(p);
+                }
+                continue;
+            }
+            Err(e) => break Err(rerr(e)),
+        };
+        // Write all of it.
+        let written = if used_splice {
+            let p = pipe.as_ref().expect("spliced from a pipe");
+            let mut left = n;
+            loop {
+                if left == 0 {
+                    break Ok(());
+                }
+                match splice::drain(p, to, left) {
+                    Ok(k) => left -= k,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if let Err(e) = to.writable().await {
+                            break Err(e);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
                 }
             }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(rerr(e)),
-        };
-        let mut off = 0;
-        while off < n {
-            to.writable().await.map_err(werr)?;
-            match to.try_write(&buf[off..n]) {
-                Ok(k) => off += k,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(werr(e)),
+        } else {
+            let mut off = 0;
+            loop {
+                if off == n {
+                    break Ok(());
+                }
+                match to.try_write(&buf[off..n]) {
+                    Ok(k) => off += k,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if let Err(e) = to.writable().await {
+                            break Err(e);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
             }
+        };
+        if let Err(e) = written {
+            if let Some(p) = pipe.take() {
+                splice::discard(p);
+            }
+            break Err(werr(e));
+        }
+        if !used_splice && n == buf.len() {
+            bulk = true;
         }
         bytes.fetch_add(n as u64, Ordering::Relaxed);
         meter.0.increment(n as u64);
         meter.1.fetch_add(n as u64, Ordering::Relaxed);
         last_activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    };
+    // A pipe left here is empty (every fill is drained before the next read).
+    if let Some(p) = pipe.take() {
+        splice::release(p);
+    }
+    result?;
+    // EOF: half-close towards the other side and keep the other direction running.
+    match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+        Err(e) => Err(werr(e)),
     }
 }

@@ -19,6 +19,7 @@ pub mod proxy;
 pub mod reload;
 pub mod ring;
 pub mod server;
+pub mod splice;
 pub mod which;
 
 pub use config::Config;

@@ -99,7 +99,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             // Before any pool or listener exists, so every metric handle records.
             ringlb::metrics::install_prometheus();
-            runtime()?.block_on(async move {
+            log_nofile_limit();
+            let workers = cfg.effective_workers();
+            info!(workers, "starting");
+            runtime(workers)?.block_on(async move {
                 let server = Server::bind(cfg)?;
                 let shutdown = CancellationToken::new();
                 tokio::spawn(handle_signals(
@@ -117,7 +120,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(e) => return Ok(print_config_error(&e)),
             };
-            runtime()?.block_on(async move {
+            let workers = cfg.effective_workers();
+            runtime(workers)?.block_on(async move {
                 let shutdown = CancellationToken::new();
                 // The demo has no hard-stop handle before it binds; a second signal
                 // during the (short) demo grace just waits for it.
@@ -186,8 +190,21 @@ fn print_config_error(e: &ringlb::ConfigError) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+fn log_nofile_limit() {
+    match ringlb::server::raise_nofile_limit() {
+        Ok((before, after)) => info!(
+            soft_before = before,
+            limit = after,
+            max_proxied_connections = after.saturating_sub(64) / 2,
+            "descriptor limit (RLIMIT_NOFILE): two per proxied connection"
+        ),
+        Err(e) => warn!(error = %e, "cannot read or raise the descriptor limit"),
+    }
+}
+
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
         .context("starting the tokio runtime")

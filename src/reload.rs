@@ -27,6 +27,8 @@ pub struct ConfigDiff {
     pub admin_changed: bool,
     pub pid_file_changed: bool,
     pub shutdown_grace_changed: bool,
+    /// `workers` applies at the next start only.
+    pub workers_changed: bool,
     /// Why the new config cannot be applied in place (the reload is refused).
     pub refused: Vec<String>,
 }
@@ -71,6 +73,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     d.admin_changed = old.admin != new.admin;
     d.pid_file_changed = old.pid_file != new.pid_file;
     d.shutdown_grace_changed = old.shutdown_grace != new.shutdown_grace;
+    d.workers_changed = old.workers != new.workers;
     d
 }
 
@@ -162,6 +165,9 @@ pub fn summary(
             fmt_duration(old.shutdown_grace),
             fmt_duration(new.shutdown_grace)
         ));
+    }
+    if d.workers_changed {
+        parts.push("workers changed (applies at the next start)".to_string());
     }
     if parts.is_empty() {
         "no changes".to_string()

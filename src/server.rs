@@ -608,3 +608,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+/// Raise the soft descriptor limit to the hard one (a balancer needs two per
+/// proxied connection). Returns (before, after).
+pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(std::io::Error::from)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(std::io::Error::from)?;
+    }
+    Ok((soft, hard.max(soft)))
+}

@@ -54,7 +54,24 @@ async fn ten_mib_each_way_byte_exact_on_concurrent_connections() {
         .map(|n| n.total.load(std::sync::atomic::Ordering::Relaxed))
         .sum();
     assert_eq!(total, 4);
+    // Bulk directions were spliced (Linux), and every pipe is back in the pool.
+    if ringlb::splice::enabled() {
+        assert!(
+            ringlb::splice::pipes_in_existence() > 0,
+            "splice never engaged"
+        );
+    }
     lb.stop().await;
+    // (Other tests in this binary may hold a pipe for a moment.)
+    eventually(
+        Duration::from_secs(10),
+        "every pipe back in the pool",
+        || {
+            let back = ringlb::splice::pipes_pooled() == ringlb::splice::pipes_in_existence();
+            async move { back }
+        },
+    )
+    .await;
 }
 
 /// A backend that reads until EOF and only then answers with the byte count: the
@@ -379,7 +396,9 @@ async fn graceful_shutdown_drains_open_connections_and_refuses_new_ones() {
         .await
         .expect("drained before the grace ran out")
         .unwrap();
-    assert_eq!(report.open_at_shutdown, 1);
+    // Ours, plus any probe connect that was already queued when accepting stopped
+    // (queued connections are accepted and served, not reset).
+    assert!(report.open_at_shutdown >= 1);
     assert_eq!(report.closed_at_grace, 0);
 }
 
