@@ -835,10 +835,10 @@ impl RawConfig {
                     None
                 }
             });
-        let workers = self.workers.map(|w| {
+        if let Some(w) = self.workers {
             p.range("workers", Some(w), 1, limits::WORKERS);
-            w
-        });
+        }
+        let workers = self.workers;
         if let Some(pid) = &self.pid_file {
             if pid.as_os_str().is_empty() {
                 p.push("pid_file", "must not be empty");

@@ -115,13 +115,30 @@ pub fn set_backlog(listener: &TcpListener, backlog: u32) -> io::Result<()> {
     socket2::SockRef::from(listener).listen(backlog as i32)
 }
 
-/// Counts one open client connection of a listener, whatever way its task ends.
-struct Active(Arc<ListenerShared>, Arc<ListenerState>);
+/// One admitted client connection: the listener state it was accepted under, and
+/// its place in the listener's count (given back when dropped, whatever way the
+/// connection's task ends).
+#[derive(Debug)]
+pub struct Admission {
+    shared: Arc<ListenerShared>,
+    state: Arc<ListenerState>,
+}
 
-impl Drop for Active {
+impl Admission {
+    pub fn state(&self) -> &ListenerState {
+        &self.state
+    }
+
+    /// Cancelled when open connections must close (end of the shutdown grace).
+    pub fn hard_stop(&self) -> &CancellationToken {
+        &self.shared.hard_stop
+    }
+}
+
+impl Drop for Admission {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-        self.1.metrics.active.decrement(1.0);
+        self.shared.active.fetch_sub(1, Ordering::Relaxed);
+        self.state.metrics.active.decrement(1.0);
     }
 }
 
@@ -226,18 +243,14 @@ pub async fn accept_loop(
         // Only this task increments, so the check above cannot be overtaken.
         shared.active.fetch_add(1, Ordering::Relaxed);
         state.metrics.active.increment(1.0);
-        let active = Active(shared.clone(), state.clone());
         let _ = stream.set_nodelay(true);
         conn_id += 1;
         let span = info_span!("conn", id = conn_id, listener = %name, client = %peer);
-        let hard_stop = shared.hard_stop.clone();
-        tracker.spawn(
-            async move {
-                let _active = active;
-                proxy::handle(stream, peer, &state, &hard_stop).await;
-            }
-            .instrument(span),
-        );
+        let admission = Admission {
+            shared: shared.clone(),
+            state,
+        };
+        tracker.spawn(proxy::handle(stream, peer, admission).instrument(span));
     }
     let st = shared.state.load();
     info!(listener = %st.config.name, addr = %local_addr, "stopped accepting");

@@ -14,9 +14,9 @@ use tracing::{debug, info, warn};
 
 use crate::error::is_resource_exhaustion;
 use crate::forward::{self, End, Meters};
-use crate::listener::ListenerState;
+use crate::listener::{Admission, ListenerState};
 use crate::metrics::{ConnectFailure, RejectReason};
-use crate::pool::Node;
+use crate::pool::{Node, PoolSnapshot};
 use crate::ring::canonical_ip;
 
 static LOCAL_SHORTAGE_LOG: RateLimit = RateLimit::new(10);
@@ -69,26 +69,15 @@ impl Drop for ActiveGuard<'_> {
     }
 }
 
-/// Serve one accepted client connection. Runs inside the connection's span.
-pub async fn handle(
-    client: TcpStream,
-    peer: SocketAddr,
+/// Connect to the client's node, or the next ones along the ring. `None` when no
+/// node could be reached (logged and counted here).
+async fn connect(
+    snapshot: &PoolSnapshot,
+    ip: std::net::IpAddr,
     ctx: &ListenerState,
     hard_stop: &CancellationToken,
-) {
-    let start = Instant::now();
-    let snapshot = ctx.pool.snapshot();
-    let ip = canonical_ip(peer.ip());
-    if snapshot.members.is_empty() {
-        // Every node is down and the pool says reject: logged once per transition
-        // by the pool, counted here.
-        ctx.metrics.rejected(RejectReason::AllDown).increment(1);
-        debug!("all nodes down; closed");
-        return;
-    }
-
+) -> Option<(Arc<Node>, TcpStream, String)> {
     let mut failures = String::new();
-    let mut connected: Option<(Arc<Node>, TcpStream)> = None;
     for node in snapshot.select(ip) {
         node.metrics.attempts.increment(1);
         let attempt = tokio::time::timeout(
@@ -99,14 +88,11 @@ pub async fn handle(
             r = attempt => r,
             _ = hard_stop.cancelled() => {
                 info!(reason = "cancelled", "connection closed before a node was reached");
-                return;
+                return None;
             }
         };
         let failure = match result {
-            Ok(Ok(stream)) => {
-                connected = Some((node.clone(), stream));
-                break;
-            }
+            Ok(Ok(stream)) => return Some((node.clone(), stream, failures)),
             Ok(Err(e)) if is_resource_exhaustion(&e) => {
                 // Our own shortage, not the node's fault: other nodes would fail the
                 // same way, and passive health must not take healthy nodes down.
@@ -118,7 +104,7 @@ pub async fn handle(
                 } else {
                     debug!(error = %e, "out of local resources; closed");
                 }
-                return;
+                return None;
             }
             Ok(Err(e)) => (ConnectFailure::classify(&e), e.to_string()),
             Err(_) => (
@@ -142,32 +128,60 @@ pub async fn handle(
             failure.1
         );
     }
+    ctx.metrics.rejected(RejectReason::NoNode).increment(1);
+    warn!(pool = %ctx.pool.name, tried = %failures, "no node could be reached; closing client connection");
+    None
+}
 
-    let Some((node, upstream)) = connected else {
-        ctx.metrics.rejected(RejectReason::NoNode).increment(1);
-        warn!(pool = %ctx.pool.name, tried = %failures, "no node could be reached; closing client connection");
-        return;
-    };
+/// Pick the client's nodes on the current ring and connect to the first that
+/// answers. Returns the node, the connection and the pool's idle timeout.
+async fn select_and_connect(
+    peer: SocketAddr,
+    ctx: &ListenerState,
+    hard_stop: &CancellationToken,
+) -> Option<(Arc<Node>, TcpStream, std::time::Duration)> {
+    let snapshot = ctx.pool.snapshot();
+    if snapshot.members.is_empty() {
+        // Every node is down and the pool says reject: logged once per transition
+        // by the pool, counted here.
+        ctx.metrics.rejected(RejectReason::AllDown).increment(1);
+        debug!("all nodes down; closed");
+        return None;
+    }
+    let ip = canonical_ip(peer.ip());
+    let (node, upstream, failures) = connect(&snapshot, ip, ctx, hard_stop).await?;
     ctx.pool.connect_succeeded(&node);
     if !failures.is_empty() {
         info!(node = %node.name, tried = %failures, "connected to a fallback node");
     }
+    Some((node, upstream, snapshot.settings.idle_timeout))
+}
+
+/// Serve one accepted client connection. Runs inside the connection's span.
+pub async fn handle(client: TcpStream, peer: SocketAddr, admission: Admission) {
+    let start = Instant::now();
+    let ctx = admission.state();
+    let hard_stop = admission.hard_stop();
+    // Everything before forwarding runs boxed and is freed when it ends, so the
+    // state a long-lived connection keeps is only what forwarding needs.
+    let Some((node, upstream, idle_timeout)) =
+        Box::pin(select_and_connect(peer, ctx, hard_stop)).await
+    else {
+        return;
+    };
     let _ = upstream.set_nodelay(true);
     node.total.fetch_add(1, Ordering::Relaxed);
     let _node_active = ActiveGuard::new(&node.active, &node.metrics.active);
 
     let node_down = node.close_token();
-    let stop = async {
-        tokio::select! {
-            _ = hard_stop.cancelled() => End::Cancelled,
-            _ = node_down.cancelled() => End::NodeDown,
-        }
-    };
     let out = forward::forward(
         &client,
         &upstream,
-        snapshot.settings.idle_timeout,
-        stop,
+        idle_timeout,
+        forward::Stop {
+            shutdown: hard_stop,
+            node_down: &node_down,
+        },
         Meters {
             to_node: (&node.metrics.bytes_to_node, &node.bytes_to_node),
             to_client: (&node.metrics.bytes_to_client, &node.bytes_to_client),

@@ -31,7 +31,7 @@ pub const PIPE_SIZE: usize = 256 * 1024;
 pub struct Pipe {
     r: OwnedFd,
     w: OwnedFd,
-    capacity: usize,
+    capacity: u32,
 }
 
 static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
@@ -79,7 +79,7 @@ pub fn acquire() -> Option<Pipe> {
     match nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC) {
         Ok((r, w)) => {
             let capacity = fcntl(w.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32))
-                .map(|c| c as usize)
+                .map(|c| c as u32)
                 .unwrap_or(64 * 1024);
             Some(Pipe { r, w, capacity })
         }
@@ -109,7 +109,7 @@ fn flags() -> SpliceFFlags {
 /// `Ok(0)` is end of stream; `WouldBlock` means nothing to read now.
 pub fn fill(from: &TcpStream, p: &Pipe) -> io::Result<usize> {
     from.try_io(Interest::READABLE, || {
-        splice(from, None, &p.w, None, p.capacity, flags()).map_err(io::Error::from)
+        splice(from, None, &p.w, None, p.capacity as usize, flags()).map_err(io::Error::from)
     })
 }
 
