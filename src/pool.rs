@@ -43,7 +43,7 @@ pub struct Node {
 }
 
 impl Node {
-    fn new(pool: &str, cfg: &NodeConfig) -> Node {
+    fn new(pool: &str, cfg: &NodeConfig, stop: &CancellationToken) -> Node {
         let metrics = NodeMetrics::new(pool, &cfg.name);
         metrics.up.set(1.0);
         Node {
@@ -53,7 +53,7 @@ impl Node {
             up: AtomicBool::new(true),
             health: Mutex::new(NodeHealth::new(SystemTime::now())),
             passive_failures: AtomicU32::new(0),
-            close_token: ArcSwap::from_pointee(CancellationToken::new()),
+            close_token: ArcSwap::from_pointee(stop.child_token()),
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
@@ -81,7 +81,9 @@ impl Node {
     }
 
     /// Token a new connection to this node watches: cancelled if the node goes
-    /// down while the pool says `on_node_down = "close"`.
+    /// down (or is removed) while the pool says `on_node_down = "close"`, and when
+    /// the pool's stop token is cancelled (end of the shutdown grace): one token,
+    /// so a connection waits on one thing.
     pub fn close_token(&self) -> Arc<CancellationToken> {
         self.close_token.load_full()
     }
@@ -170,6 +172,8 @@ impl PoolSnapshot {
 #[derive(Debug)]
 pub struct Pool {
     pub name: String,
+    /// Parent of every node's close token.
+    stop: CancellationToken,
     snapshot: ArcSwap<PoolSnapshot>,
     /// Serialises state changes so rebuilds never publish out of order.
     rebuild: Mutex<()>,
@@ -177,15 +181,22 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(cfg: &PoolConfig) -> Pool {
+        Self::with_stop(cfg, &CancellationToken::new())
+    }
+
+    /// A pool whose connections are also closed when `stop` is cancelled.
+    pub fn with_stop(cfg: &PoolConfig, stop: &CancellationToken) -> Pool {
+        let stop = stop.child_token();
         let nodes: Vec<Arc<Node>> = cfg
             .nodes
             .iter()
-            .map(|n| Arc::new(Node::new(&cfg.name, n)))
+            .map(|n| Arc::new(Node::new(&cfg.name, n, &stop)))
             .collect();
         let settings = Arc::new(PoolSettings::from(cfg));
         let snapshot = ArcSwap::from_pointee(build_snapshot(settings, nodes));
         Pool {
             name: cfg.name.clone(),
+            stop,
             snapshot,
             rebuild: Mutex::new(()),
         }
@@ -218,7 +229,7 @@ impl Pool {
                 }
                 None => {
                     change.added.push(nc.name.clone());
-                    nodes.push(Arc::new(Node::new(&cfg.name, nc)));
+                    nodes.push(Arc::new(Node::new(&cfg.name, nc, &self.stop)));
                 }
             }
         }
@@ -390,7 +401,7 @@ impl Pool {
                 up = after, total, open_connections = open,
                 "node DOWN: off the ring; its clients move to their next node; {action}");
             if settings.on_node_down == OnNodeDown::Close {
-                let old = node.close_token.swap(Arc::new(CancellationToken::new()));
+                let old = node.close_token.swap(Arc::new(self.stop.child_token()));
                 old.cancel();
             }
         }

@@ -73,12 +73,13 @@ impl Drop for ActiveGuard<'_> {
 /// node could be reached (logged and counted here).
 async fn connect(
     snapshot: &PoolSnapshot,
-    ip: std::net::IpAddr,
+    peer: SocketAddr,
     ctx: &ListenerState,
     hard_stop: &CancellationToken,
 ) -> Option<(Arc<Node>, TcpStream, String)> {
     let mut failures = String::new();
-    for node in snapshot.select(ip) {
+    let listener = &ctx.config.name;
+    for node in snapshot.select(canonical_ip(peer.ip())) {
         node.metrics.attempts.increment(1);
         let attempt = tokio::time::timeout(
             snapshot.settings.connect_timeout,
@@ -87,7 +88,7 @@ async fn connect(
         let result = tokio::select! {
             r = attempt => r,
             _ = hard_stop.cancelled() => {
-                info!(reason = "cancelled", "connection closed before a node was reached");
+                info!(client = %peer, listener = %listener, reason = "cancelled", "connection closed before a node was reached");
                 return None;
             }
         };
@@ -129,7 +130,7 @@ async fn connect(
         );
     }
     ctx.metrics.rejected(RejectReason::NoNode).increment(1);
-    warn!(pool = %ctx.pool.name, tried = %failures, "no node could be reached; closing client connection");
+    warn!(client = %peer, listener = %listener, pool = %ctx.pool.name, tried = %failures, "no node could be reached; closing client connection");
     None
 }
 
@@ -148,11 +149,10 @@ async fn select_and_connect(
         debug!("all nodes down; closed");
         return None;
     }
-    let ip = canonical_ip(peer.ip());
-    let (node, upstream, failures) = connect(&snapshot, ip, ctx, hard_stop).await?;
+    let (node, upstream, failures) = connect(&snapshot, peer, ctx, hard_stop).await?;
     ctx.pool.connect_succeeded(&node);
     if !failures.is_empty() {
-        info!(node = %node.name, tried = %failures, "connected to a fallback node");
+        info!(client = %peer, listener = %ctx.config.name, node = %node.name, tried = %failures, "connected to a fallback node");
     }
     Some((node, upstream, snapshot.settings.idle_timeout))
 }
@@ -179,8 +179,8 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, admission: Admission) {
         &upstream,
         idle_timeout,
         forward::Stop {
+            close: &node_down,
             shutdown: hard_stop,
-            node_down: &node_down,
         },
         Meters {
             to_node: (&node.metrics.bytes_to_node, &node.bytes_to_node),
@@ -195,6 +195,8 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, admission: Admission) {
         _ => None,
     };
     info!(
+        client = %peer,
+        listener = %ctx.config.name,
         node = %node.name,
         node_addr = %node.addr,
         bytes_to_node = out.to_node,

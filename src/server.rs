@@ -187,12 +187,12 @@ impl Server {
         if config.admin.is_some() {
             crate::metrics::install_prometheus();
         }
+        let hard_stop = CancellationToken::new();
         let pools: BTreeMap<String, Arc<Pool>> = config
             .pools
             .iter()
-            .map(|(name, p)| (name.clone(), Arc::new(Pool::new(p))))
+            .map(|(name, p)| (name.clone(), Arc::new(Pool::with_stop(p, &hard_stop))))
             .collect();
-        let hard_stop = CancellationToken::new();
         let mut listeners = Vec::new();
         for lc in &config.listeners {
             let bound = listener::bind(lc)?;
@@ -481,7 +481,7 @@ impl Server {
                     }
                 }
                 None => {
-                    pools.insert(name.clone(), Arc::new(Pool::new(pc)));
+                    pools.insert(name.clone(), Arc::new(Pool::with_stop(pc, &self.hard_stop)));
                 }
             }
         }
