@@ -5,7 +5,7 @@
 //! a balancer holding tens of thousands of connections. So a pipe is taken from a
 //! small process-wide pool only while bytes are in flight in one direction, and
 //! given back (empty) as soon as the source socket has nothing more to read. At
-//! most [`MAX_PIPES`] exist; when none is free the direction copies through a
+//! most [`max_pipes()`] exist; when none is free the direction copies through a
 //! buffer instead, as it does for small messages (see `forward.rs`).
 //!
 //! `RINGLB_SPLICE=off` turns splicing off (the plain copy is always available). If
@@ -21,8 +21,10 @@ use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-/// Most pipes in existence (in use or pooled): 2 descriptors each.
-pub const MAX_PIPES: usize = 512;
+/// Most pipes in existence (in use or pooled), 2 descriptors each: 256, or fewer
+/// when the descriptor limit is small (at most 1/20 of the descriptors go to
+/// pipes, so a balancer at its connection limit is never starved by its pipes).
+pub const MAX_PIPES: usize = 256;
 /// Requested pipe capacity; the kernel default (64 KiB) if refused.
 pub const PIPE_SIZE: usize = 256 * 1024;
 
@@ -38,6 +40,16 @@ static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
 static EXISTING: AtomicUsize = AtomicUsize::new(0);
 static DISABLED: AtomicBool = AtomicBool::new(false);
 static ENV: OnceLock<bool> = OnceLock::new();
+static LIMIT: OnceLock<usize> = OnceLock::new();
+
+/// The pipe cap for this process (see [`MAX_PIPES`]).
+pub fn max_pipes() -> usize {
+    *LIMIT.get_or_init(|| {
+        let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(1024, |(soft, _)| soft as usize);
+        MAX_PIPES.min(nofile / 40)
+    })
+}
 
 /// Whether splicing is on for this process.
 pub fn enabled() -> bool {
@@ -72,7 +84,7 @@ pub fn acquire() -> Option<Pipe> {
     if let Some(p) = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop() {
         return Some(p);
     }
-    if EXISTING.fetch_add(1, Ordering::Relaxed) >= MAX_PIPES {
+    if EXISTING.fetch_add(1, Ordering::Relaxed) >= max_pipes() {
         EXISTING.fetch_sub(1, Ordering::Relaxed);
         return None;
     }
