@@ -6,7 +6,7 @@
 //! memory; bulk directions move bytes with `splice(2)` (see `splice.rs`).
 
 use std::future::Future;
-use std::io;
+use std::io::{self, Read};
 use std::net::Shutdown;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +14,8 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use metrics::Counter;
+use socket2::SockRef;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -186,6 +188,74 @@ impl Future for Forwarding<'_> {
     }
 }
 
+/// Read once from `from` with `op` (which reads at most `want` bytes). A short
+/// read (fewer bytes than asked) means the socket is drained: tokio's readiness
+/// is cleared as if the read had returned `WouldBlock`, so the next read waits for
+/// the next readiness event instead of spending a syscall that fails with EAGAIN
+/// (HAProxy does the same). Tokio clears only the readiness it saw before the
+/// call, and never the read-closed state, so an event that arrives meanwhile
+/// (more data, a FIN) is not lost.
+pub(crate) fn read_once(
+    from: &TcpStream,
+    want: usize,
+    op: impl FnOnce() -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut short = 0;
+    match from.try_io(Interest::READABLE, || {
+        let n = op()?;
+        if n > 0 && n < want {
+            short = n;
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    }) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && short > 0 => Ok(short),
+        r => r,
+    }
+}
+
+/// Per-thread caches of forwarding buffers, so a connection that sends a message
+/// now and then does not allocate and zero a buffer for each one. Bounded: at
+/// most [`buffers::KEEP`] buffers of each size per worker thread.
+mod buffers {
+    use std::cell::RefCell;
+
+    use super::{BUFFER_SIZE, SMALL_BUFFER};
+
+    pub const KEEP: usize = 64;
+
+    thread_local! {
+        static SMALL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+        static LARGE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn with<R>(size: usize, f: impl FnOnce(&mut Vec<Box<[u8]>>) -> R) -> Option<R> {
+        let cache = match size {
+            SMALL_BUFFER => &SMALL,
+            BUFFER_SIZE => &LARGE,
+            _ => return None,
+        };
+        cache.try_with(|c| f(&mut c.borrow_mut())).ok()
+    }
+
+    pub fn get(size: usize) -> Box<[u8]> {
+        with(size, |c| c.pop())
+            .flatten()
+            .unwrap_or_else(|| vec![0u8; size].into_boxed_slice())
+    }
+
+    pub fn put(b: Box<[u8]>) {
+        let size = b.len();
+        let mut b = Some(b);
+        with(size, |c| {
+            if c.len() < KEEP {
+                c.extend(b.take());
+            }
+        });
+    }
+}
+
 impl Side {
     fn error(self, e: io::Error) -> End {
         match self {
@@ -291,9 +361,12 @@ impl Dir {
                 (_, buf) => {
                     let size = if self.big { BUFFER_SIZE } else { SMALL_BUFFER };
                     if buf.as_ref().is_some_and(|b| b.len() != size) {
-                        *buf = None;
+                        if let Some(b) = buf.take() {
+                            buffers::put(b);
+                        }
                     }
-                    from.try_read(buf.get_or_insert_with(|| vec![0u8; size].into_boxed_slice()))
+                    let b = buf.get_or_insert_with(|| buffers::get(size));
+                    read_once(from, b.len(), || Read::read(&mut &*SockRef::from(from), b))
                 }
             };
             match r {
@@ -302,7 +375,7 @@ impl Dir {
                     self.release();
                     // EOF: half-close towards the other side; the other direction
                     // keeps running.
-                    return match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
+                    return match SockRef::from(to).shutdown(Shutdown::Write) {
                         Ok(()) => Poll::Ready(Ok(())),
                         Err(e) if e.kind() == io::ErrorKind::NotConnected => Poll::Ready(Ok(())),
                         Err(e) => Poll::Ready(Err((self.to_side, e))),
@@ -338,9 +411,11 @@ impl Dir {
         }
     }
 
-    /// Free the buffer and give back the (empty) pipe.
+    /// Give back the buffer and the (empty) pipe.
     fn release(&mut self) {
-        self.buf = None;
+        if let Some(b) = self.buf.take() {
+            buffers::put(b);
+        }
         if let Some(p) = self.pipe.take() {
             splice::release(p);
         }
@@ -348,6 +423,9 @@ impl Dir {
 
     /// At the end: an empty pipe goes back to the pool, one with bytes is dropped.
     fn finish(&mut self) {
+        if let Some(b) = self.buf.take() {
+            buffers::put(b);
+        }
         if let Some(p) = self.pipe.take() {
             if self.in_pipe && self.pending > 0 {
                 splice::discard(p);

@@ -243,7 +243,7 @@ pub async fn accept_loop(
         // Only this task increments, so the check above cannot be overtaken.
         shared.active.fetch_add(1, Ordering::Relaxed);
         state.metrics.active.increment(1.0);
-        let _ = stream.set_nodelay(true);
+        // TCP_NODELAY is inherited from the listening socket (Linux).
         conn_id += 1;
         // The per-connection span is DEBUG: an enabled span costs ~300 bytes of
         // subscriber state per open connection. INFO/WARN events of a connection

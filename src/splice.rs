@@ -120,8 +120,9 @@ fn flags() -> SpliceFFlags {
 /// Move up to the pipe's capacity from a readable socket into the empty pipe.
 /// `Ok(0)` is end of stream; `WouldBlock` means nothing to read now.
 pub fn fill(from: &TcpStream, p: &Pipe) -> io::Result<usize> {
-    from.try_io(Interest::READABLE, || {
-        splice(from, None, &p.w, None, p.capacity as usize, flags()).map_err(io::Error::from)
+    let want = p.capacity as usize;
+    crate::forward::read_once(from, want, || {
+        splice(from, None, &p.w, None, want, flags()).map_err(io::Error::from)
     })
 }
 
