@@ -81,17 +81,18 @@ async fn connect(
     let listener = &ctx.config.name;
     for node in snapshot.select(canonical_ip(peer.ip())) {
         node.metrics.attempts.increment(1);
-        let attempt = tokio::time::timeout(
+        // Bounded by connect_timeout, so it is not raced against the shutdown
+        // token (that would register a waiter on one shared token per connection);
+        // the token is checked when the attempt ends.
+        let result = tokio::time::timeout(
             snapshot.settings.connect_timeout,
             TcpStream::connect(node.addr),
-        );
-        let result = tokio::select! {
-            r = attempt => r,
-            _ = hard_stop.cancelled() => {
-                info!(client = %peer, listener = %listener, reason = "cancelled", "connection closed before a node was reached");
-                return None;
-            }
-        };
+        )
+        .await;
+        if hard_stop.is_cancelled() {
+            info!(client = %peer, listener = %listener, reason = "cancelled", "connection closed before a node was reached");
+            return None;
+        }
         let failure = match result {
             Ok(Ok(stream)) => return Some((node.clone(), stream, failures)),
             Ok(Err(e)) if is_resource_exhaustion(&e) => {
