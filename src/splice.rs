@@ -119,10 +119,13 @@ fn flags() -> SpliceFFlags {
 
 /// Move up to the pipe's capacity from a readable socket into the empty pipe.
 /// `Ok(0)` is end of stream; `WouldBlock` means nothing to read now.
+///
+/// Unlike a copy read, a short splice does not mean the socket is drained (it
+/// stops at the pipe's slot count, which counts packets, not bytes), so
+/// readiness is only cleared on `WouldBlock`.
 pub fn fill(from: &TcpStream, p: &Pipe) -> io::Result<usize> {
-    let want = p.capacity as usize;
-    crate::forward::read_once(from, want, || {
-        splice(from, None, &p.w, None, want, flags()).map_err(io::Error::from)
+    from.try_io(Interest::READABLE, || {
+        splice(from, None, &p.w, None, p.capacity as usize, flags()).map_err(io::Error::from)
     })
 }
 

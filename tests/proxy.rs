@@ -421,3 +421,33 @@ async fn shutdown_grace_running_out_closes_the_rest() {
     assert_eq!(report.open_at_shutdown, 1);
     assert_eq!(report.closed_at_grace, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_concurrent_uploads_all_arrive_and_every_eof_is_forwarded() {
+    // Bulk uploads exercise splice; each backend reply comes only after the EOF
+    // has crossed the balancer, so a lost read-readiness would hang a stream.
+    let (addr, _task) = count_after_eof_backend().await;
+    let lb = start(&config_text(&[("counter".into(), addr)], "", "", "")).await;
+    let mut set = JoinSet::new();
+    for c in 0..8u32 {
+        let addr = lb.addr;
+        set.spawn(async move {
+            let mut s = connect_from(client_ip(700 + c), addr).await.unwrap();
+            let chunk = pattern(256 * 1024, u64::from(c) + 11);
+            for _ in 0..40 {
+                s.write_all(&chunk).await.unwrap();
+            }
+            s.shutdown().await.unwrap();
+            let got = read_to_eof(&mut s, Duration::from_secs(20)).await.unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                format!("got {} bytes; bye\n", 40 * 256 * 1024),
+                "stream {c}"
+            );
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    lb.stop().await;
+}
