@@ -1,7 +1,8 @@
 //! The admin endpoint: a small HTTP/1.1 server (GET and HEAD, one request per
 //! connection) with `/metrics` (Prometheus text), `/status` (JSON) and `/` (a
-//! self-refreshing HTML page with the same data). Loopback by default; binding it
-//! elsewhere is warned about loudly at start.
+//! self-refreshing HTML page with the same data). Loopback by default; on any
+//! other address the config must set a bearer token, and with a token set every
+//! request must carry it (`401` otherwise, counted).
 
 use std::fmt::Write as _;
 use std::io;
@@ -60,11 +61,17 @@ pub fn spawn(listener: TcpListener, handle: Handle) -> AdminServer {
     let local_addr = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
-    if local_addr.ip().is_loopback() {
-        info!(addr = %local_addr, "admin endpoint listening (/metrics, /status, /)");
+    let token = handle
+        .config()
+        .admin
+        .as_ref()
+        .is_some_and(|a| a.token.is_some());
+    if local_addr.ip().is_loopback() || token {
+        info!(addr = %local_addr, bearer_token = token, "admin endpoint listening (/metrics, /status, /)");
     } else {
+        // Config validation requires a token off loopback; this is a last guard.
         warn!(addr = %local_addr,
-            "ADMIN ENDPOINT IS NOT ON LOOPBACK: anyone who can reach this address can read /metrics and /status; bind it to 127.0.0.1 or firewall it");
+            "ADMIN ENDPOINT IS NOT ON LOOPBACK AND HAS NO TOKEN: anyone who can reach this address can read /metrics and /status");
     }
     let stop = CancellationToken::new();
     let task = tokio::spawn(serve(listener, handle, stop.clone()));
@@ -135,6 +142,22 @@ async fn connection(mut s: TcpStream, handle: &Handle) -> io::Result<()> {
     let line = String::from_utf8_lossy(head.split(|&b| b == b'\n').next().unwrap_or(&[]))
         .trim_end()
         .to_string();
+    let config = handle.config();
+    if let Some(token) = config.admin.as_ref().and_then(|a| a.token.as_ref()) {
+        if !authorized(&head, token) {
+            crate::metrics::admin_unauthorized();
+            tracing::debug!(peer = ?s.peer_addr().ok(), "admin request without a valid bearer token");
+            return respond_with(
+                &mut s,
+                "401 Unauthorized",
+                "text/plain",
+                b"a valid bearer token is required (Authorization: Bearer TOKEN)\n",
+                "WWW-Authenticate: Bearer realm=\"ringlb\"\r\n",
+                false,
+            )
+            .await;
+        }
+    }
     let mut parts = line.split(' ');
     let method = parts.next().unwrap_or("");
     let target = parts.next().unwrap_or("/");
@@ -196,6 +219,28 @@ async fn connection(mut s: TcpStream, handle: &Handle) -> io::Result<()> {
     }
 }
 
+/// Whether the request head carries `Authorization: Bearer <token>` (header name
+/// and scheme case-insensitive, as HTTP says).
+fn authorized(head: &[u8], token: &crate::config::AdminToken) -> bool {
+    let mut ok = false;
+    for line in head.split(|&b| b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        if !name.eq_ignore_ascii_case(b"authorization") {
+            continue;
+        }
+        let value = value.trim_ascii();
+        if value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ") {
+            // Every Authorization header is checked (no early exit on a match).
+            ok |= token.matches(value[7..].trim_ascii());
+        }
+    }
+    ok
+}
+
 async fn respond(
     s: &mut TcpStream,
     status: &str,
@@ -203,8 +248,19 @@ async fn respond(
     body: &[u8],
     head_only: bool,
 ) -> io::Result<()> {
+    respond_with(s, status, content_type, body, "", head_only).await
+}
+
+async fn respond_with(
+    s: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &[u8],
+    extra_headers: &str,
+    head_only: bool,
+) -> io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{extra_headers}Connection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).await?;

@@ -48,6 +48,13 @@ pub mod limits {
     pub const WORKERS: std::ops::RangeInclusive<usize> = 1..=1024;
     /// Longest `expect_body` (the probe reads at most 64 KiB of body).
     pub const EXPECT_BODY_LEN: usize = 1024;
+    pub const MAX_CONNECTIONS_PER_IP: std::ops::RangeInclusive<u32> = 1..=1_000_000;
+    pub const NEW_CONNECTIONS_PER_IP_PER_SEC: std::ops::RangeInclusive<u32> = 1..=1_000_000;
+    /// Entries of one `allow` or `deny` list.
+    pub const ACCESS_LIST_LEN: usize = 10_000;
+    /// Shortest admin token (a bearer secret guessable in fewer tries is no secret).
+    pub const ADMIN_TOKEN_MIN_LEN: usize = 16;
+    pub const ADMIN_TOKEN_MAX_LEN: usize = 4096;
 }
 
 /// Defaults, in one place; `config/ringlb.toml` documents the same values.
@@ -90,6 +97,8 @@ pub struct RawConfig {
     pub shutdown_grace: Option<Duration>,
     pub pid_file: Option<PathBuf>,
     pub workers: Option<usize>,
+    pub user: Option<String>,
+    pub group: Option<String>,
     pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub listener: Vec<RawListener>,
@@ -101,6 +110,8 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: String,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -112,6 +123,11 @@ pub struct RawListener {
     pub max_connections: Option<usize>,
     pub backlog: Option<u32>,
     pub ipv6_only: Option<bool>,
+    pub allow: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
+    pub max_connections_per_ip: Option<u32>,
+    pub new_connections_per_ip_per_sec: Option<u32>,
+    pub new_connections_per_ip_burst: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -230,6 +246,10 @@ pub struct Config {
     pub pid_file: Option<PathBuf>,
     /// Runtime worker threads (`None`: one per core). `RINGLB_WORKERS` overrides.
     pub workers: Option<usize>,
+    /// Drop root privileges to this user (and `group`, else the user's primary
+    /// group) once the listeners are bound.
+    pub user: Option<String>,
+    pub group: Option<String>,
     /// The admin HTTP endpoint (`/metrics`, `/status`, `/`); off when absent.
     pub admin: Option<AdminConfig>,
     pub listeners: Vec<ListenerConfig>,
@@ -240,6 +260,36 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// Bearer token every request must carry (`Authorization: Bearer TOKEN`).
+    /// Required when `listen` is not a loopback address.
+    pub token: Option<AdminToken>,
+}
+
+/// A secret that never shows in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    pub fn new(token: impl Into<String>) -> AdminToken {
+        AdminToken(token.into())
+    }
+
+    /// Compare with a presented token in time that does not depend on where
+    /// the two differ.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let want = self.0.as_bytes();
+        let mut diff = (want.len() != presented.len()) as u8;
+        for (i, &b) in want.iter().enumerate() {
+            diff |= b ^ presented.get(i).copied().unwrap_or(!b);
+        }
+        diff == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,6 +300,35 @@ pub struct ListenerConfig {
     pub max_connections: usize,
     pub backlog: u32,
     pub ipv6_only: bool,
+    /// Who may connect, and per-client limits.
+    pub access: AccessConfig,
+}
+
+/// A listener's access rules, checked on accept before any node is contacted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessConfig {
+    /// When not empty, only clients in one of these networks are served.
+    pub allow: Vec<ipnet::IpNet>,
+    /// Clients in one of these networks are refused (checked before `allow`).
+    pub deny: Vec<ipnet::IpNet>,
+    /// Open connections one client address may hold (IPv6: one /64).
+    pub max_connections_per_ip: Option<u32>,
+    /// New connections per second one client address may open, with a burst.
+    pub new_connections_per_ip: Option<RateLimit>,
+}
+
+impl AccessConfig {
+    /// Whether per-client state is kept at all.
+    pub fn per_ip(&self) -> bool {
+        self.max_connections_per_ip.is_some() || self.new_connections_per_ip.is_some()
+    }
+}
+
+/// A token bucket: `per_sec` tokens a second, at most `burst` saved up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_sec: u32,
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -465,7 +544,206 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 /// Collects problems while validating.
 struct Problems(Vec<Problem>);
 
+/// Parse one `allow`/`deny` entry: `ADDR/PREFIX`, or a bare address (one host).
+fn parse_net(text: &str) -> Result<ipnet::IpNet, String> {
+    let t = text.trim();
+    if let Ok(ip) = t.parse::<IpAddr>() {
+        return Ok(ipnet::IpNet::from(ip));
+    }
+    let net: ipnet::IpNet = t.parse().map_err(|_| {
+        format!("{text:?} is not a network (ADDR/PREFIX such as \"10.0.0.0/8\" or \"2001:db8::/32\") or an address")
+    })?;
+    if net.trunc() != net {
+        return Err(format!(
+            "{text:?} has bits set after the /{} prefix; write {} (or the single address without a prefix)",
+            net.prefix_len(),
+            net.trunc()
+        ));
+    }
+    if let ipnet::IpNet::V6(n) = net {
+        if n.addr().to_ipv4_mapped().is_some() && n.prefix_len() >= 96 {
+            return Err(format!(
+                "{text:?} is an IPv4-mapped IPv6 network; write the IPv4 network (clients of dual-stack listeners are matched as IPv4)"
+            ));
+        }
+    }
+    Ok(net)
+}
+
+fn access_list(p: &mut Problems, key: &str, entries: Option<&Vec<String>>) -> Vec<ipnet::IpNet> {
+    let Some(entries) = entries else {
+        return Vec::new();
+    };
+    if entries.len() > limits::ACCESS_LIST_LEN {
+        p.push(
+            key,
+            format!(
+                "{} entries is more than the limit of {}",
+                entries.len(),
+                limits::ACCESS_LIST_LEN
+            ),
+        );
+        return Vec::new();
+    }
+    let mut nets = Vec::with_capacity(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        match parse_net(e) {
+            Ok(n) => nets.push(n),
+            Err(reason) => p.push(format!("{key}[{i}]"), reason),
+        }
+    }
+    nets
+}
+
+fn access_config(p: &mut Problems, key: &str, l: &RawListener) -> AccessConfig {
+    let allow = access_list(p, &format!("{key}.allow"), l.allow.as_ref());
+    let deny = access_list(p, &format!("{key}.deny"), l.deny.as_ref());
+    if l.allow.as_ref().is_some_and(|a| a.is_empty()) {
+        p.push(
+            format!("{key}.allow"),
+            "an empty list would refuse every client; leave allow out to accept every client not denied",
+        );
+    }
+    let max_connections_per_ip = l.max_connections_per_ip.map(|v| {
+        p.range(
+            format!("{key}.max_connections_per_ip"),
+            Some(v),
+            v,
+            limits::MAX_CONNECTIONS_PER_IP,
+        )
+    });
+    let new_connections_per_ip = match (
+        l.new_connections_per_ip_per_sec,
+        l.new_connections_per_ip_burst,
+    ) {
+        (Some(rate), burst) => {
+            let per_sec = p.range(
+                format!("{key}.new_connections_per_ip_per_sec"),
+                Some(rate),
+                rate,
+                limits::NEW_CONNECTIONS_PER_IP_PER_SEC,
+            );
+            let burst = p.range(
+                format!("{key}.new_connections_per_ip_burst"),
+                burst,
+                per_sec.max(1),
+                limits::NEW_CONNECTIONS_PER_IP_PER_SEC,
+            );
+            Some(RateLimit { per_sec, burst })
+        }
+        (None, Some(_)) => {
+            p.push(
+                format!("{key}.new_connections_per_ip_burst"),
+                "needs new_connections_per_ip_per_sec",
+            );
+            None
+        }
+        (None, None) => None,
+    };
+    AccessConfig {
+        allow,
+        deny,
+        max_connections_per_ip,
+        new_connections_per_ip,
+    }
+}
+
+fn admin_token(p: &mut Problems, a: &RawAdmin, source: &Path) -> Option<AdminToken> {
+    let (key, token) = match (&a.token, &a.token_file) {
+        (Some(_), Some(_)) => {
+            p.push(
+                "admin.token",
+                "set admin.token or admin.token_file, not both",
+            );
+            return None;
+        }
+        (Some(t), None) => ("admin.token", t.clone()),
+        (None, Some(f)) => {
+            // A relative path is relative to the config file, like an include.
+            let path = if f.is_relative() {
+                source.parent().unwrap_or(Path::new(".")).join(f)
+            } else {
+                f.clone()
+            };
+            match std::fs::read_to_string(&path) {
+                Ok(t) => (
+                    "admin.token_file",
+                    t.trim_end_matches(['\r', '\n']).to_string(),
+                ),
+                Err(e) => {
+                    p.push(
+                        "admin.token_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    return None;
+                }
+            }
+        }
+        (None, None) => return None,
+    };
+    let len = token.chars().count();
+    if len < limits::ADMIN_TOKEN_MIN_LEN {
+        p.push(
+            key,
+            format!(
+                "the token is {len} characters long; use at least {} (for example the output of `openssl rand -hex 32`)",
+                limits::ADMIN_TOKEN_MIN_LEN
+            ),
+        );
+        return None;
+    }
+    if token.len() > limits::ADMIN_TOKEN_MAX_LEN {
+        p.push(
+            key,
+            format!(
+                "the token is longer than {} bytes",
+                limits::ADMIN_TOKEN_MAX_LEN
+            ),
+        );
+        return None;
+    }
+    if token.chars().any(|c| !c.is_ascii_graphic()) {
+        p.push(
+            key,
+            "the token may contain only printable ASCII without spaces (it travels in an HTTP header)",
+        );
+        return None;
+    }
+    Some(AdminToken(token))
+}
+
+/// `user` and `group` must name an existing user and group of this host.
+fn privilege_config(p: &mut Problems, user: Option<&str>, group: Option<&str>) {
+    if let Some(u) = user {
+        if u.is_empty() {
+            p.push("user", "must not be empty");
+        } else {
+            match crate::privilege::lookup_user(u) {
+                Ok(_) => {}
+                Err(reason) => p.push("user", reason),
+            }
+        }
+    }
+    if let Some(g) = group {
+        if user.is_none() {
+            p.push(
+                "group",
+                "needs user: ringlb drops to a user and a group together",
+            );
+        }
+        if g.is_empty() {
+            p.push("group", "must not be empty");
+        } else if let Err(reason) = crate::privilege::lookup_group(g) {
+            p.push("group", reason);
+        }
+    }
+}
+
 impl Problems {
+    fn has(&self, key: &str) -> bool {
+        self.0.iter().any(|p| p.key == key)
+    }
+
     fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
         self.0.push(Problem {
             key: key.into(),
@@ -623,6 +901,7 @@ impl RawConfig {
                 defaults::BACKLOG,
                 limits::BACKLOG,
             );
+            let access = access_config(&mut p, &key, l);
             if let Some(listen) = listen {
                 listeners.push(ListenerConfig {
                     name: l.name.clone(),
@@ -631,6 +910,7 @@ impl RawConfig {
                     max_connections,
                     backlog,
                     ipv6_only: l.ipv6_only.unwrap_or(defaults::IPV6_ONLY),
+                    access,
                 });
             }
         }
@@ -816,6 +1096,7 @@ impl RawConfig {
                         max_connections: 1,
                         backlog: 1,
                         ipv6_only: true,
+                        access: AccessConfig::default(),
                     };
                     for l in &listeners {
                         if (l.listen == addr && addr.port() != 0) || overlaps(l, &as_listener) {
@@ -825,7 +1106,17 @@ impl RawConfig {
                             );
                         }
                     }
-                    Some(AdminConfig { listen: addr })
+                    let token = admin_token(&mut p, a, source);
+                    if token.is_none() && !addr.ip().is_loopback() && !p.has("admin.token") {
+                        p.push(
+                            "admin.listen",
+                            format!("{addr} is not a loopback address: set admin.token (or admin.token_file) so that only holders of the token can read and change the balancer's state"),
+                        );
+                    }
+                    Some(AdminConfig {
+                        listen: addr,
+                        token,
+                    })
                 }
                 Err(_) => {
                     p.push(
@@ -839,6 +1130,7 @@ impl RawConfig {
             p.range("workers", Some(w), 1, limits::WORKERS);
         }
         let workers = self.workers;
+        privilege_config(&mut p, self.user.as_deref(), self.group.as_deref());
         if let Some(pid) = &self.pid_file {
             if pid.as_os_str().is_empty() {
                 p.push("pid_file", "must not be empty");
@@ -851,6 +1143,8 @@ impl RawConfig {
                 shutdown_grace,
                 pid_file: self.pid_file.clone(),
                 workers,
+                user: self.user.clone(),
+                group: self.group.clone(),
                 admin,
                 listeners,
                 pools,
@@ -1063,7 +1357,26 @@ pub fn summary(cfg: &Config) -> String {
         fmt_duration(cfg.shutdown_grace)
     );
     if let Some(a) = &cfg.admin {
-        let _ = writeln!(s, "  admin on {} (/metrics, /status, /)", a.listen);
+        let _ = writeln!(
+            s,
+            "  admin on {} (/metrics, /status, /){}",
+            a.listen,
+            if a.token.is_some() {
+                ", bearer token required"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(u) = &cfg.user {
+        let _ = writeln!(
+            s,
+            "  runs as user {u}{} after binding",
+            cfg.group
+                .as_ref()
+                .map(|g| format!(", group {g}"))
+                .unwrap_or_default()
+        );
     }
     if let Some(w) = cfg.workers {
         let _ = writeln!(s, "  workers {w}");
@@ -1086,6 +1399,34 @@ pub fn summary(cfg: &Config) -> String {
                 String::new()
             }
         );
+        let a = &l.access;
+        let mut rules = Vec::new();
+        if !a.allow.is_empty() {
+            rules.push(format!(
+                "allow {} network{}",
+                a.allow.len(),
+                plural(a.allow.len())
+            ));
+        }
+        if !a.deny.is_empty() {
+            rules.push(format!(
+                "deny {} network{}",
+                a.deny.len(),
+                plural(a.deny.len())
+            ));
+        }
+        if let Some(m) = a.max_connections_per_ip {
+            rules.push(format!("max_connections_per_ip {m}"));
+        }
+        if let Some(r) = a.new_connections_per_ip {
+            rules.push(format!(
+                "new_connections_per_ip {}/s burst {}",
+                r.per_sec, r.burst
+            ));
+        }
+        if !rules.is_empty() {
+            let _ = writeln!(s, "    access: {}", rules.join(", "));
+        }
     }
     for pool in cfg.pools.values() {
         let _ = writeln!(

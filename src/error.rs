@@ -69,6 +69,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Switching to the configured `user`/`group` failed: the process must not serve.
+    #[error("cannot drop privileges: {what}")]
+    Privilege { what: String },
     #[error("{what}")]
     Io {
         what: String,

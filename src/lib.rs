@@ -4,6 +4,7 @@
 //! operation.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod backend;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod pool;
+pub mod privilege;
 pub mod proxy;
 pub mod reload;
 pub mod ring;

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug_span, info, warn, Instrument};
 
+use crate::access::{self, PerIp};
 use crate::config::ListenerConfig;
 use crate::error::{is_resource_exhaustion, Error};
 use crate::metrics::{ListenerMetrics, RejectReason};
@@ -32,6 +33,42 @@ const EPISODE_QUIET: Duration = Duration::from_secs(1);
 struct Episode {
     errors: u64,
     last_error: Instant,
+}
+
+/// Time between two log lines about refused clients of one listener.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Refused clients (access lists, per-client limits) are counted in metrics one
+/// by one, logged at DEBUG one by one, and at WARN at most once per
+/// [`REFUSAL_LOG_EVERY`] with the number refused since, so a flood cannot flood
+/// the log.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl RefusalLog {
+    fn note(&mut self, listener: &str, reason: RejectReason, client: std::net::IpAddr) {
+        tracing::debug!(listener, client = %client, reason = reason.as_str(), "client refused");
+        self.since += 1;
+        let now = Instant::now();
+        let due = match self.last {
+            Some(t) => now.duration_since(t) >= REFUSAL_LOG_EVERY,
+            None => true,
+        };
+        if due {
+            warn!(
+                listener,
+                client = %client,
+                reason = reason.as_str(),
+                refused_since_last_message = self.since,
+                "refusing clients (access lists or per-client limits); counted in ringlb_connections_rejected_total"
+            );
+            self.last = Some(now);
+            self.since = 0;
+        }
+    }
 }
 
 /// A bound, listening socket.
@@ -97,6 +134,9 @@ pub struct ListenerShared {
     pub state: ArcSwap<ListenerState>,
     pub active: AtomicUsize,
     pub hard_stop: CancellationToken,
+    /// Open connections and new-connection buckets per client address (kept
+    /// across reloads; used only while a per-client limit is set).
+    pub per_ip: PerIp,
 }
 
 impl ListenerShared {
@@ -105,6 +145,7 @@ impl ListenerShared {
             state: ArcSwap::from_pointee(state),
             active: AtomicUsize::new(0),
             hard_stop,
+            per_ip: PerIp::new(),
         }
     }
 }
@@ -122,6 +163,8 @@ pub fn set_backlog(listener: &TcpListener, backlog: u32) -> io::Result<()> {
 pub struct Admission {
     shared: Arc<ListenerShared>,
     state: Arc<ListenerState>,
+    /// The per-client key this connection is counted under, if it is.
+    per_ip: Option<std::net::IpAddr>,
 }
 
 impl Admission {
@@ -139,6 +182,13 @@ impl Drop for Admission {
     fn drop(&mut self) {
         self.shared.active.fetch_sub(1, Ordering::Relaxed);
         self.state.metrics.active.decrement(1.0);
+        if let Some(key) = self.per_ip {
+            // The current rules decide whether the address's entry can go.
+            let st = self.shared.state.load();
+            self.shared
+                .per_ip
+                .release(key, &st.config.access, std::time::Instant::now());
+        }
     }
 }
 
@@ -158,6 +208,7 @@ pub async fn accept_loop(
     // one episode, not a log line per connection).
     let mut episode: Option<Episode> = None;
     let mut at_limit = false;
+    let mut refusals = RefusalLog::default();
     let mut draining = false;
     let mut conn_id: u64 = 0;
     {
@@ -222,6 +273,14 @@ pub async fn accept_loop(
         }
         backoff = ACCEPT_BACKOFF_MIN;
         state.metrics.accepted.increment(1);
+        let access = &state.config.access;
+        let client_ip = access::client_ip(peer.ip());
+        if let Err(reason) = access::check_lists(access, client_ip) {
+            state.metrics.rejected(reason).increment(1);
+            refusals.note(name, reason, client_ip);
+            drop(stream);
+            continue;
+        }
         let limit = state.config.max_connections;
         if shared.active.load(Ordering::Relaxed) >= limit {
             state
@@ -240,6 +299,18 @@ pub async fn accept_loop(
             info!(listener = %name, "below max_connections again");
             at_limit = false;
         }
+        let per_ip = if access.per_ip() {
+            let key = access::per_ip_key(client_ip);
+            if let Err(reason) = shared.per_ip.admit(key, access, std::time::Instant::now()) {
+                state.metrics.rejected(reason).increment(1);
+                refusals.note(name, reason, client_ip);
+                drop(stream);
+                continue;
+            }
+            Some(key)
+        } else {
+            None
+        };
         // Only this task increments, so the check above cannot be overtaken.
         shared.active.fetch_add(1, Ordering::Relaxed);
         state.metrics.active.increment(1.0);
@@ -252,6 +323,7 @@ pub async fn accept_loop(
         let admission = Admission {
             shared: shared.clone(),
             state,
+            per_ip,
         };
         let conn = proxy::handle(stream, peer, admission);
         if span.is_disabled() {

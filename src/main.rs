@@ -103,7 +103,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let workers = cfg.effective_workers();
             info!(workers, "starting");
             runtime(workers)?.block_on(async move {
-                let server = Server::bind(cfg)?;
+                let mut server = Server::bind(cfg)?;
+                server.write_pid_file();
+                server.drop_privileges()?;
                 let shutdown = CancellationToken::new();
                 tokio::spawn(handle_signals(
                     shutdown.clone(),

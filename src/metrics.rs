@@ -22,6 +22,12 @@ pub const PROBES: &str = "ringlb_probes_total";
 pub const PROBE_DURATION: &str = "ringlb_probe_duration_seconds";
 pub const RELOADS: &str = "ringlb_reloads_total";
 pub const CONFIG_GENERATION: &str = "ringlb_config_generation";
+pub const ADMIN_UNAUTHORIZED: &str = "ringlb_admin_unauthorized_total";
+
+/// Count one admin request refused for a missing or wrong bearer token.
+pub fn admin_unauthorized() {
+    counter!(ADMIN_UNAUTHORIZED).increment(1);
+}
 
 pub const L_LISTENER: &str = "listener";
 pub const L_POOL: &str = "pool";
@@ -42,6 +48,14 @@ pub enum RejectReason {
     AllDown,
     /// ringlb itself is out of descriptors or memory for the node connection.
     LocalResources,
+    /// The client address matched the listener's `deny` list.
+    Denied,
+    /// The listener has an `allow` list and the client address is not on it.
+    NotAllowed,
+    /// The client address already holds `max_connections_per_ip` connections.
+    PerIpConnections,
+    /// The client address opened more than `new_connections_per_ip_per_sec`.
+    PerIpRate,
 }
 
 impl RejectReason {
@@ -51,6 +65,10 @@ impl RejectReason {
             RejectReason::NoNode => "no_node",
             RejectReason::AllDown => "all_down",
             RejectReason::LocalResources => "local_resources",
+            RejectReason::Denied => "denied",
+            RejectReason::NotAllowed => "not_allowed",
+            RejectReason::PerIpConnections => "max_connections_per_ip",
+            RejectReason::PerIpRate => "new_connections_per_ip",
         }
     }
 }
@@ -64,6 +82,10 @@ pub struct ListenerMetrics {
     pub rejected_no_node: Counter,
     pub rejected_all_down: Counter,
     pub rejected_local: Counter,
+    pub rejected_denied: Counter,
+    pub rejected_not_allowed: Counter,
+    pub rejected_per_ip: Counter,
+    pub rejected_per_ip_rate: Counter,
     pub accept_errors: Counter,
     pub duration: Histogram,
 }
@@ -79,6 +101,10 @@ impl ListenerMetrics {
             rejected_no_node: rejected(RejectReason::NoNode),
             rejected_all_down: rejected(RejectReason::AllDown),
             rejected_local: rejected(RejectReason::LocalResources),
+            rejected_denied: rejected(RejectReason::Denied),
+            rejected_not_allowed: rejected(RejectReason::NotAllowed),
+            rejected_per_ip: rejected(RejectReason::PerIpConnections),
+            rejected_per_ip_rate: rejected(RejectReason::PerIpRate),
             accept_errors: counter!(ACCEPT_ERRORS, L_LISTENER => l.clone()),
             duration: histogram!(CONNECTION_DURATION, L_LISTENER => l),
         }
@@ -90,6 +116,10 @@ impl ListenerMetrics {
             RejectReason::NoNode => &self.rejected_no_node,
             RejectReason::AllDown => &self.rejected_all_down,
             RejectReason::LocalResources => &self.rejected_local,
+            RejectReason::Denied => &self.rejected_denied,
+            RejectReason::NotAllowed => &self.rejected_not_allowed,
+            RejectReason::PerIpConnections => &self.rejected_per_ip,
+            RejectReason::PerIpRate => &self.rejected_per_ip_rate,
         }
     }
 }

@@ -29,6 +29,8 @@ pub struct ConfigDiff {
     pub shutdown_grace_changed: bool,
     /// `workers` applies at the next start only.
     pub workers_changed: bool,
+    /// `user`/`group` apply at the next start only (the process has no root left).
+    pub privileges_changed: bool,
     /// Why the new config cannot be applied in place (the reload is refused).
     pub refused: Vec<String>,
 }
@@ -74,6 +76,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     d.pid_file_changed = old.pid_file != new.pid_file;
     d.shutdown_grace_changed = old.shutdown_grace != new.shutdown_grace;
     d.workers_changed = old.workers != new.workers;
+    d.privileges_changed = old.user != new.user || old.group != new.group;
     d
 }
 
@@ -104,6 +107,9 @@ pub fn summary(
         }
         if o.backlog != l.backlog {
             ch.push(format!("backlog {} -> {}", o.backlog, l.backlog));
+        }
+        if o.access != l.access {
+            ch.push("access rules changed (for new connections)".to_string());
         }
         if !ch.is_empty() {
             parts.push(format!("listener {}: {}", l.name, ch.join(", ")));
@@ -168,6 +174,9 @@ pub fn summary(
     }
     if d.workers_changed {
         parts.push("workers changed (applies at the next start)".to_string());
+    }
+    if d.privileges_changed {
+        parts.push("user/group changed (applies at the next start)".to_string());
     }
     if parts.is_empty() {
         "no changes".to_string()

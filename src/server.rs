@@ -391,6 +391,27 @@ impl Server {
         }
     }
 
+    /// Write the configured pid file now (before dropping privileges, so it may
+    /// live in a root-owned directory such as `/run`). [`run`](Server::run) does
+    /// it otherwise.
+    pub fn write_pid_file(&mut self) {
+        let pid_file = self.shared.config.load().pid_file.clone();
+        self.set_pid_file(pid_file);
+    }
+
+    /// Switch to the configured `user` and `group`, if any. Call after
+    /// [`bind`](Server::bind) (and [`write_pid_file`](Server::write_pid_file)):
+    /// every socket is bound by then.
+    pub fn drop_privileges(&self) -> Result<Option<crate::privilege::Identity>, Error> {
+        let cfg = self.shared.config.load();
+        let Some(user) = cfg.user.as_deref() else {
+            return Ok(None);
+        };
+        let id = crate::privilege::drop_to(user, cfg.group.as_deref())?;
+        info!(user = %id.user, uid = id.uid, group = %id.group, gid = id.gid, "dropped privileges");
+        Ok(Some(id))
+    }
+
     /// Write our pid to `path` (removing the previous file), or remove it (`None`).
     fn set_pid_file(&mut self, path: Option<PathBuf>) {
         if self.pid_file == path {

@@ -1,0 +1,198 @@
+//! `user`/`group`: the real binary binds a port below 1024 as root, then runs as
+//! nobody; and refuses to start when the switch cannot be made. Needs root (it is
+//! skipped, with the reason printed, otherwise).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ringlb::backend::{Backend, Mode};
+
+fn skip_unless_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return false;
+    }
+    eprintln!("skipped: needs root (switching users, binding a port below 1024)");
+    true
+}
+
+fn lines_of(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_for(rx: &mpsc::Receiver<String>, needle: &str, log: &mut Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                let hit = line.contains(needle);
+                log.push(line);
+                if hit {
+                    return;
+                }
+            }
+            Err(_) => panic!("no line with {needle:?}; saw:\n{}", log.join("\n")),
+        }
+    }
+}
+
+/// A free port below 1024 on 127.0.0.1 (only root can bind it).
+fn privileged_port() -> u16 {
+    for port in (700..1000).rev() {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 700..1000");
+}
+
+/// Uid/Gid/Groups lines of /proc/PID/status.
+fn ids(pid: u32) -> (String, String, String) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or("")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    (field("Uid:"), field("Gid:"), field("Groups:"))
+}
+
+/// A directory every user can read (the config must stay readable after the drop).
+fn open_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+fn kill_on_drop(child: Child) -> impl Drop {
+    struct K(Child);
+    impl Drop for K {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    K(child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binds_a_low_port_as_root_then_serves_as_nobody() {
+    if skip_unless_root() {
+        return;
+    }
+    let nobody = ringlb::privilege::lookup_user("nobody").expect("user nobody");
+    let backend = Backend::start("node-0", "127.0.0.1:0".parse().unwrap(), Mode::Greet)
+        .await
+        .unwrap();
+    let port = privileged_port();
+    let dir = open_dir();
+    let pid_file = dir.path().join("ringlb.pid");
+    let path = dir.path().join("ringlb.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "user = \"nobody\"\nshutdown_grace = \"1s\"\npid_file = \"{}\"\n[[listener]]\nname = \"low\"\nlisten = \"127.0.0.1:{port}\"\npool = \"p\"\n[pools.p]\n[[pools.p.nodes]]\nname = \"node-0\"\naddr = \"{}\"\n",
+            pid_file.display(),
+            backend.addr
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["run", "--config", path.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let _stdout = lines_of(child.stdout.take().unwrap());
+    let out = lines_of(child.stderr.take().unwrap());
+    let guard = kill_on_drop(child);
+    let mut log = Vec::new();
+    wait_for(&out, "dropped privileges", &mut log);
+    wait_for(&out, "listening", &mut log);
+
+    let uid = nobody.uid.as_raw();
+    let gid = nobody.gid.as_raw();
+    let (u, g, groups) = ids(pid);
+    assert_eq!(
+        u,
+        format!("{uid} {uid} {uid} {uid}"),
+        "real, effective, saved, fs uid"
+    );
+    assert_eq!(
+        g,
+        format!("{gid} {gid} {gid} {gid}"),
+        "real, effective, saved, fs gid"
+    );
+    assert_eq!(
+        groups,
+        gid.to_string(),
+        "no supplementary groups but the user's"
+    );
+    // Written as root, before the switch.
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        pid.to_string()
+    );
+
+    let lb = SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(node_for(client_ip(1), lb).await.unwrap(), "node-0");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    wait_for(&out, "stopped", &mut log);
+    drop(guard);
+}
+
+#[test]
+fn refuses_to_start_when_the_switch_cannot_be_made() {
+    if skip_unless_root() {
+        return;
+    }
+    let dir = open_dir();
+    let path = dir.path().join("ringlb.toml");
+    std::fs::write(
+        &path,
+        "user = \"root\"\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\n[[pools.p.nodes]]\nname = \"a\"\naddr = \"127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // Started as nobody, told to become root: must refuse, not serve.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["run", "--config", path.to_str().unwrap()])
+        .output()
+        .expect("setpriv (util-linux)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("cannot drop privileges"), "{text}");
+    assert!(text.contains("not running as root"), "{text}");
+}
