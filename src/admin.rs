@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::fmt_duration;
+use crate::config::{fmt_duration, AdminState};
 use crate::error::Error;
 use crate::server::Handle;
 
@@ -163,6 +163,33 @@ async fn connection(mut s: TcpStream, handle: &Handle) -> io::Result<()> {
     let target = parts.next().unwrap_or("/");
     let path = target.split('?').next().unwrap_or("/");
     let head_only = method == "HEAD";
+    if let Some((pool, node, action)) = node_action(path) {
+        if method != "POST" {
+            return respond_with(
+                &mut s,
+                "405 Method Not Allowed",
+                "text/plain",
+                b"POST only\n",
+                "Allow: POST\r\n",
+                head_only,
+            )
+            .await;
+        }
+        if header(&head, b"origin").is_some() {
+            // A browser page on another site can send a plain POST to a loopback
+            // address (no preflight); the status page itself never posts.
+            return respond(
+                &mut s,
+                "403 Forbidden",
+                "text/plain",
+                b"state changes are not accepted from browser pages (Origin header present)\n",
+                false,
+            )
+            .await;
+        }
+        let (status, body) = set_node_state(handle, pool, node, action);
+        return respond(&mut s, status, "application/json", body.as_bytes(), false).await;
+    }
     if method != "GET" && !head_only {
         return respond(
             &mut s,
@@ -217,6 +244,138 @@ async fn connection(mut s: TcpStream, handle: &Handle) -> io::Result<()> {
             .await
         }
     }
+}
+
+/// The address to reach an admin endpoint bound to `listen` from this host (a
+/// wildcard address is reached through loopback).
+pub fn reach(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        std::net::IpAddr::V4(a) if a.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, listen.port()))
+        }
+        std::net::IpAddr::V6(a) if a.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, listen.port()))
+        }
+        _ => listen,
+    }
+}
+
+/// One blocking request to an admin endpoint (for `ringlb node` and tools):
+/// returns the status code and the body.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&crate::config::AdminToken>,
+    timeout: Duration,
+) -> io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {}\r\n", t.secret()))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.take(16 * 1024 * 1024).read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| {
+            io::Error::other(format!(
+                "not an HTTP response: {:?}",
+                &head[..head.len().min(80)]
+            ))
+        })?;
+    Ok((status, body.to_string()))
+}
+
+/// `/pools/{pool}/nodes/{node}/{drain|enable|disable}`.
+fn node_action(path: &str) -> Option<(&str, &str, AdminState)> {
+    let rest = path.strip_prefix("/pools/")?;
+    let mut it = rest.split('/');
+    let (pool, nodes, node, action) = (it.next()?, it.next()?, it.next()?, it.next()?);
+    if nodes != "nodes" || it.next().is_some() || pool.is_empty() || node.is_empty() {
+        return None;
+    }
+    let state = match action {
+        "drain" => AdminState::Drain,
+        "enable" => AdminState::Enabled,
+        "disable" => AdminState::Disabled,
+        _ => return None,
+    };
+    Some((pool, node, state))
+}
+
+/// Percent-decode a path segment (node names may hold `:` or `%`-escaped bytes).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn set_node_state(
+    handle: &Handle,
+    pool: &str,
+    node: &str,
+    state: AdminState,
+) -> (&'static str, String) {
+    let (pool, node) = (unescape(pool), unescape(node));
+    let Some(p) = handle.pool(&pool) else {
+        return (
+            "404 Not Found",
+            json!({ "error": format!("no pool {pool:?}") }).to_string() + "\n",
+        );
+    };
+    match p.set_admin_state(&node, state, "admin endpoint") {
+        Some(previous) => (
+            "200 OK",
+            json!({
+                "pool": pool,
+                "node": node,
+                "admin_state": state.as_str(),
+                "previous": previous.as_str(),
+                "changed": previous != state,
+            })
+            .to_string()
+                + "\n",
+        ),
+        None => (
+            "404 Not Found",
+            json!({ "error": format!("pool {pool:?} has no node {node:?}") }).to_string() + "\n",
+        ),
+    }
+}
+
+/// The value of the first header named `name` (lowercase), if any.
+fn header<'a>(head: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    head.split(|&b| b == b'\n').skip(1).find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        line[..colon]
+            .eq_ignore_ascii_case(name)
+            .then(|| line[colon + 1..].trim_ascii())
+    })
 }
 
 /// Whether the request head carries `Authorization: Bearer <token>` (header name
@@ -319,6 +478,8 @@ pub fn status(handle: &Handle) -> Value {
                         "addr": n.addr.to_string(),
                         "weight": n.weight(),
                         "state": if n.is_up() { "up" } else { "down" },
+                        "admin_state": n.admin_state().as_str(),
+                        "in_service": on_ring.is_some(),
                         "since": rfc3339(health.since),
                         "reason": health.reason,
                         "last_probe": health.last.as_ref().map(|p| json!({
@@ -344,6 +505,9 @@ pub fn status(handle: &Handle) -> Value {
                 "nodes_up": up,
                 "nodes_total": snap.nodes.len(),
                 "failing_open": snap.failing_open,
+                "proxy_protocol": snap.settings.proxy_protocol.as_str(),
+                "balance_factor": snap.settings.balance_factor_permille.map(|p| f64::from(p) / 1000.0),
+                "load_bound": snap.settings.balance_factor_permille.map(|p| snap.load_bound(p)),
                 "health": {
                     "kind": h.kind.as_str(),
                     "interval": fmt_duration(h.interval),
@@ -404,7 +568,7 @@ h1{{font-size:1.3em;margin:0 0 .3em}} h2{{font-size:1.1em;margin:1.2em 0 .4em}}
 table{{border-collapse:collapse;background:#fff;min-width:60em}}
 th,td{{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:middle}}
 th{{background:#f0f0f0}} td.num{{text-align:right;font-variant-numeric:tabular-nums}}
-.up{{background:#d9f2d9;color:#14591a;font-weight:600}} .down{{background:#f9d6d5;color:#8a1c14;font-weight:600}}
+.up{{background:#d9f2d9;color:#14591a;font-weight:600}} .down{{background:#f9d6d5;color:#8a1c14;font-weight:600}} .drain{{background:#fdf0c4;color:#6b5200;font-weight:600}} .disabled{{background:#e4e4e4;color:#444;font-weight:600}}
 .bar{{background:#eee;width:12em;height:.9em;display:inline-block;vertical-align:middle}}
 .bar span{{display:block;height:100%;background:#4a7bd0}}
 .meta{{color:#666}} .bad{{color:#8a1c14}}
@@ -462,7 +626,15 @@ th{{background:#f0f0f0}} td.num{{text-align:right;font-variant-numeric:tabular-n
             "<table class=\"pool\" id=\"pool-{name}\"><tr><th>node</th><th>address</th><th>state</th><th>since</th><th>last probe</th><th>ring share</th><th>active</th><th>total</th><th>to node</th><th>to client</th></tr>"
         );
         for n in p["nodes"].as_array().into_iter().flatten() {
-            let state = n["state"].as_str().unwrap_or("");
+            let health = n["state"].as_str().unwrap_or("");
+            let admin = n["admin_state"].as_str().unwrap_or("enabled");
+            let (state, label) = match admin {
+                "enabled" => (health.to_string(), health.to_uppercase()),
+                other => (
+                    other.to_string(),
+                    format!("{} · {}", health.to_uppercase(), other.to_uppercase()),
+                ),
+            };
             let share = n["ring_share_pct"].as_f64().unwrap_or(0.0);
             let probe = n["last_probe"]
                 .as_object()
@@ -479,7 +651,7 @@ th{{background:#f0f0f0}} td.num{{text-align:right;font-variant-numeric:tabular-n
                 "<tr class=\"node\" data-node=\"{nm}\"><td>{nm}</td><td>{addr}</td><td class=\"{state}\">{STATE}</td><td title=\"{reason}\">{since}</td><td>{probe}</td><td><span class=\"bar\"><span style=\"width:{share:.1}%\"></span></span> {share:.1}%</td><td class=\"num\">{act}</td><td class=\"num\">{tot}</td><td class=\"num\">{bn}</td><td class=\"num\">{bc}</td></tr>",
                 nm = esc(n["name"].as_str().unwrap_or("")),
                 addr = esc(n["addr"].as_str().unwrap_or("")),
-                STATE = state.to_uppercase(),
+                STATE = label,
                 reason = esc(n["reason"].as_str().unwrap_or("")),
                 since = esc(n["since"].as_str().unwrap_or("")),
                 act = n["active_connections"],

@@ -27,6 +27,23 @@ pub struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NodeAction {
+    Drain,
+    Enable,
+    Disable,
+}
+
+impl NodeAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeAction::Drain => "drain",
+            NodeAction::Enable => "enable",
+            NodeAction::Disable => "disable",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -74,6 +91,24 @@ pub enum Command {
         /// Config file to check before signalling (and to find `pid_file` in).
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Drain, enable or disable a node of a running instance (through its admin
+    /// endpoint, found with its token in --config).
+    Node {
+        /// `drain`: no new connections, open ones continue; `disable`: also close
+        /// the open ones; `enable`: back in service (when healthy).
+        #[arg(value_enum)]
+        action: NodeAction,
+        /// Pool name.
+        pool: String,
+        /// Node name (as in `ringlb which` and /status).
+        node: String,
+        /// Config file of the running instance (for the admin address and token).
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Admin address to use instead of the config's `[admin] listen`.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
     },
     /// Start three demo backends and the balancer in front of them (Ctrl-C stops).
     Demo {

@@ -55,6 +55,10 @@ pub mod limits {
     /// Shortest admin token (a bearer secret guessable in fewer tries is no secret).
     pub const ADMIN_TOKEN_MIN_LEN: usize = 16;
     pub const ADMIN_TOKEN_MAX_LEN: usize = 4096;
+    pub const PROXY_HEADER_TIMEOUT: (Duration, Duration) =
+        (Duration::from_millis(10), Duration::from_secs(60));
+    /// `balance_factor`: 1.0 (every node at most one above the average) to 100.
+    pub const BALANCE_FACTOR: (f64, f64) = (1.0, 100.0);
 }
 
 /// Defaults, in one place; `config/ringlb.toml` documents the same values.
@@ -82,6 +86,7 @@ pub mod defaults {
     pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
     pub const RISE: u32 = 2;
     pub const FALL: u32 = 3;
+    pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(3);
 }
 
 // ---------------------------------------------------------------------------
@@ -128,6 +133,10 @@ pub struct RawListener {
     pub max_connections_per_ip: Option<u32>,
     pub new_connections_per_ip_per_sec: Option<u32>,
     pub new_connections_per_ip_burst: Option<u32>,
+    pub accept_proxy_protocol: Option<bool>,
+    pub trusted_proxies: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub proxy_header_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,6 +153,8 @@ pub struct RawPool {
     pub on_node_down: Option<OnNodeDown>,
     pub when_all_down: Option<WhenAllDown>,
     pub passive_failures: Option<u32>,
+    pub proxy_protocol: Option<ProxyProtocol>,
+    pub balance_factor: Option<f64>,
     pub health: Option<RawHealth>,
     #[serde(default)]
     pub nodes: Vec<RawNode>,
@@ -230,6 +241,61 @@ pub struct RawNode {
     pub name: Option<String>,
     pub addr: String,
     pub weight: Option<u32>,
+    pub state: Option<AdminState>,
+}
+
+/// The PROXY protocol header ringlb sends to a pool's nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    /// Nothing: the node sees ringlb's address.
+    Off,
+    /// Text header (`PROXY TCP4 ...\r\n`).
+    V1,
+    /// Binary header.
+    V2,
+}
+
+impl ProxyProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyProtocol::Off => "off",
+            ProxyProtocol::V1 => "v1",
+            ProxyProtocol::V2 => "v2",
+        }
+    }
+}
+
+/// What the operator wants of a node, independent of its health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    /// In service when healthy.
+    #[default]
+    Enabled,
+    /// No new connections; open connections continue.
+    Drain,
+    /// No new connections, and open connections are closed.
+    Disabled,
+}
+
+impl AdminState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Enabled => "enabled",
+            AdminState::Drain => "drain",
+            AdminState::Disabled => "disabled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AdminState> {
+        match s {
+            "enabled" | "enable" => Some(AdminState::Enabled),
+            "drain" => Some(AdminState::Drain),
+            "disabled" | "disable" => Some(AdminState::Disabled),
+            _ => None,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -274,6 +340,11 @@ impl AdminToken {
         AdminToken(token.into())
     }
 
+    /// The secret itself (to send it; never log it).
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+
     /// Compare with a presented token in time that does not depend on where
     /// the two differ.
     pub fn matches(&self, presented: &[u8]) -> bool {
@@ -302,6 +373,11 @@ pub struct ListenerConfig {
     pub ipv6_only: bool,
     /// Who may connect, and per-client limits.
     pub access: AccessConfig,
+    /// Clients from these networks must start with a PROXY protocol header
+    /// (v1 or v2), whose source address then stands for the client. Empty: off.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Time a trusted proxy gets to send its header.
+    pub proxy_header_timeout: Duration,
 }
 
 /// A listener's access rules, checked on accept before any node is contacted.
@@ -345,6 +421,11 @@ pub struct PoolConfig {
     /// Consecutive connect failures from real traffic that take a node down at once
     /// (0 = off).
     pub passive_failures: u32,
+    /// Header sent to nodes before any client byte.
+    pub proxy_protocol: ProxyProtocol,
+    /// Bounded load, in thousandths: a node with more open connections than
+    /// factor x (average + 1) gets no new ones. `None`: off.
+    pub balance_factor_permille: Option<u32>,
     pub health: HealthConfig,
     /// In file order (the ring does not depend on it).
     pub nodes: Vec<NodeConfig>,
@@ -451,6 +532,8 @@ pub struct NodeConfig {
     /// The address resolved at load.
     pub addr: SocketAddr,
     pub weight: u32,
+    /// Operator state at load (`enabled`, `drain`, `disabled`).
+    pub state: AdminState,
 }
 
 impl Config {
@@ -739,9 +822,26 @@ fn privilege_config(p: &mut Problems, user: Option<&str>, group: Option<&str>) {
     }
 }
 
+fn balance_factor(p: &mut Problems, key: &str, v: Option<f64>) -> Option<u32> {
+    let v = v?;
+    let (lo, hi) = limits::BALANCE_FACTOR;
+    if !v.is_finite() || v < lo || v > hi {
+        p.push(
+            format!("{key}.balance_factor"),
+            format!("{v} is out of range {lo:.1}..={hi:.1} (1.25 lets a node take 25% more than the average before its new clients go to the next node)"),
+        );
+        return None;
+    }
+    Some((v * 1000.0).round() as u32)
+}
+
 impl Problems {
     fn has(&self, key: &str) -> bool {
         self.0.iter().any(|p| p.key == key)
+    }
+
+    fn has_prefix(&self, key: &str) -> bool {
+        self.0.iter().any(|p| p.key.starts_with(key))
     }
 
     fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
@@ -902,6 +1002,37 @@ impl RawConfig {
                 limits::BACKLOG,
             );
             let access = access_config(&mut p, &key, l);
+            let trusted_proxies = match l.accept_proxy_protocol {
+                Some(true) => {
+                    let nets = access_list(
+                        &mut p,
+                        &format!("{key}.trusted_proxies"),
+                        l.trusted_proxies.as_ref(),
+                    );
+                    if nets.is_empty() && !p.has_prefix(&format!("{key}.trusted_proxies")) {
+                        p.push(
+                            format!("{key}.trusted_proxies"),
+                            "accept_proxy_protocol needs the networks of the proxies allowed to send the header (a header from anyone else would let any client pick its own address)",
+                        );
+                    }
+                    nets
+                }
+                _ => {
+                    if l.trusted_proxies.is_some() || l.proxy_header_timeout.is_some() {
+                        p.push(
+                            format!("{key}.trusted_proxies"),
+                            "trusted_proxies and proxy_header_timeout need accept_proxy_protocol = true",
+                        );
+                    }
+                    Vec::new()
+                }
+            };
+            let proxy_header_timeout = p.duration(
+                format!("{key}.proxy_header_timeout"),
+                l.proxy_header_timeout,
+                defaults::PROXY_HEADER_TIMEOUT,
+                limits::PROXY_HEADER_TIMEOUT,
+            );
             if let Some(listen) = listen {
                 listeners.push(ListenerConfig {
                     name: l.name.clone(),
@@ -911,6 +1042,8 @@ impl RawConfig {
                     backlog,
                     ipv6_only: l.ipv6_only.unwrap_or(defaults::IPV6_ONLY),
                     access,
+                    trusted_proxies,
+                    proxy_header_timeout,
                 });
             }
         }
@@ -1033,6 +1166,7 @@ impl RawConfig {
                             addr_text: n.addr.clone(),
                             addr,
                             weight,
+                            state: n.state.unwrap_or_default(),
                         });
                     }
                     Err(reason) => p.push(format!("{nkey}.addr"), reason),
@@ -1078,6 +1212,8 @@ impl RawConfig {
                     on_node_down: rp.on_node_down.unwrap_or(defaults::ON_NODE_DOWN),
                     when_all_down: rp.when_all_down.unwrap_or(defaults::WHEN_ALL_DOWN),
                     passive_failures,
+                    proxy_protocol: rp.proxy_protocol.unwrap_or(ProxyProtocol::Off),
+                    balance_factor_permille: balance_factor(&mut p, &key, rp.balance_factor),
                     health,
                     nodes,
                 },
@@ -1097,6 +1233,8 @@ impl RawConfig {
                         backlog: 1,
                         ipv6_only: true,
                         access: AccessConfig::default(),
+                        trusted_proxies: Vec::new(),
+                        proxy_header_timeout: defaults::PROXY_HEADER_TIMEOUT,
                     };
                     for l in &listeners {
                         if (l.listen == addr && addr.port() != 0) || overlaps(l, &as_listener) {
@@ -1424,6 +1562,14 @@ pub fn summary(cfg: &Config) -> String {
                 r.per_sec, r.burst
             ));
         }
+        if !l.trusted_proxies.is_empty() {
+            rules.push(format!(
+                "PROXY header required from {} network{} (timeout {})",
+                l.trusted_proxies.len(),
+                plural(l.trusted_proxies.len()),
+                fmt_duration(l.proxy_header_timeout)
+            ));
+        }
         if !rules.is_empty() {
             let _ = writeln!(s, "    access: {}", rules.join(", "));
         }
@@ -1481,11 +1627,28 @@ pub fn summary(cfg: &Config) -> String {
             pool.on_node_down.as_str(),
             pool.when_all_down.as_str()
         );
+        let mut extra = Vec::new();
+        if pool.proxy_protocol != ProxyProtocol::Off {
+            extra.push(format!("proxy_protocol {}", pool.proxy_protocol.as_str()));
+        }
+        if let Some(p) = pool.balance_factor_permille {
+            extra.push(format!("balance_factor {}", f64::from(p) / 1000.0));
+        }
+        if !extra.is_empty() {
+            let _ = writeln!(s, "    {}", extra.join(", "));
+        }
         for n in &pool.nodes {
             let _ = writeln!(
                 s,
-                "    node {:<14} {:<22} weight {}",
-                n.name, n.addr, n.weight
+                "    node {:<14} {:<22} weight {}{}",
+                n.name,
+                n.addr,
+                n.weight,
+                if n.state == AdminState::Enabled {
+                    String::new()
+                } else {
+                    format!(", state {}", n.state.as_str())
+                }
             );
         }
     }

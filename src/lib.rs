@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod pool;
 pub mod privilege;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod ring;
 pub mod server;

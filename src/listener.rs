@@ -165,6 +165,9 @@ pub struct Admission {
     state: Arc<ListenerState>,
     /// The per-client key this connection is counted under, if it is.
     per_ip: Option<std::net::IpAddr>,
+    /// From a trusted proxy: a PROXY header comes first, and the access rules
+    /// apply to the client it names.
+    expect_proxy_header: bool,
 }
 
 impl Admission {
@@ -175,6 +178,32 @@ impl Admission {
     /// Cancelled when open connections must close (end of the shutdown grace).
     pub fn hard_stop(&self) -> &CancellationToken {
         &self.shared.hard_stop
+    }
+
+    /// The connection comes from a trusted proxy and starts with a PROXY header.
+    pub fn expects_proxy_header(&self) -> bool {
+        self.expect_proxy_header
+    }
+
+    /// Apply the access lists and per-client limits to `ip` (the client a PROXY
+    /// header named). Counted by reason when refused.
+    pub fn admit_client(&mut self, ip: std::net::IpAddr) -> Result<(), RejectReason> {
+        let access = &self.state.config.access;
+        let ip = access::client_ip(ip);
+        let verdict = access::check_lists(access, ip).and_then(|()| {
+            if access.per_ip() {
+                let key = access::per_ip_key(ip);
+                self.shared
+                    .per_ip
+                    .admit(key, access, std::time::Instant::now())?;
+                self.per_ip = Some(key);
+            }
+            Ok(())
+        });
+        if let Err(reason) = verdict {
+            self.state.metrics.rejected(reason).increment(1);
+        }
+        verdict
     }
 }
 
@@ -275,7 +304,16 @@ pub async fn accept_loop(
         state.metrics.accepted.increment(1);
         let access = &state.config.access;
         let client_ip = access::client_ip(peer.ip());
-        if let Err(reason) = access::check_lists(access, client_ip) {
+        // A trusted proxy's connections are judged by the client its header names.
+        let from_proxy = !state.config.trusted_proxies.is_empty()
+            && state
+                .config
+                .trusted_proxies
+                .iter()
+                .any(|n| n.contains(&client_ip));
+        if from_proxy {
+            // Checked after the header, in the connection's task.
+        } else if let Err(reason) = access::check_lists(access, client_ip) {
             state.metrics.rejected(reason).increment(1);
             refusals.note(name, reason, client_ip);
             drop(stream);
@@ -299,7 +337,7 @@ pub async fn accept_loop(
             info!(listener = %name, "below max_connections again");
             at_limit = false;
         }
-        let per_ip = if access.per_ip() {
+        let per_ip = if access.per_ip() && !from_proxy {
             let key = access::per_ip_key(client_ip);
             if let Err(reason) = shared.per_ip.admit(key, access, std::time::Instant::now()) {
                 state.metrics.rejected(reason).increment(1);
@@ -324,6 +362,7 @@ pub async fn accept_loop(
             shared: shared.clone(),
             state,
             per_ip,
+            expect_proxy_header: from_proxy,
         };
         let conn = proxy::handle(stream, peer, admission);
         if span.is_disabled() {

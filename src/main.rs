@@ -20,7 +20,10 @@ fn main() -> ExitCode {
     // Tools print their answer on stdout; the server logs. Default levels differ.
     let default_level = match cli.command {
         Command::Run { .. } | Command::Demo { .. } => "info",
-        Command::Check { .. } | Command::Which { .. } | Command::Reload { .. } => "error",
+        Command::Check { .. }
+        | Command::Which { .. }
+        | Command::Reload { .. }
+        | Command::Node { .. } => "error",
     };
     if let Err(e) = init_tracing(cli.log_format, cli.log_level.as_deref(), default_level) {
         eprintln!("ringlb: {e:#}");
@@ -117,6 +120,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Reload { pid_file, config } => reload(pid_file, config),
+        Command::Node {
+            action,
+            pool,
+            node,
+            config,
+            admin,
+        } => node_command(action, &pool, &node, &config, admin),
         Command::Demo { config } => {
             let cfg = match ringlb::demo::load(config.as_deref(), Path::new(DEMO_CONFIG_PATH)) {
                 Ok(c) => c,
@@ -137,6 +147,72 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// `ringlb node drain|enable|disable POOL NODE`: one POST to the admin endpoint.
+fn node_command(
+    action: ringlb::cli::NodeAction,
+    pool: &str,
+    node: &str,
+    config: &Path,
+    admin: Option<std::net::SocketAddr>,
+) -> anyhow::Result<ExitCode> {
+    let cfg = match Config::from_file(config) {
+        Ok(c) => c,
+        Err(e) => return Ok(print_config_error(&e)),
+    };
+    let admin_cfg = cfg.admin.as_ref();
+    let addr = match (admin, admin_cfg) {
+        (Some(a), _) => a,
+        (None, Some(a)) => ringlb::admin::reach(a.listen),
+        (None, None) => anyhow::bail!(
+            "{} has no [admin] table: ringlb node talks to the admin endpoint (or pass --admin ADDR)",
+            config.display()
+        ),
+    };
+    let token = admin_cfg.and_then(|a| a.token.as_ref());
+    let path = format!(
+        "/pools/{}/nodes/{}/{}",
+        escape_segment(pool),
+        escape_segment(node),
+        action.as_str()
+    );
+    let (status, body) = ringlb::admin::request(
+        addr,
+        "POST",
+        &path,
+        token,
+        std::time::Duration::from_secs(5),
+    )
+    .with_context(|| format!("calling the admin endpoint at {addr}"))?;
+    if status == 200 {
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        println!(
+            "{pool}/{node}: {} (was {})",
+            v["admin_state"].as_str().unwrap_or("?"),
+            v["previous"].as_str().unwrap_or("?")
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "error: admin endpoint at {addr} answered {status}: {}",
+            body.trim()
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Percent-escape a path segment (node names are often `host:port`).
+fn escape_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn reload(pid_file: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {

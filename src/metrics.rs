@@ -17,6 +17,7 @@ pub const CONNECT_FAILURES: &str = "ringlb_connect_failures_total";
 pub const BYTES: &str = "ringlb_bytes_total";
 pub const RING_POINTS: &str = "ringlb_ring_points";
 pub const NODE_UP: &str = "ringlb_node_up";
+pub const NODE_ADMIN_STATE: &str = "ringlb_node_admin_state";
 pub const NODE_TRANSITIONS: &str = "ringlb_node_transitions_total";
 pub const PROBES: &str = "ringlb_probes_total";
 pub const PROBE_DURATION: &str = "ringlb_probe_duration_seconds";
@@ -56,6 +57,8 @@ pub enum RejectReason {
     PerIpConnections,
     /// The client address opened more than `new_connections_per_ip_per_sec`.
     PerIpRate,
+    /// A trusted proxy sent no valid PROXY header in time.
+    ProxyHeader,
 }
 
 impl RejectReason {
@@ -69,6 +72,7 @@ impl RejectReason {
             RejectReason::NotAllowed => "not_allowed",
             RejectReason::PerIpConnections => "max_connections_per_ip",
             RejectReason::PerIpRate => "new_connections_per_ip",
+            RejectReason::ProxyHeader => "proxy_header",
         }
     }
 }
@@ -86,6 +90,7 @@ pub struct ListenerMetrics {
     pub rejected_not_allowed: Counter,
     pub rejected_per_ip: Counter,
     pub rejected_per_ip_rate: Counter,
+    pub rejected_proxy_header: Counter,
     pub accept_errors: Counter,
     pub duration: Histogram,
 }
@@ -105,6 +110,7 @@ impl ListenerMetrics {
             rejected_not_allowed: rejected(RejectReason::NotAllowed),
             rejected_per_ip: rejected(RejectReason::PerIpConnections),
             rejected_per_ip_rate: rejected(RejectReason::PerIpRate),
+            rejected_proxy_header: rejected(RejectReason::ProxyHeader),
             accept_errors: counter!(ACCEPT_ERRORS, L_LISTENER => l.clone()),
             duration: histogram!(CONNECTION_DURATION, L_LISTENER => l),
         }
@@ -120,6 +126,7 @@ impl ListenerMetrics {
             RejectReason::NotAllowed => &self.rejected_not_allowed,
             RejectReason::PerIpConnections => &self.rejected_per_ip,
             RejectReason::PerIpRate => &self.rejected_per_ip_rate,
+            RejectReason::ProxyHeader => &self.rejected_proxy_header,
         }
     }
 }
@@ -172,6 +179,8 @@ pub struct NodeMetrics {
     pub ring_points: Gauge,
     /// 1 while the node is in service, 0 while down.
     pub up: Gauge,
+    /// 0 enabled, 1 drain, 2 disabled.
+    pub admin_state: Gauge,
     pub went_up: Counter,
     pub went_down: Counter,
     pub probes_ok: Counter,
@@ -191,6 +200,7 @@ impl NodeMetrics {
             bytes_to_client: counter!(BYTES, L_POOL => p.clone(), L_NODE => n.clone(), L_DIRECTION => "to_client"),
             ring_points: gauge!(RING_POINTS, L_POOL => p.clone(), L_NODE => n.clone()),
             up: gauge!(NODE_UP, L_POOL => p.clone(), L_NODE => n.clone()),
+            admin_state: gauge!(NODE_ADMIN_STATE, L_POOL => p.clone(), L_NODE => n.clone()),
             went_up: counter!(NODE_TRANSITIONS, L_POOL => p.clone(), L_NODE => n.clone(), L_TO => "up"),
             went_down: counter!(NODE_TRANSITIONS, L_POOL => p.clone(), L_NODE => n.clone(), L_TO => "down"),
             probes_ok: counter!(PROBES, L_POOL => p.clone(), L_NODE => n.clone(), L_RESULT => "ok"),

@@ -6,7 +6,7 @@
 //! of those nodes is built and swapped in. Nothing here does network I/O.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -14,7 +14,9 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{HealthConfig, NodeConfig, OnNodeDown, PoolConfig, WhenAllDown};
+use crate::config::{
+    AdminState, HealthConfig, NodeConfig, OnNodeDown, PoolConfig, ProxyProtocol, WhenAllDown,
+};
 use crate::health::{NodeHealth, ProbeOutcome};
 use crate::metrics::NodeMetrics;
 use crate::ring::{Key, Ring, RingNode};
@@ -26,8 +28,15 @@ pub struct Node {
     pub addr: SocketAddr,
     /// Ring weight (a reload may change it).
     weight: AtomicU32,
-    /// In service (on the ring). Nodes start in service.
+    /// Healthy (probes, passive failures). Nodes start up.
     up: AtomicBool,
+    /// What the operator wants ([`AdminState`] as u8): only enabled nodes that
+    /// are up are on the ring.
+    admin: AtomicU8,
+    /// The state the config file gave at the last load or reload: a reload
+    /// applies the file's state only when it changed there, so a drain done
+    /// through the admin endpoint survives unrelated reloads.
+    config_state: AtomicU8,
     /// Hysteresis state and the last probe; only probes and state changes lock it.
     health: Mutex<NodeHealth>,
     /// Consecutive connect failures seen by real traffic.
@@ -46,11 +55,14 @@ impl Node {
     fn new(pool: &str, cfg: &NodeConfig, stop: &CancellationToken) -> Node {
         let metrics = NodeMetrics::new(pool, &cfg.name);
         metrics.up.set(1.0);
+        metrics.admin_state.set(f64::from(cfg.state as u8));
         Node {
             name: cfg.name.clone(),
             addr: cfg.addr,
             weight: AtomicU32::new(cfg.weight),
             up: AtomicBool::new(true),
+            admin: AtomicU8::new(cfg.state as u8),
+            config_state: AtomicU8::new(cfg.state as u8),
             health: Mutex::new(NodeHealth::new(SystemTime::now())),
             passive_failures: AtomicU32::new(0),
             close_token: ArcSwap::from_pointee(stop.child_token()),
@@ -67,8 +79,19 @@ impl Node {
         self.weight.load(Ordering::Relaxed)
     }
 
+    /// Healthy, as far as probes and passive failures know.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+
+    /// The operator's state: enabled, drain or disabled.
+    pub fn admin_state(&self) -> AdminState {
+        state_from_u8(self.admin.load(Ordering::Acquire))
+    }
+
+    /// On the ring for new connections: up and enabled.
+    pub fn in_service(&self) -> bool {
+        self.is_up() && self.admin_state() == AdminState::Enabled
     }
 
     /// A copy of the health state (for status output).
@@ -101,6 +124,8 @@ pub struct PoolSettings {
     pub on_node_down: OnNodeDown,
     pub when_all_down: WhenAllDown,
     pub passive_failures: u32,
+    pub proxy_protocol: ProxyProtocol,
+    pub balance_factor_permille: Option<u32>,
     pub health: HealthConfig,
 }
 
@@ -116,6 +141,8 @@ impl From<&PoolConfig> for PoolSettings {
             on_node_down: c.on_node_down,
             when_all_down: c.when_all_down,
             passive_failures: c.passive_failures,
+            proxy_protocol: c.proxy_protocol,
+            balance_factor_permille: c.balance_factor_permille,
             health: c.health.clone(),
         }
     }
@@ -148,6 +175,46 @@ impl PoolSnapshot {
         self.ring
             .candidates(&key, self.settings.connect_attempts as usize)
             .map(move |i| &self.members[i])
+    }
+
+    /// Nodes to try for a client's new connection. Without `balance_factor` this
+    /// is [`select`](Self::select). With it, nodes whose open connections have
+    /// reached their bound, ceil(factor x (open connections of the members + 1)
+    /// / members), are skipped: the client goes to the next node along the ring
+    /// (consistent hashing with bounded loads). A node below its bound keeps its
+    /// clients.
+    pub fn candidates(&self, ip: IpAddr) -> Vec<&Arc<Node>> {
+        let attempts = self.settings.connect_attempts as usize;
+        let Some(permille) = self.settings.balance_factor_permille else {
+            return self.select(ip).collect();
+        };
+        let bound = self.load_bound(permille);
+        let key = self.key(ip);
+        let mut out: Vec<&Arc<Node>> = self
+            .ring
+            .order(&key)
+            .into_iter()
+            .map(|i| &self.members[i])
+            .filter(|n| n.active.load(Ordering::Relaxed) < bound)
+            .take(attempts)
+            .collect();
+        if out.is_empty() {
+            // Every member at its bound (only when connections race): plain order.
+            out = self.select(ip).collect();
+        }
+        out
+    }
+
+    /// Open connections a member may have before it is skipped for new clients.
+    pub fn load_bound(&self, permille: u32) -> u64 {
+        let n = self.members.len().max(1) as u64;
+        let total: u64 = self
+            .members
+            .iter()
+            .map(|m| m.active.load(Ordering::Relaxed))
+            .sum();
+        // ceil(permille * (total + 1) / (1000 * n)), at least 1.
+        ((u64::from(permille) * (total + 1)).div_ceil(1000 * n)).max(1)
     }
 
     /// The full order for a client: owner first, then every other member once.
@@ -212,6 +279,10 @@ impl Pool {
         let old = self.snapshot();
         let mut change = PoolChange::default();
         let mut nodes = Vec::with_capacity(cfg.nodes.len());
+        let close_on_disable = |n: &Arc<Node>| {
+            let old = n.close_token.swap(Arc::new(self.stop.child_token()));
+            old.cancel();
+        };
         for nc in &cfg.nodes {
             match old
                 .nodes
@@ -224,6 +295,19 @@ impl Pool {
                         change
                             .reweighted
                             .push(format!("{} {w}->{}", n.name, nc.weight));
+                    }
+                    let was = n.config_state.swap(nc.state as u8, Ordering::AcqRel);
+                    if was != nc.state as u8 {
+                        let before = n.admin.swap(nc.state as u8, Ordering::AcqRel);
+                        if before != nc.state as u8 {
+                            change
+                                .state_changed
+                                .push(format!("{} {}", n.name, nc.state.as_str()));
+                            n.metrics.admin_state.set(f64::from(nc.state as u8));
+                            if nc.state == AdminState::Disabled {
+                                close_on_disable(n);
+                            }
+                        }
                     }
                     nodes.push(n.clone());
                 }
@@ -264,6 +348,43 @@ impl Pool {
     /// Every configured node, in service or not, in file order.
     pub fn nodes(&self) -> Vec<Arc<Node>> {
         self.snapshot.load().nodes.clone()
+    }
+
+    /// Set a node's operator state: `Drain` takes it off the ring for new
+    /// connections (open ones continue), `Disabled` also closes its open
+    /// connections, `Enabled` puts it back (if healthy). Returns the previous
+    /// state, or `None` if there is no such node.
+    pub fn set_admin_state(&self, name: &str, state: AdminState, by: &str) -> Option<AdminState> {
+        let node = self.node(name)?;
+        let _guard = self.lock_rebuild();
+        let before = state_from_u8(node.admin.swap(state as u8, Ordering::AcqRel));
+        if before == state {
+            return Some(before);
+        }
+        node.metrics.admin_state.set(f64::from(state as u8));
+        let old = self.snapshot();
+        self.snapshot.store(Arc::new(build_snapshot(
+            old.settings.clone(),
+            old.nodes.clone(),
+        )));
+        let open = node.active.load(Ordering::Relaxed);
+        match state {
+            AdminState::Enabled => {
+                info!(pool = %self.name, node = %node.name, by, up = node.is_up(),
+                "node ENABLED: back on the ring when healthy; its clients return to it")
+            }
+            AdminState::Drain => {
+                warn!(pool = %self.name, node = %node.name, by, open_connections = open,
+                "node DRAIN: off the ring for new connections; its clients move to their next node; open connections continue")
+            }
+            AdminState::Disabled => {
+                warn!(pool = %self.name, node = %node.name, by, open_connections = open,
+                    "node DISABLED: off the ring; closing its open connections");
+                let old = node.close_token.swap(Arc::new(self.stop.child_token()));
+                old.cancel();
+            }
+        }
+        Some(before)
     }
 
     pub fn node(&self, name: &str) -> Option<Arc<Node>> {
@@ -418,12 +539,25 @@ impl Pool {
     }
 }
 
+fn state_from_u8(v: u8) -> AdminState {
+    match v {
+        1 => AdminState::Drain,
+        2 => AdminState::Disabled,
+        _ => AdminState::Enabled,
+    }
+}
+
 fn build_snapshot(settings: Arc<PoolSettings>, nodes: Vec<Arc<Node>>) -> PoolSnapshot {
-    let mut members: Vec<Arc<Node>> = nodes.iter().filter(|n| n.is_up()).cloned().collect();
+    let mut members: Vec<Arc<Node>> = nodes.iter().filter(|n| n.in_service()).cloned().collect();
     let mut failing_open = false;
     if members.is_empty() && settings.when_all_down == WhenAllDown::Any {
-        members = nodes.clone();
-        failing_open = true;
+        // Fail open over the nodes the operator left enabled (health ignored).
+        members = nodes
+            .iter()
+            .filter(|n| n.admin_state() == AdminState::Enabled)
+            .cloned()
+            .collect();
+        failing_open = !members.is_empty();
     }
     let ring_nodes: Vec<RingNode> = members
         .iter()
@@ -455,6 +589,8 @@ pub struct PoolChange {
     pub removed: Vec<String>,
     /// `"name old->new"`.
     pub reweighted: Vec<String>,
+    /// `"name state"` for nodes whose `state` the reload changed.
+    pub state_changed: Vec<String>,
     pub settings_changed: bool,
 }
 
@@ -463,6 +599,7 @@ impl PoolChange {
         self.added.is_empty()
             && self.removed.is_empty()
             && self.reweighted.is_empty()
+            && self.state_changed.is_empty()
             && !self.settings_changed
     }
 }

@@ -12,6 +12,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use tokio::io::AsyncWriteExt;
+
+use crate::config::ProxyProtocol;
 use crate::error::is_resource_exhaustion;
 use crate::forward::{self, End, Meters};
 use crate::listener::{Admission, ListenerState};
@@ -20,6 +23,7 @@ use crate::pool::{Node, PoolSnapshot};
 use crate::ring::canonical_ip;
 
 static LOCAL_SHORTAGE_LOG: RateLimit = RateLimit::new(10);
+static PROXY_HEADER_LOG: RateLimit = RateLimit::new(10);
 
 /// Allows one event per period (seconds), process-wide, without a lock.
 struct RateLimit {
@@ -79,7 +83,7 @@ async fn connect(
 ) -> Option<(Arc<Node>, TcpStream, String)> {
     let mut failures = String::new();
     let listener = &ctx.config.name;
-    for node in snapshot.select(canonical_ip(peer.ip())) {
+    for node in snapshot.candidates(canonical_ip(peer.ip())) {
         node.metrics.attempts.increment(1);
         // Bounded by connect_timeout, so it is not raced against the shutdown
         // token (that would register a waiter on one shared token per connection);
@@ -135,10 +139,45 @@ async fn connect(
     None
 }
 
-/// Pick the client's nodes on the current ring and connect to the first that
-/// answers. Returns the node, the connection and the pool's idle timeout.
-async fn select_and_connect(
+/// A trusted proxy's connection: read its PROXY header, then judge the client it
+/// names by the listener's access rules. Returns the client and the address it
+/// connected to (`None`: the header carried none, the proxy's own connection).
+async fn proxy_header(
+    client: &TcpStream,
     peer: SocketAddr,
+    admission: &mut Admission,
+) -> Option<(SocketAddr, Option<SocketAddr>)> {
+    let ctx = admission.state();
+    let within = ctx.config.proxy_header_timeout;
+    let listener = ctx.config.name.clone();
+    match crate::proxy_protocol::read_header(client, within).await {
+        Ok(Some((src, dst))) => {
+            if let Err(reason) = admission.admit_client(src.ip()) {
+                debug!(client = %src, proxy = %peer, listener = %listener, reason = reason.as_str(), "client refused");
+                return None;
+            }
+            Some((src, Some(dst)))
+        }
+        Ok(None) => Some((peer, None)),
+        Err(e) => {
+            ctx.metrics.rejected(RejectReason::ProxyHeader).increment(1);
+            if PROXY_HEADER_LOG.allow() {
+                warn!(proxy = %peer, listener = %listener, error = %e, "refusing a connection from a trusted proxy: no valid PROXY header (logged at most every 10s; counted as reason=\"proxy_header\")");
+            } else {
+                debug!(proxy = %peer, listener = %listener, error = %e, "no valid PROXY header");
+            }
+            None
+        }
+    }
+}
+
+/// Pick the client's nodes on the current ring and connect to the first that
+/// answers (sending the pool's PROXY header first, if it has one). Returns the
+/// node, the connection and the pool's idle timeout.
+async fn select_and_connect(
+    client: &TcpStream,
+    peer: SocketAddr,
+    dst: Option<SocketAddr>,
     ctx: &ListenerState,
     hard_stop: &CancellationToken,
 ) -> Option<(Arc<Node>, TcpStream, std::time::Duration)> {
@@ -150,8 +189,20 @@ async fn select_and_connect(
         debug!("all nodes down; closed");
         return None;
     }
-    let (node, upstream, failures) = connect(&snapshot, peer, ctx, hard_stop).await?;
+    let (node, mut upstream, failures) = connect(&snapshot, peer, ctx, hard_stop).await?;
     ctx.pool.connect_succeeded(&node);
+    let version = snapshot.settings.proxy_protocol;
+    if version != ProxyProtocol::Off {
+        let dst = match dst {
+            Some(d) => d,
+            None => client.local_addr().unwrap_or(peer),
+        };
+        let header = crate::proxy_protocol::encode(version, peer, dst);
+        if let Err(e) = upstream.write_all(&header).await {
+            warn!(client = %peer, node = %node.name, error = %e, "could not send the PROXY header to the node; closing");
+            return None;
+        }
+    }
     if !failures.is_empty() {
         info!(client = %peer, listener = %ctx.config.name, node = %node.name, tried = %failures, "connected to a fallback node");
     }
@@ -159,14 +210,22 @@ async fn select_and_connect(
 }
 
 /// Serve one accepted client connection. Runs inside the connection's span.
-pub async fn handle(client: TcpStream, peer: SocketAddr, admission: Admission) {
+pub async fn handle(client: TcpStream, peer: SocketAddr, mut admission: Admission) {
     let start = Instant::now();
+    let (peer, dst) = if admission.expects_proxy_header() {
+        match Box::pin(proxy_header(&client, peer, &mut admission)).await {
+            Some(x) => x,
+            None => return,
+        }
+    } else {
+        (peer, None)
+    };
     let ctx = admission.state();
     let hard_stop = admission.hard_stop();
     // Everything before forwarding runs boxed and is freed when it ends, so the
     // state a long-lived connection keeps is only what forwarding needs.
     let Some((node, upstream, idle_timeout)) =
-        Box::pin(select_and_connect(peer, ctx, hard_stop)).await
+        Box::pin(select_and_connect(&client, peer, dst, ctx, hard_stop)).await
     else {
         return;
     };

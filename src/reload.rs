@@ -148,6 +148,9 @@ pub fn summary(
         if !c.removed.is_empty() {
             let _ = write!(s, " -nodes {}", c.removed.join(","));
         }
+        if !c.state_changed.is_empty() {
+            let _ = write!(s, " state {}", c.state_changed.join(","));
+        }
         if !c.reweighted.is_empty() {
             let _ = write!(s, " weights {}", c.reweighted.join(","));
         }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use crate::config::{fmt_duration, Config, HealthKind};
+use crate::config::{fmt_duration, AdminState, Config, HealthKind};
 use crate::health::{self, ProbeOutcome};
 use crate::pool::Pool;
 use crate::ring::canonical_ip;
@@ -154,6 +154,14 @@ pub fn render(cfg: &Config, mappings: &[Mapping], probed: Option<&Probed>) -> St
                 (pool.connect_attempts as usize).min(pool.nodes.len())
             );
             current_pool = Some(m.pool.as_str());
+            for n in pool.nodes.iter().filter(|n| n.state != AdminState::Enabled) {
+                let _ = writeln!(
+                    s,
+                    "  node {}: state = \"{}\" in the config (off the ring; a running instance may differ: see /status)",
+                    n.name,
+                    n.state.as_str()
+                );
+            }
             let h = &pool.health;
             match (h.kind, probed.and_then(|p| p.get(&m.pool))) {
                 (HealthKind::None, _) => {

@@ -199,6 +199,9 @@ fn example_config_sets_every_key_to_its_default() {
         "timeout",
         "rise",
         "fall",
+        "accept_proxy_protocol",
+        "proxy_protocol",
+        "state",
     ] {
         assert!(set.contains(&key), "config/ringlb.toml does not set {key}");
     }
