@@ -1,6 +1,7 @@
 //! The admin endpoint: a small HTTP/1.1 server (GET and HEAD, one request per
 //! connection) with `/metrics` (Prometheus text), `/status` (JSON) and `/` (a
-//! self-refreshing HTML page with the same data). Loopback by default; on any
+//! self-refreshing HTML page with the same data), and
+//! `POST /pools/{pool}/nodes/{node}/drain|enable|disable`. Loopback by default; on any
 //! other address the config must set a bearer token, and with a token set every
 //! request must carry it (`401` otherwise, counted).
 

@@ -1447,6 +1447,16 @@ fn resolve(text: &str) -> Result<SocketAddr, String> {
     if host.is_empty() || port.parse::<u16>().is_err() {
         return Err(format!("{text:?} is not IP:port or host:port"));
     }
+    // Only a plausible host name goes to the resolver: letters, digits, '-', '.',
+    // '_' (an IPv6 address needs brackets: [2001:db8::1]:80).
+    if !host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    {
+        return Err(format!(
+            "{text:?} is not IP:port or host:port (IPv6 addresses are written [addr]:port)"
+        ));
+    }
     match text.to_socket_addrs() {
         Ok(mut it) => match it.next() {
             Some(a) => check_node_addr(a, text),

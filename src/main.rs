@@ -106,11 +106,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let workers = cfg.effective_workers();
             info!(workers, "starting");
             runtime(workers)?.block_on(async move {
+                // Handlers first: a signal that arrives while starting (e.g. an
+                // early `ringlb reload`) must not kill the process.
+                let signals = Signals::install()?;
                 let mut server = Server::bind(cfg)?;
                 server.write_pid_file();
                 server.drop_privileges()?;
                 let shutdown = CancellationToken::new();
                 tokio::spawn(handle_signals(
+                    signals,
                     shutdown.clone(),
                     server.hard_stop(),
                     Some(server.handle()),
@@ -138,6 +142,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 // The demo has no hard-stop handle before it binds; a second signal
                 // during the (short) demo grace just waits for it.
                 tokio::spawn(handle_signals(
+                    Signals::install()?,
                     shutdown.clone(),
                     CancellationToken::new(),
                     None,
@@ -290,26 +295,44 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// SIGTERM/SIGINT: stop accepting and drain (first), close everything (second).
 /// SIGHUP: reload the config (the demo has nothing to reload: logged and ignored).
+/// SIGTERM, SIGINT and SIGHUP, caught from the moment this exists.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+}
+
 async fn handle_signals(
+    signals: Signals,
     shutdown: CancellationToken,
     hard_stop: CancellationToken,
     server: Option<ringlb::Handle>,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        warn!("cannot install signal handlers; stop with SIGKILL");
-        return;
-    };
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     loop {
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
             _ = hup.recv() => {
                 match &server {
+                    Some(_) if shutdown.is_cancelled() => {
+                        info!("SIGHUP received while shutting down: ignored (no reload during the drain)");
+                    }
                     Some(h) => {
                         info!("SIGHUP received: reloading the configuration");
                         h.reload();

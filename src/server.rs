@@ -168,7 +168,11 @@ pub struct Server {
     pending_admin: Option<TcpListener>,
     pid_file: Option<PathBuf>,
     tracker: TaskTracker,
+    /// Closes every open connection: cancelled by the shutdown only, after it
+    /// has counted them.
     hard_stop: CancellationToken,
+    /// Asks the shutdown to close what is left now (a second stop signal).
+    close_now: CancellationToken,
     probe_stop: CancellationToken,
 }
 
@@ -225,6 +229,7 @@ impl Server {
             pid_file: None,
             tracker: TaskTracker::new(),
             hard_stop,
+            close_now: CancellationToken::new(),
             probe_stop: CancellationToken::new(),
         };
         server.publish_listeners();
@@ -267,10 +272,11 @@ impl Server {
         self.handle().pool(name)
     }
 
-    /// Cancelling this token closes open connections at once (as when the grace
-    /// period runs out). Use it for a second Ctrl-C.
+    /// Cancelling this token makes the shutdown close open connections at once
+    /// (as when the grace period runs out), after counting them; cancelled
+    /// before the shutdown, it only takes effect then. Use it for a second Ctrl-C.
     pub fn hard_stop(&self) -> CancellationToken {
-        self.hard_stop.clone()
+        self.close_now.clone()
     }
 
     fn publish_listeners(&self) {
@@ -316,8 +322,15 @@ impl Server {
 
         loop {
             tokio::select! {
+                // A stop signal wins over queued reloads.
+                biased;
                 _ = shutdown.cancelled() => break,
-                _ = self.shared.reload_requested.notified() => self.reload().await,
+                _ = self.shared.reload_requested.notified() => {
+                    if shutdown.is_cancelled() {
+                        break;
+                    }
+                    self.reload().await
+                }
             }
         }
         self.shutdown().await
@@ -341,6 +354,7 @@ impl Server {
         }
         let tracker = self.tracker.clone();
         let hard_stop = self.hard_stop.clone();
+        let close_now = self.close_now.clone();
         tracker.close();
         let open_at_shutdown = tracker.len();
         let grace = self.shared.config.load().shutdown_grace;
@@ -353,8 +367,9 @@ impl Server {
         }
         let drained = tokio::time::timeout(grace, async {
             tokio::select! {
+                biased;
+                _ = close_now.cancelled() => false,
                 _ = tracker.wait() => true,
-                _ = hard_stop.cancelled() => false,
             }
         })
         .await
@@ -363,7 +378,7 @@ impl Server {
         if !drained {
             closed_at_grace = tracker.len();
             if closed_at_grace > 0 {
-                if hard_stop.is_cancelled() {
+                if close_now.is_cancelled() {
                     warn!(open = closed_at_grace, "closing open connections now");
                 } else {
                     warn!(
