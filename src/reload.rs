@@ -80,6 +80,62 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     d
 }
 
+/// `key old -> new` for every pool setting that differs (nodes aside).
+fn changed_pool_keys(o: &crate::config::PoolConfig, n: &crate::config::PoolConfig) -> Vec<String> {
+    let mut v = Vec::new();
+    macro_rules! key {
+        ($name:literal, $a:expr, $b:expr) => {
+            if $a != $b {
+                v.push(format!("{} {} -> {}", $name, $a, $b));
+            }
+        };
+    }
+    key!(
+        "points_per_weight",
+        o.points_per_weight,
+        n.points_per_weight
+    );
+    key!(
+        "connect_timeout",
+        fmt_duration(o.connect_timeout),
+        fmt_duration(n.connect_timeout)
+    );
+    key!(
+        "idle_timeout",
+        fmt_duration(o.idle_timeout),
+        fmt_duration(n.idle_timeout)
+    );
+    key!("connect_attempts", o.connect_attempts, n.connect_attempts);
+    key!("key_prefix_v4", o.key_prefix_v4, n.key_prefix_v4);
+    key!("key_prefix_v6", o.key_prefix_v6, n.key_prefix_v6);
+    key!(
+        "on_node_down",
+        o.on_node_down.as_str(),
+        n.on_node_down.as_str()
+    );
+    key!(
+        "when_all_down",
+        o.when_all_down.as_str(),
+        n.when_all_down.as_str()
+    );
+    key!("passive_failures", o.passive_failures, n.passive_failures);
+    key!(
+        "proxy_protocol",
+        o.proxy_protocol.as_str(),
+        n.proxy_protocol.as_str()
+    );
+    let bf = |p: Option<u32>| p.map_or("off".to_string(), |p| (f64::from(p) / 1000.0).to_string());
+    key!(
+        "balance_factor",
+        bf(o.balance_factor_permille),
+        bf(n.balance_factor_permille)
+    );
+    if o.health != n.health {
+        v.push("health settings".to_string());
+    }
+    v
+}
+
 /// One line for the INFO log: what the reload changed.
 pub fn summary(
     old: &Config,
@@ -155,7 +211,17 @@ pub fn summary(
             let _ = write!(s, " weights {}", c.reweighted.join(","));
         }
         if c.settings_changed {
-            s.push_str(" settings changed");
+            match (old.pools.get(p), new.pools.get(p)) {
+                (Some(o), Some(n)) => {
+                    let keys = changed_pool_keys(o, n);
+                    if keys.is_empty() {
+                        s.push_str(" settings changed");
+                    } else {
+                        let _ = write!(s, " {}", keys.join(", "));
+                    }
+                }
+                _ => s.push_str(" settings changed"),
+            }
         }
         parts.push(s);
     }
@@ -265,6 +331,27 @@ mod tests {
         assert!(summary(&old, &new, &d, &[]).contains("listener l: pool p -> q"));
         let same = diff(&old, &old);
         assert_eq!(summary(&old, &old, &same, &[]), "no changes");
+    }
+
+    #[test]
+    fn changed_pool_settings_are_named() {
+        let a: &[(&str, u16, u32)] = &[("a", 1, 1)];
+        let old = cfg(&[("l", "127.0.0.1:1", "p")], &[("p", a)]);
+        let mut new = old.clone();
+        let p = new.pools.get_mut("p").unwrap();
+        p.passive_failures = 0;
+        p.connect_timeout = std::time::Duration::from_millis(500);
+        p.balance_factor_permille = Some(1250);
+        let d = diff(&old, &new);
+        let change = crate::pool::PoolChange {
+            settings_changed: true,
+            ..Default::default()
+        };
+        let s = summary(&old, &new, &d, &[("p".to_string(), change)]);
+        assert!(s.contains("passive_failures 3 -> 0"), "{s}");
+        assert!(s.contains("connect_timeout 2s -> 500ms"), "{s}");
+        assert!(s.contains("balance_factor off -> 1.25"), "{s}");
+        assert!(!s.contains("settings changed"), "{s}");
     }
 
     #[test]
