@@ -9,25 +9,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use common::*;
-use ringlb::{Config, Handle, Server};
+use ringlb::{Config, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-struct Lb {
-    addr: SocketAddr,
-    admin: Option<SocketAddr>,
-    handle: Handle,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<ringlb::ShutdownReport>,
-}
-
-impl Lb {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap();
-    }
-}
+type Lb = Served;
 
 /// A balancer with listener `name` and pool `name`, the given listener lines.
 async fn start(name: &str, nodes: &[(String, SocketAddr)], listener_extra: &str, top: &str) -> Lb {
@@ -40,19 +27,7 @@ async fn start(name: &str, nodes: &[(String, SocketAddr)], listener_extra: &str,
             "[[pools.{name}.nodes]]\nname = \"{n}\"\naddr = \"{a}\"\n"
         ));
     }
-    let server = Server::bind(Config::parse(&text, "access.toml").unwrap()).unwrap();
-    let addr = server.local_addr(name).unwrap();
-    let admin = server.admin_addr();
-    let handle = server.handle();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(server.run(shutdown.clone()));
-    Lb {
-        addr,
-        admin,
-        handle,
-        shutdown,
-        task,
-    }
+    Served::start(&text, "access.toml", name)
 }
 
 fn metrics_text() -> String {

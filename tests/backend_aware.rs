@@ -15,41 +15,12 @@ use ringlb::config::AdminState;
 use ringlb::{Config, Handle, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
-struct Lb {
-    addr: SocketAddr,
-    admin: Option<SocketAddr>,
-    handle: Handle,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<ringlb::ShutdownReport>,
-}
+/// The balancer under test: listener `lb`.
+type Lb = Served;
 
-impl Lb {
-    async fn start(text: &str) -> Lb {
-        let server = Server::bind(Config::parse(text, "backend_aware.toml").unwrap()).unwrap();
-        Lb::run(server)
-    }
-
-    fn run(server: Server) -> Lb {
-        let addr = server.local_addr("lb").unwrap();
-        let admin = server.admin_addr();
-        let handle = server.handle();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(server.run(shutdown.clone()));
-        Lb {
-            addr,
-            admin,
-            handle,
-            shutdown,
-            task,
-        }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap();
-    }
+async fn start_lb(text: &str) -> Lb {
+    Served::start(text, "backend_aware.toml", "lb")
 }
 
 fn nodes_toml(nodes: &[(String, SocketAddr)]) -> String {
@@ -141,7 +112,7 @@ async fn proxy_aware_node(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) 
 async fn proxy_protocol_v1_and_v2_carry_the_real_client_to_the_node() {
     for version in ["v1", "v2"] {
         let (node, _) = proxy_aware_node("n0").await;
-        let lb = Lb::start(&format!(
+        let lb = start_lb(&format!(
             "shutdown_grace = \"1s\"\n[[listener]]\nname = \"lb\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\nproxy_protocol = \"{version}\"\n[pools.p.health]\nkind = \"none\"\n{}",
             nodes_toml(&[("n0".into(), node)])
         ))
@@ -171,7 +142,7 @@ async fn a_trusted_proxys_header_decides_the_client_and_others_are_plain_clients
     let (n2, _) = proxy_aware_node("n2").await;
     let nodes = vec![("n0".into(), n0), ("n1".into(), n1), ("n2".into(), n2)];
     ringlb::metrics::install_prometheus();
-    let lb = Lb::start(&format!(
+    let lb = start_lb(&format!(
         "shutdown_grace = \"1s\"\n[[listener]]\nname = \"lb\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\naccept_proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]\nproxy_header_timeout = \"300ms\"\ndeny = [\"198.51.100.0/24\"]\n[pools.p]\nproxy_protocol = \"v1\"\n[pools.p.health]\nkind = \"none\"\n{}",
         nodes_toml(&nodes)
     ))
@@ -317,7 +288,7 @@ async fn balance_factor_bounds_every_node_and_keeps_everyone_else_sticky() {
     };
     // The population: 10 clients of each node, arriving in turn (an even load),
     // then 20 more clients of node-0 (the skew).
-    let plain = Lb::start(&base("")).await;
+    let plain = start_lb(&base("")).await;
     let pool = plain.handle.pool("p").unwrap();
     let of: Vec<Vec<IpAddr>> = ["node-0", "node-1", "node-2"]
         .iter()
@@ -343,7 +314,7 @@ async fn balance_factor_bounds_every_node_and_keeps_everyone_else_sticky() {
     plain.stop().await;
 
     // With 1.25: the bound is ceil(1.25 x (open + 1) / 3) at every new connection.
-    let bounded = Lb::start(&base("balance_factor = 1.25")).await;
+    let bounded = start_lb(&base("balance_factor = 1.25")).await;
     let pool = bounded.handle.pool("p").unwrap();
     let mut held: Vec<(String, TcpStream)> = Vec::new();
     let counted = |n: u64| {
@@ -434,7 +405,10 @@ async fn drain_enable_disable_through_the_admin_endpoint_and_the_cli() {
     };
     std::fs::write(&path, text("enabled")).unwrap();
     ringlb::metrics::install_prometheus();
-    let lb = Lb::run(Server::bind(Config::from_file(&path).unwrap()).unwrap());
+    let lb = Served::run(
+        Server::bind(Config::from_file(&path).unwrap()).unwrap(),
+        "lb",
+    );
     let admin = lb.admin.unwrap();
     let pool = lb.handle.pool("p").unwrap();
     let ips: Vec<IpAddr> = (0..300).map(client_ip).collect();
@@ -577,7 +551,10 @@ async fn drain_enable_disable_through_the_admin_endpoint_and_the_cli() {
 
     // state = "drain" at load: the node starts off the ring.
     std::fs::write(&path, text("drain")).unwrap();
-    let lb = Lb::run(Server::bind(Config::from_file(&path).unwrap()).unwrap());
+    let lb = Served::run(
+        Server::bind(Config::from_file(&path).unwrap()).unwrap(),
+        "lb",
+    );
     let at_load = nodes_for(&ips, lb.addr).await;
     assert!(at_load.iter().all(|n| n != "node-1"));
     for i in 0..ips.len() {

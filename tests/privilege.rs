@@ -4,12 +4,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
 use common::*;
 use ringlb::backend::{Backend, Mode};
@@ -20,35 +17,6 @@ fn skip_unless_root() -> bool {
     }
     eprintln!("skipped: needs root (switching users, binding a port below 1024)");
     true
-}
-
-fn lines_of(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-fn wait_for(rx: &mpsc::Receiver<String>, needle: &str, log: &mut Vec<String>) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) => {
-                let hit = line.contains(needle);
-                log.push(line);
-                if hit {
-                    return;
-                }
-            }
-            Err(_) => panic!("no line with {needle:?}; saw:\n{}", log.join("\n")),
-        }
-    }
 }
 
 /// A free port below 1024 on 127.0.0.1 (only root can bind it).

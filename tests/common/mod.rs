@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::io::BufRead as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -84,6 +85,44 @@ pub async fn start(text: &str) -> Running {
         hard_stop,
         task,
         pool,
+    }
+}
+
+/// A bound server running in this process, with its admin address and handle.
+pub struct Served {
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub handle: ringlb::Handle,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<ShutdownReport>,
+}
+
+impl Served {
+    /// Run `server`; `addr` is the address of its listener `listener`.
+    pub fn run(server: Server, listener: &str) -> Served {
+        let addr = server.local_addr(listener).expect("listener");
+        let admin = server.admin_addr();
+        let handle = server.handle();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.run(shutdown.clone()));
+        Served {
+            addr,
+            admin,
+            handle,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Parse `text` (named `source` in errors), bind and run.
+    pub fn start(text: &str, source: &str, listener: &str) -> Served {
+        let config = Config::parse(text, source).expect("valid config");
+        Served::run(Server::bind(config).expect("bind"), listener)
+    }
+
+    pub async fn stop(self) -> ShutdownReport {
+        self.shutdown.cancel();
+        self.task.await.expect("server task")
     }
 }
 
@@ -253,4 +292,39 @@ pub async fn nodes_for(ips: &[IpAddr], dst: SocketAddr) -> Vec<String> {
         }
     }
     out
+}
+
+/// Lines of a child's stream, delivered through a channel so reads have deadlines.
+pub fn lines_of(stream: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Wait for a line containing `needle`; returns it. Every line seen is kept in `log`.
+pub fn wait_for(
+    rx: &std::sync::mpsc::Receiver<String>,
+    needle: &str,
+    log: &mut Vec<String>,
+) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                log.push(line.clone());
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+            Err(_) => panic!("no line with {needle:?}; saw:\n{}", log.join("\n")),
+        }
+    }
 }
