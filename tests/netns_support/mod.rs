@@ -980,3 +980,47 @@ pub fn stats(v: &[f64]) -> (f64, f64, f64) {
     s.sort_by(|a, b| a.partial_cmp(b).unwrap());
     (s[0], s[s.len() / 2], s[s.len() - 1])
 }
+
+// Building blocks for labs of another shape (`tests/netns_ecmp.rs`). Thin public
+// wrappers around the private helpers above; the `Lab` does not use them.
+
+/// The namespace-name prefix of this process's labs: `rlnt<pid>-<tag>`. Names
+/// made from it are cleaned up by [`remove_stale_lab_namespaces`] once the
+/// process is gone, like `Lab`'s.
+pub fn lab_prefix(tag: &str) -> String {
+    format!("{NS_PREFIX}{}-{tag}", std::process::id())
+}
+
+/// Remove the namespaces of dead earlier runs (as `Lab::new` does).
+pub fn remove_stale_lab_namespaces() {
+    remove_stale_namespaces();
+}
+
+/// Every namespace name currently present.
+pub fn namespace_names() -> Vec<String> {
+    netns_list()
+}
+
+/// `ip [-n NS] -batch -` with the given lines; panics if it fails.
+pub fn ip_batch_in(ns: Option<&str>, lines: &[String]) {
+    ip_batch(ns, lines);
+}
+
+/// Kill whatever still runs in `ns`, then delete it (errors ignored).
+pub fn destroy_namespace(ns: &str) {
+    destroy_netns(ns);
+}
+
+impl Proc {
+    /// Start `program` in namespace `ns` (SIGKILLed if the starting thread
+    /// dies, when `setpriv` is there), collecting its stdout and stderr.
+    pub fn spawn_in(
+        name: &str,
+        ns: &str,
+        program: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proc {
+        Proc::spawn(name, ns, program, args, env)
+    }
+}
