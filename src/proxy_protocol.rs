@@ -254,6 +254,8 @@ mod tests {
         }
         assert!(parse(b"PROXY TCP4 1.2.3.4").unwrap().is_none());
         assert_eq!(parse(b"PROXY UNKNOWN\r\nhello").unwrap(), Some((15, None)));
+        // The shortest header (15 bytes, less than a v2 header) is complete alone.
+        assert_eq!(parse(b"PROXY UNKNOWN\r\n").unwrap(), Some((15, None)));
         let mut local = V2_SIGNATURE.to_vec();
         local.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
         assert_eq!(parse(&local).unwrap(), Some((16, None)));
