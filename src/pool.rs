@@ -183,26 +183,28 @@ impl PoolSnapshot {
     /// / members), are skipped: the client goes to the next node along the ring
     /// (consistent hashing with bounded loads). A node below its bound keeps its
     /// clients.
-    pub fn candidates(&self, ip: IpAddr) -> Vec<&Arc<Node>> {
-        let attempts = self.settings.connect_attempts as usize;
-        let Some(permille) = self.settings.balance_factor_permille else {
-            return self.select(ip).collect();
-        };
-        let bound = self.load_bound(permille);
+    pub fn candidates(&self, ip: IpAddr) -> Selection<'_> {
         let key = self.key(ip);
-        let mut out: Vec<&Arc<Node>> = self
-            .ring
-            .order(&key)
-            .into_iter()
-            .map(|i| &self.members[i])
-            .filter(|n| n.active.load(Ordering::Relaxed) < bound)
-            .take(attempts)
-            .collect();
-        if out.is_empty() {
-            // Every member at its bound (only when connections race): plain order.
-            out = self.select(ip).collect();
+        let attempts = self.settings.connect_attempts as usize;
+        match self.settings.balance_factor_permille {
+            None => Selection {
+                snap: self,
+                inner: self.ring.candidates(&key, attempts),
+                bound: None,
+                left: attempts,
+                yielded: false,
+                key,
+            },
+            Some(permille) => Selection {
+                snap: self,
+                // Walk the whole ring order; `left` stops after `attempts`.
+                inner: self.ring.candidates(&key, usize::MAX),
+                bound: Some(self.load_bound(permille)),
+                left: attempts,
+                yielded: false,
+                key,
+            },
         }
-        out
     }
 
     /// Open connections a member may have before it is skipped for new clients.
@@ -232,6 +234,51 @@ impl PoolSnapshot {
             .iter()
             .position(|n| n.name == name)
             .map_or(0.0, |i| self.ring.share_of(i))
+    }
+}
+
+/// The nodes a new connection tries, in order (see [`PoolSnapshot::candidates`]).
+/// Lazy: nothing is collected per connection.
+#[derive(Debug)]
+pub struct Selection<'a> {
+    snap: &'a PoolSnapshot,
+    inner: crate::ring::Candidates<'a>,
+    /// Skip members with this many open connections or more.
+    bound: Option<u64>,
+    left: usize,
+    yielded: bool,
+    key: Key,
+}
+
+impl<'a> Iterator for Selection<'a> {
+    type Item = &'a Arc<Node>;
+
+    fn next(&mut self) -> Option<&'a Arc<Node>> {
+        if self.left == 0 {
+            return None;
+        }
+        loop {
+            let Some(i) = self.inner.next() else {
+                if self.bound.is_some() && !self.yielded {
+                    // Every member at its bound (only when connections race):
+                    // the plain order.
+                    self.bound = None;
+                    self.inner = self.snap.ring.candidates(&self.key, self.left);
+                    continue;
+                }
+                return None;
+            };
+            let node = &self.snap.members[i];
+            if self
+                .bound
+                .is_some_and(|b| node.active.load(Ordering::Relaxed) >= b)
+            {
+                continue;
+            }
+            self.left -= 1;
+            self.yielded = true;
+            return Some(node);
+        }
     }
 }
 
@@ -663,6 +710,34 @@ addr = "127.0.0.1:1003"
             assert_ne!(names[0], names[1]);
             assert_eq!(s.order(ip(i)).len(), 3);
         }
+    }
+
+    #[test]
+    fn bounded_candidates_skip_nodes_at_their_bound_and_fall_back_when_all_are() {
+        let plain = pool();
+        let p = pool_with("balance_factor = 1.0");
+        for i in 0..100 {
+            let s = plain.snapshot();
+            let a: Vec<&str> = s.candidates(ip(i)).map(|n| n.name.as_str()).collect();
+            let b: Vec<&str> = s.select(ip(i)).map(|n| n.name.as_str()).collect();
+            assert_eq!(a, b, "without balance_factor: the plain order");
+        }
+        let s = p.snapshot();
+        let order: Vec<String> = s.order(ip(7)).iter().map(|n| n.name.clone()).collect();
+        // The client's own node holds 2, the others 0: bound ceil(1.0 x 3 / 3) = 1.
+        p.node(&order[0])
+            .unwrap()
+            .active
+            .store(2, Ordering::Relaxed);
+        let got: Vec<&str> = s.candidates(ip(7)).map(|n| n.name.as_str()).collect();
+        assert_eq!(got, vec![order[1].as_str(), order[2].as_str()]);
+        // Every member at or past the bound (a race): the plain order, bounded by
+        // connect_attempts.
+        for n in &s.members {
+            n.active.store(5, Ordering::Relaxed);
+        }
+        let got: Vec<&str> = s.candidates(ip(7)).map(|n| n.name.as_str()).collect();
+        assert_eq!(got, vec![order[0].as_str(), order[1].as_str()]);
     }
 
     #[test]

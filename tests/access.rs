@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use ringlb::{Config, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 type Lb = Served;
@@ -252,21 +251,11 @@ async fn new_connections_per_ip_is_a_token_bucket_per_client() {
 }
 
 async fn admin_get(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
     let auth = auth
         .map(|a| format!("Authorization: {a}\r\n"))
         .unwrap_or_default();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n{auth}\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, text)
+    let (status, head, body) = http_request(addr, "GET", path, &auth).await;
+    (status, format!("{head}\r\n\r\n{body}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,17 +4,12 @@
 //! backend, ringlb and the load tool), so each stays under its own limit.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Kill(Child);
+mod common;
 
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{spawn_ringlb_json, Kill};
 
 fn hard_nofile() -> u64 {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
@@ -64,22 +59,7 @@ fn nine_thousand_five_hundred_proxied_connections_held_with_zero_errors() {
         ),
     )
     .unwrap();
-    let mut lb = Kill(
-        Command::new(env!("CARGO_BIN_EXE_ringlb"))
-            .args([
-                "--log-format",
-                "json",
-                "--log-level",
-                "info",
-                "run",
-                "--config",
-            ])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut lb = spawn_ringlb_json(&cfg);
     let mut lines = BufReader::new(lb.0.stderr.take().unwrap()).lines();
     let deadline = Instant::now() + Duration::from_secs(20);
     let (mut limit_line, mut addr) = (None, None);

@@ -299,3 +299,47 @@ fn which_prints_one_line_per_ip() {
         assert_eq!(rest, others, "{line:?}: fallback is not the other nodes");
     }
 }
+
+#[test]
+fn check_and_which_show_proxy_protocol_bounded_load_access_and_node_states() {
+    let config = "tests/fixtures/config/valid/scaleout.toml";
+    let out = ringlb(&["check", "--config", config]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "access: PROXY header required from 2 networks (timeout 500ms)",
+        "proxy_protocol v2, balance_factor 1.25",
+        "weight 1, state drain",
+        "weight 1, state disabled",
+    ] {
+        assert!(stdout.contains(want), "check lacks {want:?}:\n{stdout}");
+    }
+    let out = ringlb(&[
+        "check",
+        "--config",
+        "tests/fixtures/config/valid/access.toml",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "bearer token required",
+        "runs as user root, group 0 after binding",
+        "access: allow 4 networks, deny 1 network, max_connections_per_ip 10, new_connections_per_ip 5/s burst 20",
+    ] {
+        assert!(stdout.contains(want), "check lacks {want:?}:\n{stdout}");
+    }
+    // Nodes drained or disabled in the file are off the ring `which` computes.
+    let out = ringlb(&["which", "--config", config, "10.1.2.3", "2001:db8::1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("node b: state = \"drain\" in the config (off the ring"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("node c: state = \"disabled\" in the config"),
+        "{stdout}"
+    );
+    for line in stdout.lines().filter(|l| l.contains(" -> ")) {
+        assert!(line.contains(" -> a (127.0.0.1:9001)  then: -"), "{line}");
+    }
+}

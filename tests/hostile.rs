@@ -6,7 +6,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -390,16 +390,6 @@ async fn flood_past_max_connections_is_shed_at_once_and_the_held_ones_keep_flowi
 // Idle clients against the real binary
 // ---------------------------------------------------------------------------
 
-/// Kills and reaps a child when dropped (also on a failed assertion).
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -448,22 +438,7 @@ fn start_ringlb(
 ) -> (Kill, SocketAddr, SocketAddr, Arc<AtomicUsize>) {
     let path = dir.join("ringlb.toml");
     std::fs::write(&path, text).unwrap();
-    let mut child = Kill(
-        Command::new(env!("CARGO_BIN_EXE_ringlb"))
-            .args([
-                "--log-format",
-                "json",
-                "--log-level",
-                "info",
-                "run",
-                "--config",
-            ])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = spawn_ringlb_json(&path);
     let mut lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
     let deadline = Instant::now() + Duration::from_secs(20);
     let (mut addr, mut admin) = (None, None);

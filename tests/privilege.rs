@@ -6,7 +6,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use common::*;
 use ringlb::backend::{Backend, Mode};
@@ -51,17 +51,6 @@ fn open_dir() -> tempfile::TempDir {
     dir
 }
 
-fn kill_on_drop(child: Child) -> impl Drop {
-    struct K(Child);
-    impl Drop for K {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    K(child)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binds_a_low_port_as_root_then_serves_as_nobody() {
     if skip_unless_root() {
@@ -94,7 +83,7 @@ async fn binds_a_low_port_as_root_then_serves_as_nobody() {
     let pid = child.id();
     let _stdout = lines_of(child.stdout.take().unwrap());
     let out = lines_of(child.stderr.take().unwrap());
-    let guard = kill_on_drop(child);
+    let guard = Kill(child);
     let mut log = Vec::new();
     wait_for(&out, "dropped privileges", &mut log);
     wait_for(&out, "listening", &mut log);

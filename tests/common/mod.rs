@@ -328,3 +328,58 @@ pub fn wait_for(
         }
     }
 }
+
+/// A child process, killed and reaped when dropped (also on a failed assertion).
+pub struct Kill(pub std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `ringlb --log-format json --log-level info run --config PATH`, its log on a
+/// piped stderr, stdout discarded.
+pub fn spawn_ringlb_json(config: &std::path::Path) -> Kill {
+    Kill(
+        std::process::Command::new(env!("CARGO_BIN_EXE_ringlb"))
+            .args([
+                "--log-format",
+                "json",
+                "--log-level",
+                "info",
+                "run",
+                "--config",
+            ])
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start ringlb"),
+    )
+}
+
+/// One HTTP/1.1 request (extra header lines end in CRLF) to an admin endpoint;
+/// the status code, the head and the body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> (u16, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: admin\r\n{headers}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(buf).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_string(), body.to_string())
+}
