@@ -24,6 +24,7 @@ pub mod ring;
 pub mod server;
 pub mod splice;
 pub mod which;
+pub mod workers;
 
 pub use config::Config;
 pub use error::{ConfigError, Error};

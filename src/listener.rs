@@ -4,8 +4,8 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug_span, info, warn, Instrument};
+use tracing::{debug_span, error, info, warn, Instrument};
 
 use crate::access::{self, PerIp};
 use crate::config::ListenerConfig;
@@ -30,9 +30,80 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Time without an accept error after which an out-of-resources episode is over.
 const EPISODE_QUIET: Duration = Duration::from_secs(1);
 
+#[derive(Debug)]
 struct Episode {
     errors: u64,
     last_error: Instant,
+}
+
+/// What the accept loops of one listener (one per worker) log together: one
+/// message per episode or refusal burst for the listener, not one per worker.
+#[derive(Debug, Default)]
+pub struct AcceptLog {
+    /// An episode of resource errors: one WARN when it starts, one INFO when
+    /// accept has worked again with no error for EPISODE_QUIET (so a flapping
+    /// shortage is one episode, not a log line per connection).
+    episode: Mutex<Option<Episode>>,
+    /// Anything in `episode` (read on every accept, so without the lock).
+    in_episode: AtomicBool,
+    at_limit: AtomicBool,
+    refusals: Mutex<RefusalLog>,
+}
+
+impl AcceptLog {
+    fn resource_error(&self, listener: &str, e: &io::Error) {
+        let mut ep = self.episode.lock().unwrap_or_else(|p| p.into_inner());
+        match ep.as_mut() {
+            Some(ep) => {
+                ep.errors += 1;
+                ep.last_error = Instant::now();
+            }
+            None => {
+                warn!(listener, error = %e, "accept failed: out of resources; backing off until it recovers");
+                *ep = Some(Episode {
+                    errors: 1,
+                    last_error: Instant::now(),
+                });
+                self.in_episode.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn accepted(&self, listener: &str) {
+        if !self.in_episode.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut ep = self.episode.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = ep.as_ref() {
+            if e.last_error.elapsed() >= EPISODE_QUIET {
+                info!(listener, failed_accepts = e.errors, "accept recovered");
+                *ep = None;
+                self.in_episode.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn refused(&self, listener: &str, reason: RejectReason, client: std::net::IpAddr) {
+        self.refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .note(listener, reason, client);
+    }
+
+    fn at_limit(&self, listener: &str, limit: usize) {
+        if !self.at_limit.swap(true, Ordering::Relaxed) {
+            warn!(
+                listener,
+                limit, "max_connections reached; closing new connections at once until some end"
+            );
+        }
+    }
+
+    fn below_limit(&self, listener: &str) {
+        if self.at_limit.load(Ordering::Relaxed) && self.at_limit.swap(false, Ordering::Relaxed) {
+            info!(listener, "below max_connections again");
+        }
+    }
 }
 
 /// Time between two log lines about refused clients of one listener.
@@ -42,7 +113,7 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 /// by one, logged at DEBUG one by one, and at WARN at most once per
 /// [`REFUSAL_LOG_EVERY`] with the number refused since, so a flood cannot flood
 /// the log.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct RefusalLog {
     last: Option<Instant>,
     since: u64,
@@ -71,40 +142,72 @@ impl RefusalLog {
     }
 }
 
-/// A bound, listening socket.
+/// A listener's bound, listening sockets: one per worker (see `workers.rs`),
+/// non-blocking, not yet registered with any event loop (each accept loop
+/// registers its own).
 #[derive(Debug)]
 pub struct BoundListener {
     pub config: ListenerConfig,
     pub local_addr: SocketAddr,
-    pub socket: Arc<TcpListener>,
+    pub sockets: Vec<std::net::TcpListener>,
 }
 
-/// Create, configure and bind the listening socket. Must run inside a tokio runtime.
-pub fn bind(config: &ListenerConfig) -> Result<BoundListener, Error> {
+/// Create, configure and bind a listener's sockets: `sockets` of them (one per
+/// worker, at least one).
+///
+/// With more than one, they form an `SO_REUSEPORT` group on the same address,
+/// and the kernel spreads new connections over them by a hash of the
+/// connection's addresses and ports (nginx's `reuseport`, HAProxy's shards,
+/// Envoy's default): every worker accepts from its own queue, so none waits on
+/// another, and the connections of a busy listener split about evenly. A group
+/// would also let another process of the same user join the port silently, so
+/// the address is first bound once without `SO_REUSEPORT`: if anything already
+/// listens there, binding fails with "address in use" as it does with one socket.
+pub fn bind(config: &ListenerConfig, sockets: usize) -> Result<BoundListener, Error> {
     let addr = config.listen;
     let err = |source| Error::Bind {
         listener: config.name.clone(),
         addr,
         source,
     };
-    let socket =
-        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
-    socket.set_reuse_address(true).map_err(err)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(config.ipv6_only).map_err(err)?;
+    let group = sockets > 1;
+    if group && addr.port() != 0 {
+        // The probe closes at once; the group's first socket takes its place.
+        drop(listening_socket(config, addr, false).map_err(err)?);
     }
-    socket.set_nodelay(true).map_err(err)?;
-    socket.set_nonblocking(true).map_err(err)?;
-    socket.bind(&addr.into()).map_err(err)?;
-    socket.listen(config.backlog as i32).map_err(err)?;
-    let std_listener: std::net::TcpListener = socket.into();
-    let listener = TcpListener::from_std(std_listener).map_err(err)?;
-    let local_addr = listener.local_addr().map_err(err)?;
+    let first = listening_socket(config, addr, group).map_err(err)?;
+    let local_addr = first.local_addr().map_err(err)?;
+    let mut all = Vec::with_capacity(sockets.max(1));
+    all.push(first);
+    for _ in 1..sockets {
+        // Port 0 was resolved by the first socket: the others join its port.
+        all.push(listening_socket(config, local_addr, true).map_err(err)?);
+    }
     Ok(BoundListener {
         config: config.clone(),
         local_addr,
-        socket: Arc::new(listener),
+        sockets: all,
     })
+}
+
+fn listening_socket(
+    config: &ListenerConfig,
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        socket.set_only_v6(config.ipv6_only)?;
+    }
+    socket.set_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(config.backlog as i32)?;
+    Ok(socket.into())
 }
 
 /// What one accepted connection needs from its listener, replaced as a whole by a
@@ -132,7 +235,12 @@ impl ListenerState {
 #[derive(Debug)]
 pub struct ListenerShared {
     pub state: ArcSwap<ListenerState>,
+    /// Open connections, over every worker's accept loop.
     pub active: AtomicUsize,
+    /// Last connection id given out (ids are per listener, over every worker).
+    pub last_id: AtomicU64,
+    /// Log state shared by the listener's accept loops.
+    pub log: AcceptLog,
     pub hard_stop: CancellationToken,
     /// Open connections and new-connection buckets per client address (kept
     /// across reloads; used only while a per-client limit is set).
@@ -144,6 +252,8 @@ impl ListenerShared {
         ListenerShared {
             state: ArcSwap::from_pointee(state),
             active: AtomicUsize::new(0),
+            last_id: AtomicU64::new(0),
+            log: AcceptLog::default(),
             hard_stop,
             per_ip: PerIp::new(),
         }
@@ -152,7 +262,7 @@ impl ListenerShared {
 
 /// Set a new accept queue length on a listening socket (Linux applies a second
 /// `listen()` call to the queue of the same socket).
-pub fn set_backlog(listener: &TcpListener, backlog: u32) -> io::Result<()> {
+pub fn set_backlog(listener: &std::net::TcpListener, backlog: u32) -> io::Result<()> {
     socket2::SockRef::from(listener).listen(backlog as i32)
 }
 
@@ -223,27 +333,29 @@ impl Drop for Admission {
 
 /// Accept until `stop` is cancelled. Then accept what is already queued (those
 /// clients completed their handshake and would otherwise be reset), and return;
-/// the socket closes when its last owner drops it.
+/// the socket closes when its last descriptor is closed.
+///
+/// `listener` is this loop's own socket of the listener (one per worker, see
+/// [`bind`]); it is registered with the runtime this runs on, and the
+/// connections it accepts are spawned there too.
 pub async fn accept_loop(
-    listener: Arc<TcpListener>,
+    listener: std::net::TcpListener,
     local_addr: SocketAddr,
     shared: Arc<ListenerShared>,
     tracker: TaskTracker,
     stop: CancellationToken,
 ) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            let st = shared.state.load();
+            error!(listener = %st.config.name, addr = %local_addr, error = %e, "cannot watch the listening socket on this worker; the other workers still accept");
+            return;
+        }
+    };
     let mut backoff = ACCEPT_BACKOFF_MIN;
-    // An episode of resource errors: one WARN when it starts, one INFO when accept
-    // has worked again with no error for EPISODE_QUIET (so a flapping shortage is
-    // one episode, not a log line per connection).
-    let mut episode: Option<Episode> = None;
-    let mut at_limit = false;
-    let mut refusals = RefusalLog::default();
+    let log = &shared.log;
     let mut draining = false;
-    let mut conn_id: u64 = 0;
-    {
-        let st = shared.state.load();
-        info!(listener = %st.config.name, addr = %local_addr, pool = %st.config.pool, "listening");
-    }
     loop {
         let accepted = if draining {
             match tokio::time::timeout(Duration::ZERO, listener.accept()).await {
@@ -267,19 +379,7 @@ pub async fn accept_loop(
             Err(_) if draining => break,
             Err(e) if is_resource_exhaustion(&e) => {
                 state.metrics.accept_errors.increment(1);
-                match episode.as_mut() {
-                    Some(ep) => {
-                        ep.errors += 1;
-                        ep.last_error = Instant::now();
-                    }
-                    None => {
-                        warn!(listener = %name, error = %e, "accept failed: out of resources; backing off until it recovers");
-                        episode = Some(Episode {
-                            errors: 1,
-                            last_error: Instant::now(),
-                        });
-                    }
-                }
+                log.resource_error(name, &e);
                 tokio::select! {
                     _ = stop.cancelled() => draining = true,
                     _ = tokio::time::sleep(backoff) => {}
@@ -294,12 +394,7 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        if let Some(ep) = &episode {
-            if ep.last_error.elapsed() >= EPISODE_QUIET {
-                info!(listener = %name, failed_accepts = ep.errors, "accept recovered");
-                episode = None;
-            }
-        }
+        log.accepted(name);
         backoff = ACCEPT_BACKOFF_MIN;
         state.metrics.accepted.increment(1);
         let access = &state.config.access;
@@ -315,33 +410,35 @@ pub async fn accept_loop(
             // Checked after the header, in the connection's task.
         } else if let Err(reason) = access::check_lists(access, client_ip) {
             state.metrics.rejected(reason).increment(1);
-            refusals.note(name, reason, client_ip);
+            log.refused(name, reason, client_ip);
             drop(stream);
             continue;
         }
         let limit = state.config.max_connections;
-        if shared.active.load(Ordering::Relaxed) >= limit {
+        // Take a place under the limit (other workers' loops take places too).
+        let reserved = shared
+            .active
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok();
+        if !reserved {
             state
                 .metrics
                 .rejected(RejectReason::MaxConnections)
                 .increment(1);
-            if !at_limit {
-                warn!(listener = %name, limit, "max_connections reached; closing new connections at once until some end");
-                at_limit = true;
-            }
+            log.at_limit(name, limit);
             tracing::debug!(listener = %name, client = %peer, "over max_connections; closed");
             drop(stream);
             continue;
         }
-        if at_limit {
-            info!(listener = %name, "below max_connections again");
-            at_limit = false;
-        }
+        log.below_limit(name);
         let per_ip = if access.per_ip() && !from_proxy {
             let key = access::per_ip_key(client_ip);
             if let Err(reason) = shared.per_ip.admit(key, access, std::time::Instant::now()) {
+                shared.active.fetch_sub(1, Ordering::Relaxed);
                 state.metrics.rejected(reason).increment(1);
-                refusals.note(name, reason, client_ip);
+                log.refused(name, reason, client_ip);
                 drop(stream);
                 continue;
             }
@@ -349,11 +446,10 @@ pub async fn accept_loop(
         } else {
             None
         };
-        // Only this task increments, so the check above cannot be overtaken.
-        shared.active.fetch_add(1, Ordering::Relaxed);
+        // The place taken above is given back when the Admission is dropped.
         state.metrics.active.increment(1.0);
         // TCP_NODELAY is inherited from the listening socket (Linux).
-        conn_id += 1;
+        let conn_id = shared.last_id.fetch_add(1, Ordering::Relaxed) + 1;
         // The per-connection span is DEBUG: an enabled span costs ~300 bytes of
         // subscriber state per open connection. INFO/WARN events of a connection
         // carry `client` and `listener` themselves.
@@ -371,6 +467,4 @@ pub async fn accept_loop(
             tracker.spawn(conn.instrument(span));
         }
     }
-    let st = shared.state.load();
-    info!(listener = %st.config.name, addr = %local_addr, "stopped accepting");
 }

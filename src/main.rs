@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 use ringlb::cli::{Cli, Command, LogFormat, DEMO_CONFIG_PATH};
+use ringlb::workers::Workers;
 use ringlb::{which, Config, Server};
 
 fn main() -> ExitCode {
@@ -105,11 +106,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             log_nofile_limit();
             let workers = cfg.effective_workers();
             info!(workers, "starting");
-            runtime(workers)?.block_on(async move {
+            // This thread runs the control work (signals, health probes, admin,
+            // reloads); the worker threads accept and serve the connections.
+            control_runtime()?.block_on(async move {
                 // Handlers first: a signal that arrives while starting (e.g. an
                 // early `ringlb reload`) must not kill the process.
                 let signals = Signals::install()?;
-                let mut server = Server::bind(cfg)?;
+                // Before binding: every worker has its own socket per listener,
+                // and all are bound before privileges are dropped.
+                let workers = Workers::start(workers)?;
+                let mut server = Server::bind_on(cfg, workers.handles())?;
                 server.write_pid_file();
                 server.drop_privileges()?;
                 let shutdown = CancellationToken::new();
@@ -120,6 +126,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     Some(server.handle()),
                 ));
                 server.run(shutdown).await;
+                // The drain is over: stop the worker threads.
+                drop(workers);
                 Ok(ExitCode::SUCCESS)
             })
         }
@@ -283,6 +291,13 @@ fn log_nofile_limit() {
         ),
         Err(e) => warn!(error = %e, "cannot read or raise the descriptor limit"),
     }
+}
+
+fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
 }
 
 fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {

@@ -143,10 +143,13 @@ impl Handle {
 /// One running listener.
 struct Running {
     local_addr: SocketAddr,
-    socket: Arc<TcpListener>,
+    /// One socket per worker (see `listener::bind`); each accept loop gets its
+    /// own descriptor of its socket.
+    sockets: Vec<Arc<std::net::TcpListener>>,
     shared: Arc<ListenerShared>,
     stop: CancellationToken,
-    task: Option<JoinHandle<()>>,
+    /// One accept loop per worker (or one on the server's runtime).
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Running {
@@ -167,6 +170,9 @@ pub struct Server {
     admin: Option<AdminServer>,
     pending_admin: Option<TcpListener>,
     pid_file: Option<PathBuf>,
+    /// The runtimes that accept and serve connections: the workers' (see
+    /// `workers.rs`), or empty for the runtime `run` is called on.
+    data_plane: Vec<tokio::runtime::Handle>,
     tracker: TaskTracker,
     /// Closes every open connection: cancelled by the shutdown only, after it
     /// has counted them.
@@ -186,8 +192,19 @@ impl std::fmt::Debug for Server {
 
 impl Server {
     /// Build pools and bind every listener (and the admin endpoint). Must run
-    /// inside a tokio runtime. Nothing is accepted until [`run`](Server::run).
+    /// inside a tokio runtime. Nothing is accepted until [`run`](Server::run), and
+    /// then on the runtime `run` is called on.
     pub fn bind(config: Config) -> Result<Server, Error> {
+        Server::bind_on(config, &[])
+    }
+
+    /// [`bind`](Server::bind), to accept and serve connections on `data_plane`
+    /// (normally [`Workers::handles`](crate::workers::Workers::handles)): every
+    /// listener gets one socket and one accept loop per runtime, and a connection
+    /// stays on the runtime that accepted it. The runtime [`run`](Server::run) is
+    /// called on keeps only the control work (health probes, admin endpoint,
+    /// reloads). Empty: like `bind`. The runtimes must outlive `run`.
+    pub fn bind_on(config: Config, data_plane: &[tokio::runtime::Handle]) -> Result<Server, Error> {
         if config.admin.is_some() {
             crate::metrics::install_prometheus();
         }
@@ -199,7 +216,7 @@ impl Server {
             .collect();
         let mut listeners = Vec::new();
         for lc in &config.listeners {
-            let bound = listener::bind(lc)?;
+            let bound = listener::bind(lc, data_plane.len().max(1))?;
             listeners.push(running(bound, &pools, &hard_stop));
         }
         let pending_admin = match &config.admin {
@@ -227,6 +244,7 @@ impl Server {
             admin: None,
             pending_admin,
             pid_file: None,
+            data_plane: data_plane.to_vec(),
             tracker: TaskTracker::new(),
             hard_stop,
             close_now: CancellationToken::new(),
@@ -291,17 +309,41 @@ impl Server {
         self.shared.listeners.store(Arc::new(views));
     }
 
+    /// Sockets per listener: one per data-plane runtime.
+    fn sockets_per_listener(&self) -> usize {
+        self.data_plane.len().max(1)
+    }
+
     fn start_listener(&mut self, i: usize) {
         let r = &mut self.listeners[i];
-        if r.task.is_none() {
-            r.task = Some(tokio::spawn(listener::accept_loop(
-                r.socket.clone(),
+        if !r.tasks.is_empty() {
+            return;
+        }
+        let ambient;
+        let runtimes = if self.data_plane.is_empty() {
+            ambient = [tokio::runtime::Handle::current()];
+            &ambient[..]
+        } else {
+            &self.data_plane[..]
+        };
+        for (rt, socket) in runtimes.iter().zip(&r.sockets) {
+            let socket = match socket.try_clone() {
+                Ok(s) => s,
+                Err(e) => {
+                    error!(listener = %r.name(), error = %e, "cannot start an accept loop: no descriptor for the listening socket");
+                    continue;
+                }
+            };
+            r.tasks.push(rt.spawn(listener::accept_loop(
+                socket,
                 r.local_addr,
                 r.shared.clone(),
                 self.tracker.clone(),
                 r.stop.clone(),
             )));
         }
+        let st = r.shared.state.load();
+        info!(listener = %st.config.name, addr = %r.local_addr, pool = %st.config.pool, accept_loops = r.tasks.len(), "listening");
     }
 
     /// Serve until `shutdown` is cancelled, then stop accepting and drain. Reloads
@@ -341,9 +383,7 @@ impl Server {
             r.stop.cancel();
         }
         for r in &mut self.listeners {
-            if let Some(t) = r.task.take() {
-                let _ = t.await;
-            }
+            stop_accepting(r).await;
         }
         // Close the listening sockets now: new connects are refused from here on.
         self.listeners.clear();
@@ -484,7 +524,7 @@ impl Server {
         //    closes them again if any one fails.
         let mut bound = Vec::new();
         for lc in &d.bind {
-            match listener::bind(lc) {
+            match listener::bind(lc, self.sockets_per_listener()) {
                 Ok(b) => bound.push(b),
                 Err(e) => return self.refuse(&path, vec![error_chain(&e)]),
             }
@@ -538,8 +578,11 @@ impl Server {
                     .store(Arc::new(ListenerState::new(lc.clone(), pool)));
             }
             if prev.backlog != lc.backlog {
-                if let Err(e) = listener::set_backlog(&r.socket, lc.backlog) {
-                    warn!(listener = %lc.name, error = %e, "cannot change the backlog of a running listener");
+                for socket in &r.sockets {
+                    if let Err(e) = listener::set_backlog(socket, lc.backlog) {
+                        warn!(listener = %lc.name, error = %e, "cannot change the backlog of a running listener");
+                        break;
+                    }
                 }
             }
         }
@@ -549,7 +592,13 @@ impl Server {
         self.listeners.retain_mut(|r| {
             if d.close.contains(&r.name()) {
                 r.stop.cancel();
-                closing.push(r.task.take());
+                closing.push(Running {
+                    local_addr: r.local_addr,
+                    sockets: Vec::new(),
+                    shared: r.shared.clone(),
+                    stop: r.stop.clone(),
+                    tasks: std::mem::take(&mut r.tasks),
+                });
                 false
             } else {
                 true
@@ -561,8 +610,8 @@ impl Server {
             let i = self.listeners.len() - 1;
             self.start_listener(i);
         }
-        for t in closing.into_iter().flatten() {
-            let _ = t.await;
+        for mut r in closing {
+            stop_accepting(&mut r).await;
         }
         self.publish_listeners();
 
@@ -618,6 +667,18 @@ impl Server {
     }
 }
 
+/// Wait for a listener's accept loops to end (its `stop` is cancelled): they
+/// accept what is queued first.
+async fn stop_accepting(r: &mut Running) {
+    if r.tasks.is_empty() {
+        return;
+    }
+    for t in r.tasks.drain(..) {
+        let _ = t.await;
+    }
+    info!(listener = %r.name(), addr = %r.local_addr, "stopped accepting");
+}
+
 fn running(
     bound: BoundListener,
     pools: &BTreeMap<String, Arc<Pool>>,
@@ -626,10 +687,10 @@ fn running(
     let state = ListenerState::new(bound.config.clone(), pools[&bound.config.pool].clone());
     Running {
         local_addr: bound.local_addr,
-        socket: bound.socket,
+        sockets: bound.sockets.into_iter().map(Arc::new).collect(),
         shared: Arc::new(ListenerShared::new(state, hard_stop.clone())),
         stop: CancellationToken::new(),
-        task: None,
+        tasks: Vec::new(),
     }
 }
 

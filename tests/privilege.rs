@@ -106,6 +106,30 @@ async fn binds_a_low_port_as_root_then_serves_as_nobody() {
         gid.to_string(),
         "no supplementary groups but the user's"
     );
+    // Every thread switched, not only the main one (the worker threads exist
+    // before the switch: their sockets are bound as root).
+    let mut threads = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let tid: u32 = task.unwrap().file_name().to_str().unwrap().parse().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap();
+        let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        let gid_line = status.lines().find(|l| l.starts_with("Gid:")).unwrap();
+        assert_eq!(
+            uid_line.split_whitespace().skip(1).collect::<Vec<_>>(),
+            vec![uid.to_string(); 4],
+            "thread {tid}"
+        );
+        assert_eq!(
+            gid_line.split_whitespace().skip(1).collect::<Vec<_>>(),
+            vec![gid.to_string(); 4],
+            "thread {tid}"
+        );
+        threads += 1;
+    }
+    assert!(
+        threads >= 2,
+        "main thread and at least one worker: {threads}"
+    );
     // Written as root, before the switch.
     assert_eq!(
         std::fs::read_to_string(&pid_file).unwrap().trim(),
