@@ -528,6 +528,11 @@ pub fn status(handle: &Handle) -> Value {
         "last_reload": last_reload,
         "listeners": listeners,
         "pools": pools,
+        "workers": handle
+            .workers()
+            .iter()
+            .map(|w| json!({ "worker": w.index, "active": w.active(), "accepted": w.accepted() }))
+            .collect::<Vec<_>>(),
     })
 }
 
@@ -607,6 +612,22 @@ th{{background:#f0f0f0}} td.num{{text-align:right;font-variant-numeric:tabular-n
         );
     }
     h.push_str("</table>\n");
+    let workers: Vec<String> = st["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| {
+            format!(
+                "{}: {} open, {} accepted",
+                w["worker"], w["active"], w["accepted"]
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        h,
+        "<p id=\"workers\" class=\"meta\">workers &middot; {}</p>",
+        workers.join(" &middot; ")
+    );
     for p in st["pools"].as_array().into_iter().flatten() {
         let name = esc(p["name"].as_str().unwrap_or(""));
         let _ = writeln!(

@@ -22,6 +22,7 @@ use crate::error::{is_resource_exhaustion, Error};
 use crate::metrics::{ListenerMetrics, RejectReason};
 use crate::pool::Pool;
 use crate::proxy;
+use crate::workers::WorkerLoad;
 
 /// Shortest and longest pause after an accept error such as EMFILE.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
@@ -272,6 +273,7 @@ pub fn set_backlog(listener: &std::net::TcpListener, backlog: u32) -> io::Result
 #[derive(Debug)]
 pub struct Admission {
     shared: Arc<ListenerShared>,
+    worker: Arc<WorkerLoad>,
     state: Arc<ListenerState>,
     /// The per-client key this connection is counted under, if it is.
     per_ip: Option<std::net::IpAddr>,
@@ -320,6 +322,7 @@ impl Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         self.shared.active.fetch_sub(1, Ordering::Relaxed);
+        self.worker.closed();
         self.state.metrics.active.decrement(1.0);
         if let Some(key) = self.per_ip {
             // The current rules decide whether the address's entry can go.
@@ -342,6 +345,7 @@ pub async fn accept_loop(
     listener: std::net::TcpListener,
     local_addr: SocketAddr,
     shared: Arc<ListenerShared>,
+    worker: Arc<WorkerLoad>,
     tracker: TaskTracker,
     stop: CancellationToken,
 ) {
@@ -454,8 +458,10 @@ pub async fn accept_loop(
         // subscriber state per open connection. INFO/WARN events of a connection
         // carry `client` and `listener` themselves.
         let span = debug_span!("conn", id = conn_id, listener = %name, client = %peer);
+        worker.opened();
         let admission = Admission {
             shared: shared.clone(),
+            worker: worker.clone(),
             state,
             per_ip,
             expect_proxy_header: from_proxy,

@@ -24,6 +24,8 @@ pub const PROBE_DURATION: &str = "ringlb_probe_duration_seconds";
 pub const RELOADS: &str = "ringlb_reloads_total";
 pub const CONFIG_GENERATION: &str = "ringlb_config_generation";
 pub const ADMIN_UNAUTHORIZED: &str = "ringlb_admin_unauthorized_total";
+pub const WORKER_CONNECTIONS_ACTIVE: &str = "ringlb_worker_connections_active";
+pub const WORKER_CONNECTIONS_ACCEPTED: &str = "ringlb_worker_connections_accepted_total";
 
 /// Count one admin request refused for a missing or wrong bearer token.
 pub fn admin_unauthorized() {
@@ -37,6 +39,7 @@ pub const L_REASON: &str = "reason";
 pub const L_DIRECTION: &str = "direction";
 pub const L_RESULT: &str = "result";
 pub const L_TO: &str = "to";
+pub const L_WORKER: &str = "worker";
 
 /// Reasons a connection is closed at accept, before any backend is contacted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,6 +26,7 @@ use crate::listener::{self, BoundListener, ListenerShared, ListenerState};
 use crate::metrics::ServerMetrics;
 use crate::pool::Pool;
 use crate::reload;
+use crate::workers::WorkerLoad;
 
 /// How long connections get to finish after being told to close at the end of the
 /// grace period (they close at once; this only bounds a pathological case).
@@ -71,6 +72,8 @@ struct Shared {
     last_reload: Mutex<Option<ReloadRecord>>,
     reload_requested: Notify,
     started: SystemTime,
+    /// One per data-plane runtime (one for the runtime `run` is called on).
+    workers: Vec<Arc<WorkerLoad>>,
     metrics: ServerMetrics,
 }
 
@@ -137,6 +140,11 @@ impl Handle {
 
     pub fn started(&self) -> SystemTime {
         self.shared.started
+    }
+
+    /// Each worker's connections.
+    pub fn workers(&self) -> &[Arc<WorkerLoad>] {
+        &self.shared.workers
     }
 }
 
@@ -235,6 +243,9 @@ impl Server {
             last_reload: Mutex::new(None),
             reload_requested: Notify::new(),
             started: SystemTime::now(),
+            workers: (0..data_plane.len().max(1))
+                .map(|i| Arc::new(WorkerLoad::new(i)))
+                .collect(),
             metrics,
         });
         let server = Server {
@@ -326,7 +337,7 @@ impl Server {
         } else {
             &self.data_plane[..]
         };
-        for (rt, socket) in runtimes.iter().zip(&r.sockets) {
+        for ((rt, socket), worker) in runtimes.iter().zip(&r.sockets).zip(&self.shared.workers) {
             let socket = match socket.try_clone() {
                 Ok(s) => s,
                 Err(e) => {
@@ -338,6 +349,7 @@ impl Server {
                 socket,
                 r.local_addr,
                 r.shared.clone(),
+                worker.clone(),
                 self.tracker.clone(),
                 r.stop.clone(),
             )));

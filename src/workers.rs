@@ -19,10 +19,14 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use metrics::{counter, gauge, Counter, Gauge};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 use crate::error::Error;
+use crate::metrics::{L_WORKER, WORKER_CONNECTIONS_ACCEPTED, WORKER_CONNECTIONS_ACTIVE};
 
 /// Most worker threads (the same bound as the `workers` config key).
 pub const MAX: usize = *crate::config::limits::WORKERS.end();
@@ -99,6 +103,54 @@ impl Workers {
 
     pub fn is_empty(&self) -> bool {
         self.handles.is_empty()
+    }
+}
+
+/// One worker's share of the connections, over every listener (in `/status` and
+/// as `ringlb_worker_connections_*{worker}`): how evenly the kernel spreads them.
+#[derive(Debug)]
+pub struct WorkerLoad {
+    pub index: usize,
+    active: AtomicUsize,
+    accepted: AtomicU64,
+    active_gauge: Gauge,
+    accepted_counter: Counter,
+}
+
+impl WorkerLoad {
+    pub fn new(index: usize) -> WorkerLoad {
+        let w = index.to_string();
+        WorkerLoad {
+            index,
+            active: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
+            active_gauge: gauge!(WORKER_CONNECTIONS_ACTIVE, L_WORKER => w.clone()),
+            accepted_counter: counter!(WORKER_CONNECTIONS_ACCEPTED, L_WORKER => w),
+        }
+    }
+
+    /// A connection was admitted on this worker.
+    pub fn opened(&self) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.active_gauge.increment(1.0);
+        self.accepted_counter.increment(1);
+    }
+
+    /// A connection admitted on this worker ended.
+    pub fn closed(&self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        self.active_gauge.decrement(1.0);
+    }
+
+    /// Connections open on this worker now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Connections admitted on this worker since the start.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
     }
 }
 
