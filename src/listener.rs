@@ -173,8 +173,9 @@ pub fn bind(config: &ListenerConfig, sockets: usize) -> Result<BoundListener, Er
     };
     let group = sockets > 1;
     if group && addr.port() != 0 {
-        // The probe closes at once; the group's first socket takes its place.
-        drop(listening_socket(config, addr, false).map_err(err)?);
+        // Bound, never listening (so no client can be queued on it), closed at
+        // once; the group's first socket takes its place.
+        drop(socket_on(config, addr, false).map_err(err)?);
     }
     let first = listening_socket(config, addr, group).map_err(err)?;
     let local_addr = first.local_addr().map_err(err)?;
@@ -191,11 +192,8 @@ pub fn bind(config: &ListenerConfig, sockets: usize) -> Result<BoundListener, Er
     })
 }
 
-fn listening_socket(
-    config: &ListenerConfig,
-    addr: SocketAddr,
-    reuse_port: bool,
-) -> io::Result<std::net::TcpListener> {
+/// A bound (not yet listening) socket with the listener's options.
+fn socket_on(config: &ListenerConfig, addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if reuse_port {
@@ -207,6 +205,15 @@ fn listening_socket(
     socket.set_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+fn listening_socket(
+    config: &ListenerConfig,
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> io::Result<std::net::TcpListener> {
+    let socket = socket_on(config, addr, reuse_port)?;
     socket.listen(config.backlog as i32)?;
     Ok(socket.into())
 }

@@ -76,8 +76,6 @@ impl Drop for ActiveGuard<'_> {
     }
 }
 
-/// Connect to the client's node, or the next ones along the ring. `None` when no
-/// node could be reached (logged and counted here).
 /// Open a connection to `addr`: a non-blocking socket with `TCP_NODELAY`,
 /// `connect`, then wait until it is writable. Whether it worked is read off the
 /// readiness event: an error or hang-up means the connect failed, and only then
@@ -109,6 +107,8 @@ async fn open(addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
+/// Connect to the client's node, or the next ones along the ring. `None` when no
+/// node could be reached (logged and counted here).
 async fn connect(
     snapshot: &PoolSnapshot,
     peer: SocketAddr,
