@@ -636,6 +636,8 @@ fn lossy_link_keeps_bytes_exact() {
     let mut jobs: Vec<String> = theirs[..4].to_vec();
     jobs.push(other);
     let t0 = Instant::now();
+    let stalled = std::sync::atomic::AtomicU32::new(0);
+    let stalled = &stalled;
     let results: Vec<(String, Value)> = std::thread::scope(|s| {
         let handles: Vec<_> = jobs
             .iter()
@@ -643,11 +645,24 @@ fn lossy_link_keeps_bytes_exact() {
             .map(|(i, src)| {
                 let lab = &lab;
                 s.spawn(move || {
-                    let r = lab.agent().call(
-                        json!({"op": "bulk", "src": src, "dst": lab.lb_dst(), "bytes": per_conn,
-                               "seed": 40 + i as u64, "timeout_ms": 90_000}),
-                        S(100),
-                    );
+                    let job = json!({"op": "bulk", "src": src, "dst": lab.lb_dst(), "bytes": per_conn,
+                                     "seed": 40 + i as u64, "timeout_ms": 90_000, "greet_timeout_ms": 15_000});
+                    let mut r = lab.agent().try_call(job.clone(), S(100));
+                    // The node speaks first. Rarely (about 1 run in 12, the same
+                    // before and after the worker threads) no greeting ever comes
+                    // over the lossy link: ringlb's socket is ESTABLISHED with
+                    // nothing received while the node has no socket for the
+                    // connection at all (seen with `ss`), so nothing is ever
+                    // retransmitted; a client that sent first would recover.
+                    // TCP, not forwarding: retry that connection once.
+                    if r["ok"] != json!(true)
+                        && r["error"].as_str().is_some_and(|e| e.starts_with("no greeting"))
+                    {
+                        eprintln!("{src}: no greeting over the lossy link ({r}); retrying once");
+                        stalled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        r = lab.agent().try_call(job, S(100));
+                    }
+                    assert_eq!(r["ok"], json!(true), "{src}: {r}");
                     (src.clone(), r)
                 })
             })
@@ -678,10 +693,12 @@ fn lossy_link_keeps_bytes_exact() {
         .collect();
     eprintln!(
         "lossy link: {} MiB echoed byte-exact ({} MiB over the 10%-loss link, {dropped} packets dropped there) \
-         in {secs:.1} s; per lossy connection {lossy_ms:.0?} ms (greeting after {greet_ms:.0?} ms), clean one {:.0} ms",
+         in {secs:.1} s; per lossy connection {lossy_ms:.0?} ms (greeting after {greet_ms:.0?} ms), clean one {:.0} ms; \
+         {} connection(s) retried for a greeting that never came",
         checked >> 20,
         (4 * per_conn) >> 20,
-        ms(&results[4].1)
+        ms(&results[4].1),
+        stalled.load(std::sync::atomic::Ordering::Relaxed)
     );
 }
 
@@ -797,8 +814,12 @@ fn flapping_node_hysteresis_and_no_fd_leak() {
             if link_up { "up" } else { "cut" }
         );
         if x.2 {
+            // rise-1 probe intervals (jitter -10%), less 20 ms: the toggle's time
+            // is taken once the `iptables -D` process has exited, a few ms after
+            // the rule is gone, and a probe can pass in between (seen: 359 ms
+            // against a bound of 360).
             assert!(
-                lag >= (rise - 1.0) * interval_ms * 0.9,
+                lag >= (rise - 1.0) * interval_ms * 0.9 - 20.0,
                 "UP {lag:.0} ms after the link came back: {t:?}"
             );
             up_lags.push(lag);

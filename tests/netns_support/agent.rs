@@ -331,7 +331,9 @@ async fn handle(state: &Arc<State>, cmd: &Value) -> Result<Value, String> {
             let bytes = num(cmd, "bytes", 1 << 20) as usize;
             let seed = num(cmd, "seed", 1);
             let within = Duration::from_millis(num(cmd, "timeout_ms", 60_000));
-            Ok(bulk(src, dst, bytes, seed, within).await)
+            let greet_within =
+                Duration::from_millis(num(cmd, "greet_timeout_ms", within.as_millis() as u64));
+            Ok(bulk(src, dst, bytes, seed, within, greet_within).await)
         }
         "http_get" => {
             let dst = addr(cmd, "dst")?;
@@ -605,13 +607,22 @@ async fn churn_worker(
 
 /// Echo `bytes` pseudo-random bytes through one connection, writer and reader
 /// running at once; byte-exact check, then a clean EOF after the half-close.
-async fn bulk(src: IpAddr, dst: SocketAddr, bytes: usize, seed: u64, within: Duration) -> Value {
+async fn bulk(
+    src: IpAddr,
+    dst: SocketAddr,
+    bytes: usize,
+    seed: u64,
+    within: Duration,
+    greet_within: Duration,
+) -> Value {
     let t0 = Instant::now();
     let r = tokio::time::timeout(within, async {
         let mut s = connect_from(src, dst, Duration::from_secs(10)).await?;
         // Over a lossy link a lost handshake makes the first RTO 3 s (RFC 6298),
         // and the greeting may be lost more than once: no 10 s bound here.
-        let node = read_line_within(&mut s, within).await?;
+        let node = read_line_within(&mut s, greet_within)
+            .await
+            .map_err(|e| std::io::Error::other(format!("no greeting: {e}")))?;
         let greet_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let (mut rd, mut wr) = s.into_split();
         let writer = tokio::spawn(async move {

@@ -309,8 +309,36 @@ impl Proc {
         self.child.id() as i32
     }
 
+    /// Send `sig`. SIGSTOP is made synchronous: it returns once every thread of
+    /// the process is stopped (the kernel stops threads as they next run, so a
+    /// thread busy at the time could otherwise still read and answer a few
+    /// bytes after `kill` returned).
     pub fn signal(&self, sig: Signal) {
         let _ = kill(Pid::from_raw(self.pid()), sig);
+        if sig == Signal::SIGSTOP {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !self.all_threads_stopped() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} not stopped 5 s after SIGSTOP",
+                    self.name
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Every thread in state T (stopped), per /proc/PID/task/*/stat.
+    fn all_threads_stopped(&self) -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return false;
+        };
+        tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat"))
+                .ok()
+                .and_then(|st| st.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+                .unwrap_or(false)
+        })
     }
 
     pub fn kill(&mut self) {
