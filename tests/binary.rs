@@ -60,13 +60,15 @@ async fn run_drains_on_sigterm_reloads_on_sighup_and_exits_zero() {
         config_text(&nodes_of(&b), "", "", "shutdown_grace = \"20s\""),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Kill(
+        Command::new(env!("CARGO_BIN_EXE_ringlb"))
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let rx = lines_of(child.stderr.take().unwrap());
     let mut log = Vec::new();
     let line = wait_for(&rx, "\"listening\"", &mut log);
@@ -180,14 +182,16 @@ async fn demo_serves_http_and_greets_nc_users_through_the_real_balancer() {
         text = text.replace(&format!(":{port}\""), &format!(":{}\"", free_port()));
     }
     std::fs::write(&path, &text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
-        .args(["demo", "--config"])
-        .arg(&path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Kill(
+        Command::new(env!("CARGO_BIN_EXE_ringlb"))
+            .args(["demo", "--config"])
+            .arg(&path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut stdin = child.stdin.take().unwrap();
     let out = lines_of(child.stdout.take().unwrap());
     let err = lines_of(child.stderr.take().unwrap());
@@ -268,15 +272,17 @@ async fn out_of_descriptors_accept_backs_off_without_spinning_and_recovers() {
         config_text(&nodes_of(&b), "", "[pools.p.health]\nkind = \"none\"", ""),
     )
     .unwrap();
-    let mut child = Command::new("prlimit")
-        .args(["--nofile=64:64", "--"])
-        .arg(env!("CARGO_BIN_EXE_ringlb"))
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Kill(
+        Command::new("prlimit")
+            .args(["--nofile=64:64", "--"])
+            .arg(env!("CARGO_BIN_EXE_ringlb"))
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let rx = lines_of(child.stderr.take().unwrap());
     let mut log = Vec::new();
     let line = wait_for(&rx, "\"listening\"", &mut log);
@@ -352,13 +358,15 @@ async fn reload_command_signals_through_the_pid_file_and_checks_first() {
     let top = format!("pid_file = \"{}\"", pid_path.display());
     let one = config_text(&nodes_of(&b[..1]), "", "", &top);
     std::fs::write(&path, &one).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Kill(
+        Command::new(env!("CARGO_BIN_EXE_ringlb"))
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let rx = lines_of(child.stderr.take().unwrap());
     let mut log = Vec::new();
     wait_for(&rx, "\"listening\"", &mut log);

@@ -332,6 +332,19 @@ pub fn wait_for(
 /// A child process, killed and reaped when dropped (also on a failed assertion).
 pub struct Kill(pub std::process::Child);
 
+impl std::ops::Deref for Kill {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Kill {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
 impl Drop for Kill {
     fn drop(&mut self) {
         let _ = self.0.kill();
