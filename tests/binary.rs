@@ -60,15 +60,7 @@ async fn run_drains_on_sigterm_reloads_on_sighup_and_exits_zero() {
         config_text(&nodes_of(&b), "", "", "shutdown_grace = \"20s\""),
     )
     .unwrap();
-    let mut child = Kill(
-        Command::new(env!("CARGO_BIN_EXE_ringlb"))
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = spawn_ringlb_json(&path);
     let rx = lines_of(child.stderr.take().unwrap());
     let mut log = Vec::new();
     let line = wait_for(&rx, "\"listening\"", &mut log);
@@ -358,15 +350,7 @@ async fn reload_command_signals_through_the_pid_file_and_checks_first() {
     let top = format!("pid_file = \"{}\"", pid_path.display());
     let one = config_text(&nodes_of(&b[..1]), "", "", &top);
     std::fs::write(&path, &one).unwrap();
-    let mut child = Kill(
-        Command::new(env!("CARGO_BIN_EXE_ringlb"))
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = spawn_ringlb_json(&path);
     let rx = lines_of(child.stderr.take().unwrap());
     let mut log = Vec::new();
     wait_for(&rx, "\"listening\"", &mut log);
