@@ -460,11 +460,17 @@ pub async fn accept_loop(
         // The place taken above is given back when the Admission is dropped.
         state.metrics.active.increment(1.0);
         // TCP_NODELAY is inherited from the listening socket (Linux).
-        let conn_id = shared.last_id.fetch_add(1, Ordering::Relaxed) + 1;
         // The per-connection span is DEBUG: an enabled span costs ~300 bytes of
         // subscriber state per open connection. INFO/WARN events of a connection
-        // carry `client` and `listener` themselves.
-        let span = debug_span!("conn", id = conn_id, listener = %name, client = %peer);
+        // carry `client` and `listener` themselves. Its fields are evaluated only
+        // when it is enabled, so the id (shared by every worker's loop) costs
+        // nothing otherwise.
+        let span = debug_span!(
+            "conn",
+            id = shared.last_id.fetch_add(1, Ordering::Relaxed) + 1,
+            listener = %name,
+            client = %peer
+        );
         worker.opened();
         let admission = Admission {
             shared: shared.clone(),

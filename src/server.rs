@@ -395,7 +395,7 @@ impl Server {
             r.stop.cancel();
         }
         for r in &mut self.listeners {
-            stop_accepting(r).await;
+            stop_accepting(r.name(), r.local_addr, std::mem::take(&mut r.tasks)).await;
         }
         // Close the listening sockets now: new connects are refused from here on.
         self.listeners.clear();
@@ -604,13 +604,7 @@ impl Server {
         self.listeners.retain_mut(|r| {
             if d.close.contains(&r.name()) {
                 r.stop.cancel();
-                closing.push(Running {
-                    local_addr: r.local_addr,
-                    sockets: Vec::new(),
-                    shared: r.shared.clone(),
-                    stop: r.stop.clone(),
-                    tasks: std::mem::take(&mut r.tasks),
-                });
+                closing.push((r.name(), r.local_addr, std::mem::take(&mut r.tasks)));
                 false
             } else {
                 true
@@ -622,8 +616,8 @@ impl Server {
             let i = self.listeners.len() - 1;
             self.start_listener(i);
         }
-        for mut r in closing {
-            stop_accepting(&mut r).await;
+        for (name, addr, tasks) in closing {
+            stop_accepting(name, addr, tasks).await;
         }
         self.publish_listeners();
 
@@ -681,14 +675,14 @@ impl Server {
 
 /// Wait for a listener's accept loops to end (its `stop` is cancelled): they
 /// accept what is queued first.
-async fn stop_accepting(r: &mut Running) {
-    if r.tasks.is_empty() {
+async fn stop_accepting(listener: String, addr: SocketAddr, tasks: Vec<JoinHandle<()>>) {
+    if tasks.is_empty() {
         return;
     }
-    for t in r.tasks.drain(..) {
+    for t in tasks {
         let _ = t.await;
     }
-    info!(listener = %r.name(), addr = %r.local_addr, "stopped accepting");
+    info!(listener = %listener, addr = %addr, "stopped accepting");
 }
 
 fn running(

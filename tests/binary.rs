@@ -65,12 +65,7 @@ async fn run_drains_on_sigterm_reloads_on_sighup_and_exits_zero() {
     let mut log = Vec::new();
     let line = wait_for(&rx, "\"listening\"", &mut log);
     // {"timestamp":..., "level":"INFO","message":"listening","listener":"lb","addr":"127.0.0.1:PORT",...}
-    let addr: SocketAddr = line
-        .split("\"addr\":\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no addr in {line}"));
+    let addr = log_addr(&line).unwrap_or_else(|| panic!("no addr in {line}"));
 
     let mut s = connect_from(client_ip(3), addr).await.unwrap();
     let node = read_line(&mut s).await.unwrap();
@@ -278,12 +273,7 @@ async fn out_of_descriptors_accept_backs_off_without_spinning_and_recovers() {
     let rx = lines_of(child.stderr.take().unwrap());
     let mut log = Vec::new();
     let line = wait_for(&rx, "\"listening\"", &mut log);
-    let addr: SocketAddr = line
-        .split("\"addr\":\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap();
+    let addr = log_addr(&line).unwrap_or_else(|| panic!("no addr in {line}"));
 
     // Open connections until ringlb runs out of descriptors; keep the served ones.
     let mut served = Vec::new();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{spawn_ringlb_json, Kill};
+use common::{log_addr, spawn_ringlb_json, Kill};
 
 fn hard_nofile() -> u64 {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
@@ -69,11 +69,7 @@ fn nine_thousand_five_hundred_proxied_connections_held_with_zero_errors() {
             limit_line = Some(l.clone());
         }
         if l.contains("\"listening\"") {
-            addr = l
-                .split("\"addr\":\"")
-                .nth(1)
-                .and_then(|r| r.split('"').next())
-                .map(str::to_string);
+            addr = log_addr(&l);
         }
     }
     let addr = addr.expect("ringlb did not start");
@@ -87,7 +83,14 @@ fn nine_thousand_five_hundred_proxied_connections_held_with_zero_errors() {
     std::thread::spawn(move || for _ in lines {});
 
     let out = Command::new(env!("CARGO_BIN_EXE_ringlb-bench"))
-        .args(["load", "idle", "--target", &addr, "--connections", "9500"])
+        .args([
+            "load",
+            "idle",
+            "--target",
+            &addr.to_string(),
+            "--connections",
+            "9500",
+        ])
         .args(["--hold", "2s", "--expect-greeting", "--json", "--quiet"])
         .args(["--pid", &lb.0.id().to_string()])
         .output()

@@ -443,19 +443,13 @@ fn start_ringlb(
     let deadline = Instant::now() + Duration::from_secs(20);
     let (mut addr, mut admin) = (None, None);
     let mut seen = Vec::new();
-    let addr_of = |l: &str| -> Option<SocketAddr> {
-        l.split("\"addr\":\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .and_then(|a| a.parse().ok())
-    };
     while (addr.is_none() || admin.is_none()) && Instant::now() < deadline {
         let Some(Ok(l)) = lines.next() else { break };
         if l.contains("\"listening\"") {
-            addr = addr_of(&l);
+            addr = log_addr(&l);
         }
         if l.contains("admin endpoint listening") {
-            admin = addr_of(&l);
+            admin = log_addr(&l);
         }
         seen.push(l);
     }

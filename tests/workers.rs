@@ -14,34 +14,15 @@ use std::time::Duration;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// `ringlb run` with a JSON log on stderr; `RINGLB_WORKERS` removed so the
-/// config's `workers` key decides.
+/// `ringlb run` with a JSON log on stderr (the config's `workers` key decides).
 fn spawn(config: &std::path::Path) -> (Kill, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
-        .args([
-            "--log-format",
-            "json",
-            "--log-level",
-            "info",
-            "run",
-            "--config",
-        ])
-        .arg(config)
-        .env_remove("RINGLB_WORKERS")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ringlb");
+    let mut child = spawn_ringlb_json(config);
     let rx = lines_of(child.stderr.take().unwrap());
-    (Kill(child), rx)
+    (child, rx)
 }
 
 fn addr_in(line: &str) -> SocketAddr {
-    line.split("\"addr\":\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no addr in {line}"))
+    log_addr(line).unwrap_or_else(|| panic!("no addr in {line}"))
 }
 
 /// The listen backlog (`Send-Q` of `ss -ltn`) of every listening socket on `port`.

@@ -352,8 +352,17 @@ impl Drop for Kill {
     }
 }
 
+/// The `"addr"` field of a JSON log line (`listening`, `admin endpoint listening`).
+pub fn log_addr(line: &str) -> Option<SocketAddr> {
+    line.split("\"addr\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|a| a.parse().ok())
+}
+
 /// `ringlb --log-format json --log-level info run --config PATH`, its log on a
-/// piped stderr, stdout discarded.
+/// piped stderr, stdout discarded. `RINGLB_WORKERS` is removed, so the config's
+/// `workers` key decides.
 pub fn spawn_ringlb_json(config: &std::path::Path) -> Kill {
     Kill(
         std::process::Command::new(env!("CARGO_BIN_EXE_ringlb"))
@@ -366,6 +375,7 @@ pub fn spawn_ringlb_json(config: &std::path::Path) -> Kill {
                 "--config",
             ])
             .arg(config)
+            .env_remove("RINGLB_WORKERS")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
