@@ -28,8 +28,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-lb=$(free_port); a=$(free_port); b=$(free_port); c=$(free_port); admin=$(free_port)
+# Five distinct free ports (all held until printed, so none is handed out twice).
+read -r lb a b c admin < <(python3 -c '
+import socket
+ss = [socket.socket() for _ in range(5)]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in ss])')
 sed -e "s/:7070\"/:$lb\"/; s/:7071\"/:$a\"/; s/:7072\"/:$b\"/; s/:7073\"/:$c\"/" \
     -e 's/^interval = "1s"/interval = "200ms"/; s/^timeout = "500ms"/timeout = "150ms"/' \
     config/demo.toml > "$tmp/demo.toml"
@@ -38,11 +42,18 @@ grep -q "127.0.0.1:$admin" "$tmp/demo.toml" || { echo "FAIL: config/demo.toml ha
 
 "$bin" demo --config "$tmp/demo.toml" > "$tmp/demo.out" 2> "$tmp/demo.err" < /dev/null &
 pid=$!
+up=0
 for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$admin/status" > /dev/null 2>&1 && break
+    curl -sf "http://127.0.0.1:$admin/status" > /dev/null 2>&1 && { up=1; break; }
     sleep 0.1
 done
-curl -sf "http://127.0.0.1:$b/health/down" > /dev/null
+if [ "$up" != 1 ]; then
+    echo "FAIL: the demo's admin endpoint did not answer within 10 s; its log:" >&2
+    cat "$tmp/demo.out" "$tmp/demo.err" >&2
+    exit 1
+fi
+curl -sf "http://127.0.0.1:$b/health/down" > /dev/null ||
+    { echo "FAIL: demo-b (port $b) did not answer; demo log:" >&2; cat "$tmp/demo.out" "$tmp/demo.err" >&2; exit 1; }
 # Wait until the balancer has taken demo-b down (2 probes of 200ms).
 for _ in $(seq 100); do
     curl -sf "http://127.0.0.1:$admin/status" | grep -q '"state": "down"' && break
