@@ -184,9 +184,9 @@ wait_port() {
     return 1
 }
 
-# utime+stime (clock ticks) summed over the given pids.
+# utime+stime and utime alone (clock ticks) summed over the given pids: "TOTAL USER".
 cpu_ticks() {
-    local sum=0 p line rest
+    local sum=0 user=0 p line rest
     for p in "$@"; do
         line=$(cat "/proc/$p/stat" 2>/dev/null) || continue
         rest=${line##*) }
@@ -194,8 +194,14 @@ cpu_ticks() {
         set -- $rest
         # after "pid (comm) ": state=1 ... utime=12 stime=13
         sum=$((sum + ${12} + ${13}))
+        user=$((user + ${12}))
     done
-    echo "$sum"
+    echo "$sum $user"
+}
+
+# Busy clock ticks of the whole machine (all CPUs, everything but idle and iowait).
+machine_ticks() {
+    awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6; exit }' /proc/stat
 }
 
 # VmRSS (kB) summed over the given pids.
@@ -733,16 +739,18 @@ run_one() { # round workload contender
         args+=(--duration "$DURATION" --warmup "$WARMUP")
         limit=$(((DUR_MS + WARM_MS + 999) / 1000 + 60))
     fi
-    local cpu0 t0 t1 cpu1 rc
+    local cpu0 user0 t0 t1 cpu1 user1 m0 m1 rc
     # shellcheck disable=SC2086
-    cpu0=$(cpu_ticks $pids)
+    read -r cpu0 user0 < <(cpu_ticks $pids)
+    m0=$(machine_ticks)
     t0=$(date +%s%N)
     timeout --foreground -k 5 "$limit" "$BENCH" load "${args[@]}" --target "$target" --workers "$WORKERS" --json \
         >"$base.json" 2>"$base.err" </dev/null
     rc=$?
     t1=$(date +%s%N)
+    m1=$(machine_ticks)
     # shellcheck disable=SC2086
-    cpu1=$(cpu_ticks $pids)
+    read -r cpu1 user1 < <(cpu_ticks $pids)
     if [ -n "$sampler" ]; then
         kill "$sampler" 2>/dev/null
         wait "$sampler" 2>/dev/null
@@ -752,7 +760,8 @@ run_one() { # round workload contender
         echo "target=$target"
         echo "args=${args[*]}"
         echo "wall_ms=$(((t1 - t0) / 1000000))"
-        [ "$c" != direct ] && echo "cpu_ticks=$((cpu1 - cpu0))"
+        [ "$c" != direct ] && echo "cpu_ticks=$((cpu1 - cpu0))" && echo "cpu_user_ticks=$((user1 - user0))"
+        echo "machine_ticks=$((m1 - m0))"
         if [ "$wl" = idle ]; then
             echo "rss_base_kb=$rss0"
             echo "rss_peak_kb=$(cat "$base.rsspeak" 2>/dev/null || echo 0)"
@@ -948,6 +957,17 @@ for meta in sorted(glob.glob(os.path.join(work, "runs", "*.meta"))):
                 gb = met["gbit_per_s"] * (dur + warm) / 8
             met["cpu_s_per_gb"] = cpu_s / gb if gb > 0 else None
             met["cpu_pct"] = 100 * cpu_s / (dur + warm)
+        # CPU per connection (connrate) or request (rr64) over the whole invocation,
+        # warmup included like the CPU time: the proxy's (and its user-space part)
+        # and the whole machine's (load tool + backends + proxy).
+        rate = met.get("conn_per_s") if wl == "connrate" else met.get("req_per_s") if wl == "rr64" else None
+        if rate:
+            ops = rate * (dur + warm)
+            if "cpu_ticks" in m:
+                met["cpu_us_per_op"] = int(m["cpu_ticks"]) / clk / ops * 1e6
+                met["user_us_per_op"] = int(m["cpu_user_ticks"]) / clk / ops * 1e6
+            if "machine_ticks" in m:
+                met["machine_us_per_op"] = int(m["machine_ticks"]) / clk / ops * 1e6
         if wl == "idle" and m.get("rss_peak_kb"):
             n = int(met.get("established") or m.get("idle_conns", "0") or 0)
             if n:
@@ -971,8 +991,14 @@ ROWS = [
     ("bulk8", "cpu_s_per_gb", "Bulk, 8 streams: proxy CPU", "CPU s/GB", 3),
     ("connrate", "conn_per_s", "New connections", "conn/s", 0),
     ("connrate", "p99_us", "New connections: p99", "µs", 0),
+    ("connrate", "cpu_us_per_op", "New connections: proxy CPU per connection", "µs", 1),
+    ("connrate", "user_us_per_op", "New connections: of that, proxy user space", "µs", 1),
+    ("connrate", "machine_us_per_op", "New connections: whole machine CPU per connection", "µs", 1),
     ("rr64", "req_per_s", f"Keep-alive requests, 64 connections ({env['rr64_protocol']})", "req/s", 0),
     ("rr64", "p99_us", "Keep-alive requests, 64 connections: p99", "µs", 0),
+    ("rr64", "cpu_us_per_op", "Keep-alive requests: proxy CPU per request", "µs", 2),
+    ("rr64", "user_us_per_op", "Keep-alive requests: of that, proxy user space", "µs", 2),
+    ("rr64", "machine_us_per_op", "Keep-alive requests: whole machine CPU per request", "µs", 2),
     ("rr1", "p50_us", "Ping-pong, 1 connection: p50", "µs", 1),
     ("rr1", "p50_added", "Ping-pong, 1 connection: p50 added over direct", "µs", 1),
     ("idle", "rss_sampled", f"RSS per idle proxied connection ({int(env['idle_conns']):,} held)", "bytes", 0),
@@ -1005,7 +1031,7 @@ def note(c, wl, recs):
             if wl not in wls:
                 wls.append(wl)
 def cell(wl, key, c, dec):
-    if c == "direct" and (wl == "idle" or key in ("cpu_s_per_gb", "p50_added")):
+    if c == "direct" and (wl == "idle" or key in ("cpu_s_per_gb", "p50_added", "cpu_us_per_op", "user_us_per_op")):
         return "—"
     recs = runs.get((wl, c), [])
     st = env.get(f"state_{c}", "")
@@ -1017,7 +1043,8 @@ def cell(wl, key, c, dec):
         return "failed"
     s = fmt(v, dec)
     if key != "p50_added":
-        rd = ratio(v, value(wl, "direct", key)) if c != "direct" and key != "cpu_s_per_gb" else None
+        rd = (ratio(v, value(wl, "direct", key))
+              if c != "direct" and key not in ("cpu_s_per_gb", "cpu_us_per_op", "user_us_per_op") else None)
     else:
         rd = None
     hv = value(wl, "haproxy", key) if "haproxy" in contenders and c != "haproxy" else None
@@ -1062,6 +1089,34 @@ for wl, key, label, unit, dec in ROWS:
         continue
     L.append(f"| {label} | {unit} | " + " | ".join(cell(wl, key, c, dec) for c in contenders) + " |")
 L.append("")
+
+# Where the CPU goes: on a machine the load tool and the backends share, a
+# proxy's throughput is bounded by the whole machine's CPU per operation. The
+# part a proxy controls most directly is its user-space code; the rest is the
+# kernel's TCP work its syscalls ask for.
+ceil = []
+for wl, what in (("connrate", "connection"), ("rr64", "request")):
+    if wl not in workloads or "ringlb" not in contenders:
+        continue
+    cpu, user, mach = (value(wl, "ringlb", k) for k in ("cpu_us_per_op", "user_us_per_op", "machine_us_per_op"))
+    if None in (cpu, user, mach) or mach <= user:
+        continue
+    line = (f"- {'New connections' if wl == 'connrate' else 'Keep-alive requests'}: the whole machine spends "
+            f"{mach:,.1f} µs of CPU per {what} through ringlb, of which ringlb {cpu:,.1f} µs "
+            f"({100 * cpu / mach:.0f}%), and ringlb's user space {user:,.2f} µs ({100 * user / mach:.1f}%). "
+            f"Even with no user-space cost at all, ringlb's rate could rise by at most {100 * user / (mach - user):.1f}%")
+    hc, hm = value(wl, "haproxy", "cpu_us_per_op"), value(wl, "haproxy", "machine_us_per_op")
+    if hc is not None and hm is not None:
+        line += f"; HAProxy: {hc:,.1f} µs of {hm:,.1f} µs."
+    else:
+        line += "."
+    ceil.append(line)
+if ceil:
+    L.append("Where the CPU goes (medians; proxy CPU from `/proc/PID/stat`, whole machine from `/proc/stat`, "
+             "both over the whole invocation):")
+    L.append("")
+    L.extend(ceil)
+    L.append("")
 
 unavail = [(c, env.get(f"state_{c}", "")) for c in contenders if env.get(f"state_{c}", "").startswith("n/a")]
 restarts = []
@@ -1160,8 +1215,8 @@ L.append("")
 RAW_KEYS = {
     "bulk1": ["gbit_per_s", "cpu_s_per_gb", "cpu_pct", "errors"],
     "bulk8": ["gbit_per_s", "gbit_per_s_per_stream_min", "gbit_per_s_per_stream_max", "cpu_s_per_gb", "cpu_pct", "errors"],
-    "connrate": ["conn_per_s", "p50_us", "p99_us", "p999_us", "errors"],
-    "rr64": ["req_per_s", "p50_us", "p99_us", "p999_us", "errors"],
+    "connrate": ["conn_per_s", "p50_us", "p99_us", "p999_us", "cpu_us_per_op", "user_us_per_op", "machine_us_per_op", "errors"],
+    "rr64": ["req_per_s", "p50_us", "p99_us", "p999_us", "cpu_us_per_op", "user_us_per_op", "machine_us_per_op", "errors"],
     "rr1": ["req_per_s", "p50_us", "p99_us", "p999_us", "errors"],
     "idle": ["rss_sampled", "nprocs", "rss_per_conn_bytes", "established", "errors"],
 }
