@@ -508,6 +508,7 @@ pub fn status(handle: &Handle) -> Value {
                 "failing_open": snap.failing_open,
                 "proxy_protocol": snap.settings.proxy_protocol.as_str(),
                 "balance_factor": snap.settings.balance_factor_permille.map(|p| f64::from(p) / 1000.0),
+                "tcp_keepalive": crate::config::Keepalive::describe(snap.settings.tcp_keepalive.as_ref()),
                 "load_bound": snap.settings.balance_factor_permille.map(|p| snap.load_bound(p)),
                 "health": {
                     "kind": h.kind.as_str(),

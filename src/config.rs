@@ -59,6 +59,12 @@ pub mod limits {
         (Duration::from_millis(10), Duration::from_secs(60));
     /// `balance_factor`: 1.0 (every node at most one above the average) to 100.
     pub const BALANCE_FACTOR: (f64, f64) = (1.0, 100.0);
+    /// `tcp_keepalive.idle` and `.interval`: whole seconds, as the kernel takes
+    /// them (`TCP_KEEPIDLE`, `TCP_KEEPINTVL`: 1 to 32767).
+    pub const KEEPALIVE_TIME: (Duration, Duration) =
+        (Duration::from_secs(1), Duration::from_secs(32_767));
+    /// `tcp_keepalive.count` (`TCP_KEEPCNT`: 1 to 127).
+    pub const KEEPALIVE_COUNT: std::ops::RangeInclusive<u32> = 1..=127;
 }
 
 /// Defaults, in one place; `config/ringlb.toml` documents the same values.
@@ -137,6 +143,7 @@ pub struct RawListener {
     pub trusted_proxies: Option<Vec<String>>,
     #[serde(default, with = "humantime_serde::option")]
     pub proxy_header_timeout: Option<Duration>,
+    pub tcp_keepalive: Option<RawKeepalive>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,9 +162,51 @@ pub struct RawPool {
     pub passive_failures: Option<u32>,
     pub proxy_protocol: Option<ProxyProtocol>,
     pub balance_factor: Option<f64>,
+    pub tcp_keepalive: Option<RawKeepalive>,
     pub health: Option<RawHealth>,
     #[serde(default)]
     pub nodes: Vec<RawNode>,
+}
+
+/// `tcp_keepalive` as written: `true`, `false`, or a table of the three
+/// settings (any of them may be left out).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawKeepalive {
+    Flag(bool),
+    Params(RawKeepaliveParams),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeepaliveParams {
+    #[serde(default, with = "humantime_serde::option")]
+    pub idle: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub interval: Option<Duration>,
+    pub count: Option<u32>,
+}
+
+impl<'de> Deserialize<'de> for RawKeepalive {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawKeepalive;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false, or a table such as { idle = \"60s\", interval = \"10s\", count = 6 }")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<RawKeepalive, E> {
+                Ok(RawKeepalive::Flag(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawKeepalive, A::Error> {
+                RawKeepaliveParams::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawKeepalive::Params)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -378,6 +427,47 @@ pub struct ListenerConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Time a trusted proxy gets to send its header.
     pub proxy_header_timeout: Duration,
+    /// TCP keepalive on client connections (set on the listening sockets; the
+    /// accepted ones inherit it). `None`: off.
+    pub tcp_keepalive: Option<Keepalive>,
+}
+
+/// TCP keepalive (`SO_KEEPALIVE`): after `idle` without any segment, the kernel
+/// sends a probe every `interval`; after `count` unanswered probes the
+/// connection fails with "timed out" and the balancer closes both sides. A
+/// setting left out keeps the kernel's (`net.ipv4.tcp_keepalive_time`,
+/// `_intvl`, `_probes`: 2 h, 75 s, 9 unless changed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Keepalive {
+    pub idle: Option<Duration>,
+    pub interval: Option<Duration>,
+    pub count: Option<u32>,
+}
+
+impl Keepalive {
+    /// Longest time a dead peer can go unnoticed, with `kernel` standing in for
+    /// the settings left out.
+    pub fn detection_time(&self, kernel: &Keepalive) -> Option<Duration> {
+        let idle = self.idle.or(kernel.idle)?;
+        let interval = self.interval.or(kernel.interval)?;
+        let count = self.count.or(kernel.count)?;
+        Some(idle + interval * count)
+    }
+
+    /// For `check` output, logs and status: `off`, or each setting (`(kernel)`
+    /// for the ones left out).
+    pub fn describe(k: Option<&Keepalive>) -> String {
+        match k {
+            None => "off".to_string(),
+            Some(k) if *k == Keepalive::default() => "on, the kernel's settings".to_string(),
+            Some(k) => format!(
+                "idle {}, interval {}, count {}",
+                k.idle.map_or("(kernel)".to_string(), fmt_duration),
+                k.interval.map_or("(kernel)".to_string(), fmt_duration),
+                k.count.map_or("(kernel)".to_string(), |c| c.to_string()),
+            ),
+        }
+    }
 }
 
 /// A listener's access rules, checked on accept before any node is contacted.
@@ -426,6 +516,8 @@ pub struct PoolConfig {
     /// Bounded load, in thousandths: a node with more open connections than
     /// factor x (average + 1) gets no new ones. `None`: off.
     pub balance_factor_permille: Option<u32>,
+    /// TCP keepalive on node connections. `None`: off.
+    pub tcp_keepalive: Option<Keepalive>,
     pub health: HealthConfig,
     /// In file order (the ring does not depend on it).
     pub nodes: Vec<NodeConfig>,
@@ -822,6 +914,55 @@ fn privilege_config(p: &mut Problems, user: Option<&str>, group: Option<&str>) {
     }
 }
 
+/// `tcp_keepalive` of a listener or pool (`key` is its table).
+fn keepalive(p: &mut Problems, key: &str, raw: Option<&RawKeepalive>) -> Option<Keepalive> {
+    let params = match raw? {
+        RawKeepalive::Flag(false) => return None,
+        RawKeepalive::Flag(true) => return Some(Keepalive::default()),
+        RawKeepalive::Params(params) => params,
+    };
+    let mut time = |field: &str, v: Option<Duration>| {
+        let v = v?;
+        let key = format!("{key}.tcp_keepalive.{field}");
+        let (min, max) = limits::KEEPALIVE_TIME;
+        if v.subsec_nanos() != 0 {
+            p.push(
+                key,
+                format!(
+                    "{} is not a whole number of seconds (the kernel counts keepalive times in seconds)",
+                    humantime::format_duration(v)
+                ),
+            );
+        } else if v < min || v > max {
+            p.push(
+                key,
+                format!(
+                    "{} is out of range {}..={}",
+                    fmt_duration(v),
+                    fmt_duration(min),
+                    fmt_duration(max)
+                ),
+            );
+        }
+        Some(v)
+    };
+    let idle = time("idle", params.idle);
+    let interval = time("interval", params.interval);
+    let count = params.count.map(|c| {
+        p.range(
+            format!("{key}.tcp_keepalive.count"),
+            Some(c),
+            c,
+            limits::KEEPALIVE_COUNT,
+        )
+    });
+    Some(Keepalive {
+        idle,
+        interval,
+        count,
+    })
+}
+
 fn balance_factor(p: &mut Problems, key: &str, v: Option<f64>) -> Option<u32> {
     let v = v?;
     let (lo, hi) = limits::BALANCE_FACTOR;
@@ -1033,6 +1174,7 @@ impl RawConfig {
                 defaults::PROXY_HEADER_TIMEOUT,
                 limits::PROXY_HEADER_TIMEOUT,
             );
+            let tcp_keepalive = keepalive(&mut p, &key, l.tcp_keepalive.as_ref());
             if let Some(listen) = listen {
                 listeners.push(ListenerConfig {
                     name: l.name.clone(),
@@ -1044,6 +1186,7 @@ impl RawConfig {
                     access,
                     trusted_proxies,
                     proxy_header_timeout,
+                    tcp_keepalive,
                 });
             }
         }
@@ -1214,6 +1357,7 @@ impl RawConfig {
                     passive_failures,
                     proxy_protocol: rp.proxy_protocol.unwrap_or(ProxyProtocol::Off),
                     balance_factor_permille: balance_factor(&mut p, &key, rp.balance_factor),
+                    tcp_keepalive: keepalive(&mut p, &key, rp.tcp_keepalive.as_ref()),
                     health,
                     nodes,
                 },
@@ -1235,6 +1379,7 @@ impl RawConfig {
                         access: AccessConfig::default(),
                         trusted_proxies: Vec::new(),
                         proxy_header_timeout: defaults::PROXY_HEADER_TIMEOUT,
+                        tcp_keepalive: None,
                     };
                     for l in &listeners {
                         if (l.listen == addr && addr.port() != 0) || overlaps(l, &as_listener) {
@@ -1580,6 +1725,13 @@ pub fn summary(cfg: &Config) -> String {
                 fmt_duration(l.proxy_header_timeout)
             ));
         }
+        if let Some(k) = &l.tcp_keepalive {
+            let _ = writeln!(
+                s,
+                "    tcp_keepalive to clients: {}",
+                Keepalive::describe(Some(k))
+            );
+        }
         if !rules.is_empty() {
             let _ = writeln!(s, "    access: {}", rules.join(", "));
         }
@@ -1644,6 +1796,12 @@ pub fn summary(cfg: &Config) -> String {
         if let Some(p) = pool.balance_factor_permille {
             extra.push(format!("balance_factor {}", f64::from(p) / 1000.0));
         }
+        if let Some(k) = &pool.tcp_keepalive {
+            extra.push(format!(
+                "tcp_keepalive to nodes: {}",
+                Keepalive::describe(Some(k))
+            ));
+        }
         if !extra.is_empty() {
             let _ = writeln!(s, "    {}", extra.join(", "));
         }
@@ -1703,6 +1861,121 @@ addr = "127.0.0.1:9001"
         assert_eq!((p.key_prefix_v4, p.key_prefix_v6), (32, 64));
         assert_eq!(p.nodes[0].name, "127.0.0.1:9001");
         assert_eq!(p.nodes[0].weight, 1);
+    }
+
+    #[test]
+    fn tcp_keepalive_is_off_by_default_and_takes_a_flag_or_a_table() {
+        let c = Config::parse(MIN, "min.toml").unwrap();
+        assert_eq!(c.listeners[0].tcp_keepalive, None);
+        assert_eq!(c.pools["web"].tcp_keepalive, None);
+
+        let text = MIN
+            .replace(
+                "pool = \"web\"",
+                "pool = \"web\"\ntcp_keepalive = { idle = \"60s\", interval = \"10s\", count = 6 }",
+            )
+            .replace("[pools.web]", "[pools.web]\ntcp_keepalive = true");
+        let c = Config::parse(&text, "k.toml").unwrap();
+        let k = c.listeners[0].tcp_keepalive.unwrap();
+        assert_eq!(
+            (k.idle, k.interval, k.count),
+            (
+                Some(Duration::from_secs(60)),
+                Some(Duration::from_secs(10)),
+                Some(6)
+            )
+        );
+        assert_eq!(
+            k.detection_time(&Keepalive::default()),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(c.pools["web"].tcp_keepalive, Some(Keepalive::default()));
+        let summary = summary(&c);
+        assert!(
+            summary.contains("tcp_keepalive to clients: idle 1m, interval 10s, count 6"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("tcp_keepalive to nodes: on, the kernel's settings"),
+            "{summary}"
+        );
+
+        let off = MIN.replace("[pools.web]", "[pools.web]\ntcp_keepalive = false");
+        assert_eq!(
+            Config::parse(&off, "k.toml").unwrap().pools["web"].tcp_keepalive,
+            None
+        );
+        let partial = MIN.replace(
+            "[pools.web]",
+            "[pools.web]\ntcp_keepalive = { idle = \"5m\" }",
+        );
+        let k = Config::parse(&partial, "k.toml").unwrap().pools["web"]
+            .tcp_keepalive
+            .unwrap();
+        assert_eq!(
+            (k.idle, k.interval, k.count),
+            (Some(Duration::from_secs(300)), None, None)
+        );
+    }
+
+    #[test]
+    fn tcp_keepalive_errors_name_the_field_and_the_reason() {
+        let bad = |value: &str| {
+            let text = MIN.replace(
+                "[pools.web]",
+                &format!("[pools.web]\ntcp_keepalive = {value}"),
+            );
+            Config::parse(&text, "k.toml").unwrap_err().to_string()
+        };
+        for (value, wants) in [
+            (
+                "{ idle = \"1500ms\" }",
+                &["pools.web.tcp_keepalive.idle: 1s 500ms is not a whole number of seconds"][..],
+            ),
+            (
+                "{ interval = \"0s\" }",
+                &["pools.web.tcp_keepalive.interval: 0s is out of range 1s..=32767s"],
+            ),
+            (
+                "{ idle = \"10h\" }",
+                &["pools.web.tcp_keepalive.idle: 10h is out of range"],
+            ),
+            (
+                "{ count = 0 }",
+                &["pools.web.tcp_keepalive.count: 0 is out of range 1..=127"],
+            ),
+            (
+                "{ count = 128 }",
+                &["pools.web.tcp_keepalive.count: 128 is out of range 1..=127"],
+            ),
+            (
+                "{ idel = \"60s\" }",
+                &["pools.web.tcp_keepalive", "unknown field `idel`"],
+            ),
+            (
+                "\"yes\"",
+                &[
+                    "pools.web.tcp_keepalive",
+                    "expected true, false, or a table",
+                ],
+            ),
+            ("{ idle = \"soon\" }", &["pools.web.tcp_keepalive.idle"]),
+        ] {
+            let e = bad(value);
+            for want in wants {
+                assert!(e.contains(want), "{value}: {e}");
+            }
+        }
+        // A listener's, too.
+        let text = MIN.replace(
+            "pool = \"web\"",
+            "pool = \"web\"\ntcp_keepalive = { count = 200 }",
+        );
+        let e = Config::parse(&text, "k.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("listener[0].tcp_keepalive.count: 200 is out of range"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod error;
 pub mod forward;
 pub mod health;
+pub mod keepalive;
 pub mod listener;
 pub mod metrics;
 pub mod pool;

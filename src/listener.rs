@@ -214,6 +214,12 @@ fn listening_socket(
     reuse_port: bool,
 ) -> io::Result<std::net::TcpListener> {
     let socket = socket_on(config, addr, reuse_port)?;
+    // Accepted sockets inherit it (see `keepalive.rs`).
+    crate::keepalive::apply(
+        socket2::SockRef::from(&socket),
+        config.tcp_keepalive.as_ref(),
+        false,
+    )?;
     socket.listen(config.backlog as i32)?;
     Ok(socket.into())
 }

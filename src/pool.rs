@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{
-    AdminState, HealthConfig, NodeConfig, OnNodeDown, PoolConfig, ProxyProtocol, WhenAllDown,
+    AdminState, HealthConfig, Keepalive, NodeConfig, OnNodeDown, PoolConfig, ProxyProtocol,
+    WhenAllDown,
 };
 use crate::health::{NodeHealth, ProbeOutcome};
 use crate::metrics::NodeMetrics;
@@ -126,6 +127,7 @@ pub struct PoolSettings {
     pub passive_failures: u32,
     pub proxy_protocol: ProxyProtocol,
     pub balance_factor_permille: Option<u32>,
+    pub tcp_keepalive: Option<Keepalive>,
     pub health: HealthConfig,
 }
 
@@ -143,6 +145,7 @@ impl From<&PoolConfig> for PoolSettings {
             passive_failures: c.passive_failures,
             proxy_protocol: c.proxy_protocol,
             balance_factor_permille: c.balance_factor_permille,
+            tcp_keepalive: c.tcp_keepalive,
             health: c.health.clone(),
         }
     }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use tokio::io::AsyncWriteExt;
 
-use crate::config::ProxyProtocol;
+use crate::config::{Keepalive, ProxyProtocol};
 use crate::error::is_resource_exhaustion;
 use crate::forward::{self, End, Meters};
 use crate::listener::{Admission, ListenerState};
@@ -82,13 +82,16 @@ impl Drop for ActiveGuard<'_> {
 /// is `SO_ERROR` read for the reason. (tokio's `TcpStream::connect` reads
 /// `SO_ERROR` after every connect: one syscall per connection, about 5% of a
 /// short proxied connection's.)
-async fn open(addr: SocketAddr) -> io::Result<TcpStream> {
+async fn open(addr: SocketAddr, keepalive: Option<&Keepalive>) -> io::Result<TcpStream> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking(),
         Some(Protocol::TCP),
     )?;
     socket.set_nodelay(true)?;
+    if keepalive.is_some() {
+        crate::keepalive::apply(SockRef::from(&socket), keepalive, false)?;
+    }
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
@@ -122,7 +125,11 @@ async fn connect(
         // Bounded by connect_timeout, so it is not raced against the shutdown
         // token (that would register a waiter on one shared token per connection);
         // the token is checked when the attempt ends.
-        let result = tokio::time::timeout(snapshot.settings.connect_timeout, open(node.addr)).await;
+        let result = tokio::time::timeout(
+            snapshot.settings.connect_timeout,
+            open(node.addr, snapshot.settings.tcp_keepalive.as_ref()),
+        )
+        .await;
         if hard_stop.is_cancelled() {
             info!(client = %peer, listener = %listener, reason = "cancelled", "connection closed before a node was reached");
             return None;
@@ -306,10 +313,11 @@ mod tests {
     async fn open_connects_with_nodelay_and_bytes_flow() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let (stream, accepted) = tokio::join!(open(addr), l.accept());
+        let (stream, accepted) = tokio::join!(open(addr, None), l.accept());
         let mut stream = stream.unwrap();
         let (mut peer, _) = accepted.unwrap();
         assert!(stream.nodelay().unwrap());
+        assert!(!SockRef::from(&stream).keepalive().unwrap());
         assert_eq!(stream.peer_addr().unwrap(), addr);
         stream.write_all(b"ping").await.unwrap();
         let mut buf = [0u8; 4];
@@ -324,8 +332,26 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap()
         };
-        let e = open(addr).await.unwrap_err();
+        let e = open(addr, None).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
         assert_eq!(ConnectFailure::classify(&e), ConnectFailure::Refused);
+    }
+
+    #[tokio::test]
+    async fn open_sets_the_pools_keepalive() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let k = Keepalive {
+            idle: Some(std::time::Duration::from_secs(11)),
+            interval: Some(std::time::Duration::from_secs(4)),
+            count: Some(3),
+        };
+        let (stream, accepted) = tokio::join!(open(addr, Some(&k)), l.accept());
+        let (stream, _peer) = (stream.unwrap(), accepted.unwrap());
+        let s = SockRef::from(&stream);
+        assert!(s.keepalive().unwrap());
+        assert_eq!(s.keepalive_time().unwrap().as_secs(), 11);
+        assert_eq!(s.keepalive_interval().unwrap().as_secs(), 4);
+        assert_eq!(s.keepalive_retries().unwrap(), 3);
     }
 }

@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use crate::config::{fmt_duration, Config, ListenerConfig};
+use crate::config::{fmt_duration, Config, Keepalive, ListenerConfig};
 use crate::pool::PoolChange;
 
 /// What a reload changes.
@@ -130,6 +130,11 @@ fn changed_pool_keys(o: &crate::config::PoolConfig, n: &crate::config::PoolConfi
         bf(o.balance_factor_permille),
         bf(n.balance_factor_permille)
     );
+    key!(
+        "tcp_keepalive",
+        Keepalive::describe(o.tcp_keepalive.as_ref()),
+        Keepalive::describe(n.tcp_keepalive.as_ref())
+    );
     if o.health != n.health {
         v.push("health settings".to_string());
     }
@@ -163,6 +168,13 @@ pub fn summary(
         }
         if o.backlog != l.backlog {
             ch.push(format!("backlog {} -> {}", o.backlog, l.backlog));
+        }
+        if o.tcp_keepalive != l.tcp_keepalive {
+            ch.push(format!(
+                "tcp_keepalive {} -> {} (for new connections)",
+                Keepalive::describe(o.tcp_keepalive.as_ref()),
+                Keepalive::describe(l.tcp_keepalive.as_ref())
+            ));
         }
         if o.access != l.access {
             ch.push("access rules changed (for new connections)".to_string());

@@ -589,6 +589,15 @@ impl Server {
                     .state
                     .store(Arc::new(ListenerState::new(lc.clone(), pool)));
             }
+            if prev.tcp_keepalive != lc.tcp_keepalive {
+                for socket in &r.sockets {
+                    let sock = socket2::SockRef::from(&**socket);
+                    if let Err(e) = crate::keepalive::apply(sock, lc.tcp_keepalive.as_ref(), true) {
+                        warn!(listener = %lc.name, error = %e, "cannot change tcp_keepalive of a running listener");
+                        break;
+                    }
+                }
+            }
             if prev.backlog != lc.backlog {
                 for socket in &r.sockets {
                     if let Err(e) = listener::set_backlog(socket, lc.backlog) {

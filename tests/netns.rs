@@ -4,8 +4,9 @@
 //! every test prints `skipped: <reason>` and passes.
 //!
 //! The faults: a black-holed node (iptables DROP), a hung node (SIGSTOP), a node
-//! killed under load, a lossy link (10% random drop), a flapping node, and a
-//! seeded chaos run of kills, restarts and reloads. See `netns_support` for the
+//! killed under load, a lossy link (10% random drop), a flapping node, a
+//! seeded chaos run of kills, restarts and reloads, and dead peers found by TCP
+//! keepalive (a black-holed node, then a black-holed client). See `netns_support` for the
 //! lab (namespaces, processes, the client agent and teardown).
 //!
 //! Environment knobs: `RLNT_SEED` (chaos and flapping seed), `RLNT_CHAOS_SECS`
@@ -13,7 +14,7 @@
 //! veths: a drop then loses a 64 KiB super-packet, not one segment; the lossy
 //! test's check that over 100 packets were dropped is then expected to fail).
 //!
-//! Run as root: `cargo test --test netns` (about 105 s on 2 cores; the tests
+//! Run as root: `cargo test --test netns` (about 110 s on 2 cores; the tests
 //! run one at a time, they measure latencies).
 
 #[path = "netns_support/mod.rs"]
@@ -1189,5 +1190,159 @@ fn chaos_kills_restarts_and_reloads() {
         results.len(),
         failed.len(),
         explain_failures(&lab, &failed)
+    );
+}
+
+/// 7. TCP keepalive (`tcp_keepalive` on the listener and the pool, idle 1 s, 2
+///    probes 1 s apart; `idle_timeout` 1 h): when a node is black-holed, its idle
+///    connections are closed once the pool's keepalive gives up, about 3 s after
+///    their last byte, and their clients see EOF. When a client is black-holed,
+///    the balancer closes its connection the same way, and the node sees the
+///    close. Without keepalive both would stay open for the hour.
+#[test]
+fn keepalive_closes_connections_to_dead_peers() {
+    if netns_support::skipped() {
+        return;
+    }
+    let _serial = serial();
+    let mut lab = Lab::new(7, 2);
+    let ka = "tcp_keepalive = { idle = \"1s\", interval = \"1s\", count = 2 }";
+    lab.listener_extra = ka.to_string();
+    let cfg = PoolCfg {
+        pool: format!(
+            "connect_timeout = \"2s\"\nidle_timeout = \"1h\"\npassive_failures = 0\n{ka}\n"
+        ),
+        health: "kind = \"none\"\n".into(),
+        nodes: vec![(0, 1), (1, 1)],
+    };
+    lab.write_config(&cfg);
+    lab.start_ringlb();
+    let srcs = lab.clients(0..30);
+    let which = lab.which(&srcs);
+    let on0 = clients_of(&which, &srcs, "node-0");
+    let on1 = clients_of(&which, &srcs, "node-1");
+    assert!(on0.len() >= 2 && !on1.is_empty(), "{which:?}");
+
+    let hold = |src: &str| {
+        let h = lab.agent().call(
+            json!({"op": "hold", "src": src, "dst": lab.lb_dst()}),
+            S(10),
+        );
+        lab.agent().call(
+            json!({"op": "hold_echo", "handle": h["handle"], "text": "before"}),
+            S(10),
+        );
+        h
+    };
+    let node_holds: Vec<Value> = on0[..2].iter().map(|s| hold(s)).collect();
+    let client_src = on1[0].clone();
+    let client_hold = hold(&client_src);
+    assert_eq!(client_hold["node"].as_str(), Some("node-1"));
+    // The node side of the held connection to node-1, seen in node-1's namespace.
+    let established_on_node1 = || {
+        netns_support::sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &lab.nodes[1].ns,
+                "ss",
+                "-tnH",
+                "state",
+                "established",
+                &format!("( sport = :{} )", netns_support::ECHO_PORT),
+            ],
+        )
+        .lines()
+        .count()
+    };
+    assert_eq!(established_on_node1(), 1);
+
+    // Node side: black-hole node-0. Its two idle connections end with a
+    // keepalive timeout, about 3 s after their last byte.
+    let from = lab.ringlb().lines.len();
+    for chain in ["INPUT", "OUTPUT"] {
+        lab.iptables(0, &["-A", chain, "-j", "DROP"]);
+    }
+    let mut node_closes = Vec::new();
+    for h in &node_holds {
+        let r = lab.agent().call(
+            json!({"op": "hold_wait_close", "handle": h["handle"], "timeout_ms": 10_000}),
+            S(20),
+        );
+        assert_eq!(r["how"].as_str(), Some("eof"), "{r}");
+        let after = r["after_send_ms"].as_f64().unwrap();
+        assert!(
+            (2_500.0..6_000.0).contains(&after),
+            "closed {after} ms after the last byte (keepalive gives up after about 3 s)"
+        );
+        node_closes.push(after);
+    }
+    for src in &on0[..2] {
+        let line = lab
+            .ringlb()
+            .lines
+            .wait(from, S(5), |l| {
+                l.contains("\"message\":\"connection closed\"")
+                    && l.contains(&format!("\"client\":\"{src}:"))
+            })
+            .map(|(_, _, l)| l)
+            .unwrap_or_else(|| panic!("no close logged for {src}"));
+        assert!(
+            line.contains("\"reason\":\"node_error\"") && line.contains("timed out"),
+            "{line}"
+        );
+    }
+
+    // Client side: black-hole one client address in the clients' namespace.
+    let from = lab.ringlb().lines.len();
+    let blackholed = Instant::now();
+    for (chain, dir) in [("INPUT", "-d"), ("OUTPUT", "-s")] {
+        netns_support::sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &lab.client_ns,
+                "iptables",
+                "-w",
+                "-A",
+                chain,
+                dir,
+                &client_src,
+                "-j",
+                "DROP",
+            ],
+        );
+    }
+    let (_, closed_at, line) = lab
+        .ringlb()
+        .lines
+        .wait(from, S(10), |l| {
+            l.contains("\"message\":\"connection closed\"")
+                && l.contains(&format!("\"client\":\"{client_src}:"))
+        })
+        .unwrap_or_else(|| panic!("the black-holed client's connection was not closed"));
+    assert!(
+        line.contains("\"reason\":\"client_error\"") && line.contains("timed out"),
+        "{line}"
+    );
+    let client_close = closed_at.duration_since(blackholed).as_secs_f64() * 1000.0;
+    assert!(
+        client_close < 6_000.0,
+        "closed {client_close:.0} ms after the client was black-holed"
+    );
+    // And the node saw the close: no connection left on node-1.
+    let t = Instant::now();
+    while established_on_node1() != 0 {
+        assert!(
+            t.elapsed() < S(5),
+            "node-1 still has the black-holed client's connection"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "keepalive: a black-holed node's connections closed {node_closes:?} ms after their last byte, \
+         a black-holed client's {client_close:.0} ms after the black hole (idle 1 s + 2 probes 1 s apart; idle_timeout 1 h)"
     );
 }

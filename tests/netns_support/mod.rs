@@ -474,6 +474,8 @@ pub struct Lab {
     pub lb_agent: Option<Agent>,
     /// Port of ringlb's admin endpoint on 127.0.0.1 in its namespace, if any.
     pub admin_port: Option<u16>,
+    /// Extra lines for the `[[listener]]` table written by `write_config`.
+    pub listener_extra: String,
     /// Processes that were killed or replaced; kept for their logs.
     graveyard: Vec<Proc>,
     pub dir: tempfile::TempDir,
@@ -528,6 +530,7 @@ impl Lab {
             agent: None,
             lb_agent: None,
             admin_port: None,
+            listener_extra: String::new(),
             graveyard: Vec::new(),
             dir,
             config_path,
@@ -744,8 +747,9 @@ impl Lab {
     /// Write the config file: listener on the lb address, pool `p`.
     pub fn write_config(&self, cfg: &PoolCfg) {
         let mut s = format!(
-            "shutdown_grace = \"1s\"\n\n[[listener]]\nname = \"lb\"\nlisten = \"{}\"\npool = \"p\"\n\n[pools.p]\n{}\n",
+            "shutdown_grace = \"1s\"\n\n[[listener]]\nname = \"lb\"\nlisten = \"{}\"\npool = \"p\"\n{}\n\n[pools.p]\n{}\n",
             self.lb_addr(),
+            self.listener_extra,
             cfg.pool
         );
         if !cfg.health.is_empty() {
