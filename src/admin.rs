@@ -457,6 +457,7 @@ pub fn status(handle: &Handle) -> Value {
                 "local_addr": l.local_addr.to_string(),
                 "pool": st.config.pool,
                 "max_connections": st.config.max_connections,
+                "tcp_keepalive": crate::config::Keepalive::describe(st.config.tcp_keepalive.as_ref()),
                 "active_connections": l.shared.active.load(std::sync::atomic::Ordering::Relaxed),
             })
         })

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{backends, client_ip, connect_from, eventually, read_line};
+use common::{backends, client_ip, connect_from, eventually, http_request, read_line};
 use ringlb::backend::Backend;
 use ringlb::{Config, Server};
 use tokio::net::TcpStream;
@@ -77,7 +77,7 @@ fn assert_idle(what: &str, timer: Option<Duration>, idle: u64) {
 
 fn config(node: &Backend, listen: SocketAddr, listener_ka: &str, pool_ka: &str) -> String {
     format!(
-        "[[listener]]\nname = \"lb\"\nlisten = \"{listen}\"\npool = \"p\"\n{listener_ka}\n\
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"lb\"\nlisten = \"{listen}\"\npool = \"p\"\n{listener_ka}\n\
          [pools.p]\n{pool_ka}\n[pools.p.health]\nkind = \"none\"\n\
          [[pools.p.nodes]]\nname = \"{}\"\naddr = \"{}\"\n",
         node.name, node.addr
@@ -144,6 +144,7 @@ async fn keepalive_reaches_client_and_node_sockets_and_a_reload_changes_new_conn
     let server = Server::bind(Config::from_file(&path).unwrap()).unwrap();
     let handle = server.handle();
     let lb = server.local_addr("lb").unwrap();
+    let admin = server.admin_addr().unwrap();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(server.run(shutdown.clone()));
 
@@ -156,6 +157,19 @@ async fn keepalive_reaches_client_and_node_sockets_and_a_reload_changes_new_conn
     // Control: the client's own socket and the node's have none (nobody set it).
     assert_eq!(keepalive_timer(client_addr, lb), None);
     assert_eq!(keepalive_timer(node.addr, first.node_side), None);
+
+    // /status shows both settings.
+    let (code, _, body) = http_request(admin, "GET", "/status", "").await;
+    assert_eq!(code, 200);
+    let st: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        st["listeners"][0]["tcp_keepalive"],
+        "idle 37s, interval 2s, count 3"
+    );
+    assert_eq!(
+        st["pools"][0]["tcp_keepalive"],
+        "idle 23s, interval 3s, count 2"
+    );
 
     // Reload: the listener's idle time changes, the pool's keepalive goes off.
     let before = handle.reload_counts();

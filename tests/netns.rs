@@ -565,6 +565,46 @@ fn node_killed_under_load() {
 }
 
 /// Packets dropped by the statistic rules in node `k`'s namespace.
+/// What the balancer's and node `k`'s kernels know about their TCP connections
+/// (sockets in every state, counters about handshakes and drops, NAT entries),
+/// for a connection that stalled. Best effort: a missing tool is skipped.
+fn stall_report(lab: &Lab, k: usize) -> String {
+    let run = |ns: &str, cmd: &[&str]| -> String {
+        let mut args = vec!["netns", "exec", ns];
+        args.extend_from_slice(cmd);
+        match std::process::Command::new("ip").args(&args).output() {
+            Ok(o) => format!(
+                "--- [{ns}] {}\n{}{}",
+                cmd.join(" "),
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => format!("--- [{ns}] {}: {e}\n", cmd.join(" ")),
+        }
+    };
+    let node = &lab.nodes[k].ns;
+    let mut out = String::new();
+    out += &run(&lab.lb_ns, &["ss", "-tanoie"]);
+    out += &run(node, &["ss", "-tanoie"]);
+    for ns in [&lab.lb_ns, node] {
+        let counters = run(ns, &["nstat", "-az"]);
+        out += &counters
+            .lines()
+            .filter(|l| {
+                l.starts_with("---")
+                    || [
+                        "Syn", "Cookie", "Listen", "Drop", "Abort", "Reset", "Backlog",
+                    ]
+                    .iter()
+                    .any(|w| l.contains(w))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect::<String>();
+    }
+    out += &run(node, &["conntrack", "-L", "-p", "tcp"]);
+    out
+}
+
 fn dropped_packets(lab: &Lab, k: usize) -> u64 {
     let mut total = 0;
     for chain in ["INPUT", "OUTPUT"] {
@@ -659,7 +699,10 @@ fn lossy_link_keeps_bytes_exact() {
                     if r["ok"] != json!(true)
                         && r["error"].as_str().is_some_and(|e| e.starts_with("no greeting"))
                     {
-                        eprintln!("{src}: no greeting over the lossy link ({r}); retrying once");
+                        eprintln!(
+                            "{src}: no greeting over the lossy link ({r}); retrying once. State:\n{}",
+                            stall_report(lab, 0)
+                        );
                         stalled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         r = lab.agent().try_call(job, S(100));
                     }
