@@ -914,6 +914,19 @@ fn privilege_config(p: &mut Problems, user: Option<&str>, group: Option<&str>) {
     }
 }
 
+/// For `check`: how long a vanished peer can go unnoticed with `k` (the
+/// kernel's values, read from this host, standing in for keys left out).
+fn detection(k: &Keepalive) -> String {
+    k.detection_time(&crate::keepalive::kernel_defaults())
+        .map(|d| {
+            format!(
+                " (a vanished peer is closed after {} of silence)",
+                fmt_duration(d)
+            )
+        })
+        .unwrap_or_default()
+}
+
 /// `tcp_keepalive` of a listener or pool (`key` is its table).
 fn keepalive(p: &mut Problems, key: &str, raw: Option<&RawKeepalive>) -> Option<Keepalive> {
     let params = match raw? {
@@ -1728,8 +1741,9 @@ pub fn summary(cfg: &Config) -> String {
         if let Some(k) = &l.tcp_keepalive {
             let _ = writeln!(
                 s,
-                "    tcp_keepalive to clients: {}",
-                Keepalive::describe(Some(k))
+                "    tcp_keepalive to clients: {}{}",
+                Keepalive::describe(Some(k)),
+                detection(k)
             );
         }
         if !rules.is_empty() {
@@ -1798,8 +1812,9 @@ pub fn summary(cfg: &Config) -> String {
         }
         if let Some(k) = &pool.tcp_keepalive {
             extra.push(format!(
-                "tcp_keepalive to nodes: {}",
-                Keepalive::describe(Some(k))
+                "tcp_keepalive to nodes: {}{}",
+                Keepalive::describe(Some(k)),
+                detection(k)
             ));
         }
         if !extra.is_empty() {
@@ -1892,7 +1907,7 @@ addr = "127.0.0.1:9001"
         assert_eq!(c.pools["web"].tcp_keepalive, Some(Keepalive::default()));
         let summary = summary(&c);
         assert!(
-            summary.contains("tcp_keepalive to clients: idle 1m, interval 10s, count 6"),
+            summary.contains("tcp_keepalive to clients: idle 1m, interval 10s, count 6 (a vanished peer is closed after 2m of silence)"),
             "{summary}"
         );
         assert!(
