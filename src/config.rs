@@ -921,7 +921,7 @@ fn detection(k: &Keepalive) -> String {
         .map(|d| {
             format!(
                 " (a vanished peer is closed after {} of silence)",
-                fmt_duration(d)
+                humantime::format_duration(d)
             )
         })
         .unwrap_or_default()
