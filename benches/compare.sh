@@ -199,9 +199,11 @@ cpu_ticks() {
     echo "$sum $user"
 }
 
-# Busy clock ticks of the whole machine (all CPUs, everything but idle and iowait).
+# Busy clock ticks of the whole machine (all CPUs): user, nice, system, irq and
+# softirq. Not idle or iowait; not steal (the hypervisor's, not this machine's
+# work); not guest, which user and nice already count.
 machine_ticks() {
-    awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6; exit }' /proc/stat
+    awk '/^cpu / { print $2 + $3 + $4 + $7 + $8; exit }' /proc/stat
 }
 
 # VmRSS (kB) summed over the given pids.

@@ -40,11 +40,45 @@ pub fn kernel_defaults() -> Keepalive {
 /// the left-out ones; a fresh socket leaves them unset (same effect, fewer
 /// syscalls).
 pub fn apply(socket: SockRef<'_>, k: Option<&Keepalive>, reset: bool) -> io::Result<()> {
+    apply_with(socket, k, reset.then(kernel_defaults).as_ref())
+}
+
+/// [`apply`] with the kernel's defaults given (`None`: no reset).
+fn apply_with(
+    socket: SockRef<'_>,
+    k: Option<&Keepalive>,
+    reset: Option<&Keepalive>,
+) -> io::Result<()> {
     let Some(k) = k else {
         return socket.set_keepalive(false);
     };
-    let fill = if reset {
-        kernel_defaults()
+    let fill = if let Some(kernel) = reset {
+        for (left_out, known, name) in [
+            (
+                k.idle.is_none(),
+                kernel.idle.is_some(),
+                "tcp_keepalive_time",
+            ),
+            (
+                k.interval.is_none(),
+                kernel.interval.is_some(),
+                "tcp_keepalive_intvl",
+            ),
+            (
+                k.count.is_none(),
+                kernel.count.is_some(),
+                "tcp_keepalive_probes",
+            ),
+        ] {
+            if left_out && !known {
+                // The socket would keep its earlier explicit value while the
+                // config says "the kernel's": refuse rather than pretend.
+                return Err(io::Error::other(format!(
+                    "cannot read the kernel's default from /proc/sys/net/ipv4/{name}; give the value in the config"
+                )));
+            }
+        }
+        *kernel
     } else {
         Keepalive::default()
     };
@@ -123,5 +157,31 @@ mod tests {
         };
         apply(SockRef::from(&s), Some(&only_idle), true).unwrap();
         assert_eq!(get(&s), (true, Duration::from_secs(9), interval, count));
+    }
+
+    #[test]
+    fn a_reset_without_the_kernels_values_is_refused_and_changes_nothing() {
+        let s = socket();
+        let k = Keepalive {
+            idle: Some(Duration::from_secs(5)),
+            interval: Some(Duration::from_secs(2)),
+            count: Some(2),
+        };
+        apply(SockRef::from(&s), Some(&k), false).unwrap();
+        // /proc/sys unreadable (a masked container): the left-out interval
+        // cannot be reset, so nothing is changed and the caller is told.
+        let unreadable = Keepalive::default();
+        let only_idle = Keepalive {
+            idle: Some(Duration::from_secs(9)),
+            ..Keepalive::default()
+        };
+        let e = apply_with(SockRef::from(&s), Some(&only_idle), Some(&unreadable)).unwrap_err();
+        assert!(e.to_string().contains("tcp_keepalive_intvl"), "{e}");
+        assert_eq!(
+            get(&s),
+            (true, Duration::from_secs(5), Duration::from_secs(2), 2)
+        );
+        // Every key given: nothing to read, so it works.
+        apply_with(SockRef::from(&s), Some(&k), Some(&unreadable)).unwrap();
     }
 }

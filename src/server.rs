@@ -589,20 +589,20 @@ impl Server {
                     .state
                     .store(Arc::new(ListenerState::new(lc.clone(), pool)));
             }
+            // Every worker's socket is tried, so one failure does not leave the
+            // others behind; the warning says that /status shows the new value.
             if prev.tcp_keepalive != lc.tcp_keepalive {
-                for socket in &r.sockets {
+                for (worker, socket) in r.sockets.iter().enumerate() {
                     let sock = socket2::SockRef::from(&**socket);
                     if let Err(e) = crate::keepalive::apply(sock, lc.tcp_keepalive.as_ref(), true) {
-                        warn!(listener = %lc.name, error = %e, "cannot change tcp_keepalive of a running listener");
-                        break;
+                        warn!(listener = %lc.name, worker, error = %e, "cannot change tcp_keepalive of a running listener: this worker's new connections keep the old setting (/status shows the new one); restart to apply it");
                     }
                 }
             }
             if prev.backlog != lc.backlog {
-                for socket in &r.sockets {
+                for (worker, socket) in r.sockets.iter().enumerate() {
                     if let Err(e) = listener::set_backlog(socket, lc.backlog) {
-                        warn!(listener = %lc.name, error = %e, "cannot change the backlog of a running listener");
-                        break;
+                        warn!(listener = %lc.name, worker, error = %e, "cannot change the backlog of a running listener: this worker's socket keeps the old one (/status shows the new one); restart to apply it");
                     }
                 }
             }

@@ -236,3 +236,54 @@ async fn keepalive_reaches_client_and_node_sockets_and_a_reload_changes_new_conn
     shutdown.cancel();
     task.await.unwrap();
 }
+
+/// An IPv6 listener (dual-stack, `ipv6_only = false`): accepted sockets inherit
+/// the setting too, for IPv6 clients and for IPv4 ones (as mapped addresses).
+#[tokio::test]
+async fn an_ipv6_listener_passes_keepalive_to_ipv6_and_ipv4_clients() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: no IPv6 loopback here");
+        return;
+    }
+    let node = backends(1).await.remove(0);
+    let text = format!(
+        "[[listener]]\nname = \"lb\"\nlisten = \"[::]:0\"\nipv6_only = false\npool = \"p\"\n\
+         tcp_keepalive = {{ idle = \"41s\" }}\n\
+         [pools.p]\n[pools.p.health]\nkind = \"none\"\n\
+         [[pools.p.nodes]]\nname = \"{}\"\naddr = \"{}\"\n",
+        node.name, node.addr
+    );
+    let server = Server::bind(Config::parse(&text, "v6.toml").unwrap()).unwrap();
+    let port = server.local_addr("lb").unwrap().port();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server.run(shutdown.clone()));
+
+    let v6: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    let mut c6 = TcpStream::connect(v6).await.unwrap();
+    assert_eq!(read_line(&mut c6).await.unwrap(), node.name);
+    assert_idle(
+        "IPv6 client",
+        keepalive_timer(v6, c6.local_addr().unwrap()),
+        41,
+    );
+
+    let mut c4 = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert_eq!(read_line(&mut c4).await.unwrap(), node.name);
+    // ss shows the balancer's side as IPv4-mapped: [::ffff:127.0.0.1]:port.
+    let mapped = |a: SocketAddr| -> SocketAddr {
+        match a {
+            SocketAddr::V4(v4) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+            v6 => v6,
+        }
+    };
+    let local = mapped(SocketAddr::from(([127, 0, 0, 1], port)));
+    assert_idle(
+        "IPv4 client on the IPv6 listener",
+        keepalive_timer(local, mapped(c4.local_addr().unwrap())),
+        41,
+    );
+
+    drop((c6, c4));
+    shutdown.cancel();
+    task.await.unwrap();
+}

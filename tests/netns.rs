@@ -564,7 +564,6 @@ fn node_killed_under_load() {
     );
 }
 
-/// Packets dropped by the statistic rules in node `k`'s namespace.
 /// What the clients', the balancer's and node `k`'s kernels know about their TCP
 /// connections (sockets in every state, non-zero counters, the node's NAT entries),
 /// for a connection that stalled. Best effort: a missing tool is skipped.
@@ -1305,8 +1304,12 @@ fn keepalive_closes_connections_to_dead_peers() {
     assert_eq!(established_on_node1(), 1);
 
     // Node side: black-hole node-0. Its two idle connections end with a
-    // keepalive timeout, about 3 s after their last byte.
+    // keepalive timeout. Their probes (every second once idle for 1 s) may
+    // already be running, so the end comes 2 to 3 s after the black hole: the
+    // next probe and one more go unanswered. 1.5 to 6 s allows for scheduling.
+    let window = 1_500.0..6_000.0;
     let from = lab.ringlb().lines.len();
+    let blackholed = Instant::now();
     for chain in ["INPUT", "OUTPUT"] {
         lab.iptables(0, &["-A", chain, "-j", "DROP"]);
     }
@@ -1317,13 +1320,13 @@ fn keepalive_closes_connections_to_dead_peers() {
             S(20),
         );
         assert_eq!(r["how"].as_str(), Some("eof"), "{r}");
-        let after = r["after_send_ms"].as_f64().unwrap();
-        assert!(
-            (2_500.0..6_000.0).contains(&after),
-            "closed {after} ms after the last byte (keepalive gives up after about 3 s)"
-        );
-        node_closes.push(after);
+        node_closes.push(blackholed.elapsed().as_secs_f64() * 1000.0);
     }
+    // The second hold is read after the first: its time is an upper bound.
+    assert!(
+        window.contains(&node_closes[0]) && node_closes[1] < window.end,
+        "closed {node_closes:?} ms after the black hole (keepalive gives up within about 3 s)"
+    );
     for src in &on0[..2] {
         let line = lab
             .ringlb()
@@ -1375,7 +1378,7 @@ fn keepalive_closes_connections_to_dead_peers() {
     );
     let client_close = closed_at.duration_since(blackholed).as_secs_f64() * 1000.0;
     assert!(
-        client_close < 6_000.0,
+        window.contains(&client_close),
         "closed {client_close:.0} ms after the client was black-holed"
     );
     // And the node saw the close: no connection left on node-1.
@@ -1388,7 +1391,7 @@ fn keepalive_closes_connections_to_dead_peers() {
         std::thread::sleep(Duration::from_millis(50));
     }
     eprintln!(
-        "keepalive: a black-holed node's connections closed {node_closes:?} ms after their last byte, \
+        "keepalive: a black-holed node's connections closed {node_closes:.0?} ms after the black hole, \
          a black-holed client's {client_close:.0} ms after the black hole (idle 1 s + 2 probes 1 s apart; idle_timeout 1 h)"
     );
 }
