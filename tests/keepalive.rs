@@ -6,11 +6,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{backends, client_ip, connect_from, eventually, http_request, read_line};
+use common::{backends, client_ip, connect_from, http_request, read_line, reload, write_file};
 use ringlb::backend::Backend;
 use ringlb::{Config, Server};
 use tokio::net::TcpStream;
@@ -116,12 +115,6 @@ fn node_peers(addr: SocketAddr) -> Vec<SocketAddr> {
         .collect()
 }
 
-fn write_file(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 #[tokio::test]
 async fn keepalive_reaches_client_and_node_sockets_and_a_reload_changes_new_connections() {
     let node = backends(1).await.remove(0);
@@ -172,8 +165,8 @@ async fn keepalive_reaches_client_and_node_sockets_and_a_reload_changes_new_conn
     );
 
     // Reload: the listener's idle time changes, the pool's keepalive goes off.
-    let before = handle.reload_counts();
-    write_file(
+    let rec = reload(
+        &handle,
         &path,
         &config(
             &node,
@@ -181,14 +174,8 @@ async fn keepalive_reaches_client_and_node_sockets_and_a_reload_changes_new_conn
             "tcp_keepalive = { idle = \"53s\" }",
             "tcp_keepalive = false",
         ),
-    );
-    handle.reload();
-    eventually(Duration::from_secs(10), "reload applied", || {
-        let now = handle.reload_counts();
-        async move { now != before }
-    })
+    )
     .await;
-    let rec = handle.last_reload().unwrap();
     assert!(rec.ok, "{}", rec.message);
     assert!(
         rec.message.contains("tcp_keepalive idle 37s, interval 2s, count 3 -> idle 53s, interval (kernel), count (kernel)"),
@@ -219,15 +206,13 @@ async fn keepalive_reaches_client_and_node_sockets_and_a_reload_changes_new_conn
     assert!(keepalive_timer(first.node_side, node.addr).is_some());
 
     // Off on the listener: new client sockets have no keepalive.
-    let before = handle.reload_counts();
-    write_file(&path, &config(&node, listen, "", "tcp_keepalive = false"));
-    handle.reload();
-    eventually(Duration::from_secs(10), "reload applied", || {
-        let now = handle.reload_counts();
-        async move { now != before }
-    })
+    let rec = reload(
+        &handle,
+        &path,
+        &config(&node, listen, "", "tcp_keepalive = false"),
+    )
     .await;
-    assert!(handle.last_reload().unwrap().ok);
+    assert!(rec.ok, "{}", rec.message);
     let third = proxied(3, lb, &node, &[first.node_side, second.node_side]).await;
     let third_addr = third.client.local_addr().unwrap();
     assert_eq!(keepalive_timer(lb, third_addr), None);

@@ -4,7 +4,7 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,30 +47,13 @@ impl Live {
 
     /// Write the file, ask for a reload, wait until it was applied or refused.
     async fn reload(&self, text: &str) -> ringlb::server::ReloadRecord {
-        let before = self.handle.reload_counts();
-        write_file(&self.path, text);
-        self.handle.reload();
-        let h = self.handle.clone();
-        eventually(Duration::from_secs(10), "reload finished", || {
-            let now = h.reload_counts();
-            async move { now != before }
-        })
-        .await;
-        self.handle.last_reload().unwrap()
+        common::reload(&self.handle, &self.path, text).await
     }
 
     async fn stop(self) -> ShutdownReport {
         self.shutdown.cancel();
         self.task.await.unwrap()
     }
-}
-
-fn write_file(path: &Path, text: &str) {
-    // Write then rename, as an operator's tooling would: a reload never sees half
-    // a file.
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
 }
 
 fn nodes_with(b: &[Backend], pick: &[(usize, u32)]) -> String {

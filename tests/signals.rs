@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -18,50 +17,23 @@ use nix::unistd::Pid;
 use rand::{Rng, SeedableRng};
 use tokio::io::AsyncWriteExt;
 
-/// Kills and reaps the child when dropped (a failed assertion leaves no process).
+/// A ringlb process (killed and reaped when dropped, also on a failed
+/// assertion) and its log lines.
 struct Proc {
-    child: Child,
+    child: Kill,
     log: mpsc::Receiver<String>,
     seen: Vec<String>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Proc {
     /// `ringlb --log-format json run --config PATH`; waits until it listens and has
     /// installed its signal handlers (before that a signal would simply kill it).
     fn start(path: &Path) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
-            .args([
-                "--log-format",
-                "json",
-                "--log-level",
-                "info",
-                "run",
-                "--config",
-            ])
-            .arg(path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let mut child = spawn_ringlb_json(path);
+        let log = lines_of(child.stderr.take().unwrap());
         let mut p = Proc {
             child,
-            log: rx,
+            log,
             seen: Vec::new(),
         };
         p.wait_for("\"listening\"");

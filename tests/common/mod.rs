@@ -383,6 +383,31 @@ pub fn spawn_ringlb_json(config: &std::path::Path) -> Kill {
     )
 }
 
+/// Write a config file as an operator's tooling would: to a temporary name, then
+/// renamed over the old one, so a reload never reads half a file.
+pub fn write_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Write `text` to `path`, ask for a reload, wait until it is applied or refused.
+pub async fn reload(
+    handle: &ringlb::Handle,
+    path: &std::path::Path,
+    text: &str,
+) -> ringlb::server::ReloadRecord {
+    let before = handle.reload_counts();
+    write_file(path, text);
+    handle.reload();
+    eventually(Duration::from_secs(10), "reload finished", || {
+        let now = handle.reload_counts();
+        async move { now != before }
+    })
+    .await;
+    handle.last_reload().unwrap()
+}
+
 /// One HTTP/1.1 request (extra header lines end in CRLF) to an admin endpoint;
 /// the status code, the head and the body.
 pub async fn http_request(
