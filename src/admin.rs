@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::config::{fmt_duration, AdminState};
 use crate::error::Error;
-use crate::server::Handle;
+use crate::handle::Handle;
 
 /// Longest request head read.
 const MAX_HEAD: usize = 8 * 1024;

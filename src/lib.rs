@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod forward;
+pub mod handle;
 pub mod health;
 pub mod keepalive;
 pub mod listener;

@@ -1,0 +1,129 @@
+//! The running balancer's shared state and [`Handle`], the narrow view of it that
+//! the admin endpoint, the signal handler and tests hold: ask for a reload, read the
+//! config, pools, listeners, reload history and per-worker load.
+//!
+//! Owned by [`server`](crate::server), which creates it and publishes new
+//! snapshots into it (listeners, pools, config); read by [`admin`](crate::admin),
+//! which therefore never names the server. Must not own sockets or tasks.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::listener::ListenerShared;
+use crate::metrics::ServerMetrics;
+use crate::pool::Pool;
+use crate::workers::WorkerLoad;
+
+/// The outcome of the last reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadRecord {
+    pub ok: bool,
+    pub at: SystemTime,
+    /// The change summary, or every problem found.
+    pub message: String,
+    /// Config generation after this reload.
+    pub generation: u64,
+}
+
+/// A listener as the status output sees it.
+#[derive(Debug, Clone)]
+pub struct ListenerView {
+    pub local_addr: SocketAddr,
+    pub shared: Arc<ListenerShared>,
+}
+
+/// State shared between the server, its reload loop, the admin endpoint and
+/// [`Handle`]s.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: ArcSwap<Config>,
+    pub(crate) pools: ArcSwap<BTreeMap<String, Arc<Pool>>>,
+    pub(crate) listeners: ArcSwap<Vec<ListenerView>>,
+    pub(crate) generation: AtomicU64,
+    pub(crate) reloads_ok: AtomicU64,
+    pub(crate) reloads_failed: AtomicU64,
+    pub(crate) last_reload: Mutex<Option<ReloadRecord>>,
+    pub(crate) reload_requested: Notify,
+    pub(crate) started: SystemTime,
+    /// One per data-plane runtime (one for the runtime `run` is called on).
+    pub(crate) workers: Vec<Arc<WorkerLoad>>,
+    pub(crate) metrics: ServerMetrics,
+}
+
+/// A cheap, cloneable handle on a server: ask for a reload, read its state.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Handle {
+    /// Ask for a reload of the config file. Requests made while a reload runs are
+    /// folded into one more reload after it, so the last request is never lost and
+    /// two reloads never run at once.
+    pub fn reload(&self) {
+        self.shared.reload_requested.notify_one();
+    }
+
+    /// Config generation: 1 at start, +1 per applied reload.
+    pub fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
+    }
+
+    pub fn last_reload(&self) -> Option<ReloadRecord> {
+        self.shared
+            .last_reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reloads applied and refused.
+    pub fn reload_counts(&self) -> (u64, u64) {
+        (
+            self.shared.reloads_ok.load(Ordering::Relaxed),
+            self.shared.reloads_failed.load(Ordering::Relaxed),
+        )
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.config.load_full()
+    }
+
+    pub fn pools(&self) -> Arc<BTreeMap<String, Arc<Pool>>> {
+        self.shared.pools.load_full()
+    }
+
+    pub fn pool(&self, name: &str) -> Option<Arc<Pool>> {
+        self.shared.pools.load().get(name).cloned()
+    }
+
+    pub fn listeners(&self) -> Arc<Vec<ListenerView>> {
+        self.shared.listeners.load_full()
+    }
+
+    /// The bound address of a listener, by its current name.
+    pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
+        self.shared
+            .listeners
+            .load()
+            .iter()
+            .find(|l| l.shared.state.load().config.name == listener)
+            .map(|l| l.local_addr)
+    }
+
+    pub fn started(&self) -> SystemTime {
+        self.shared.started
+    }
+
+    /// Each worker's connections.
+    pub fn workers(&self) -> &[Arc<WorkerLoad>] {
+        &self.shared.workers
+    }
+}
