@@ -10,7 +10,8 @@
 //! HTTP paths: `GET /healthcheck` answers the backend's health status (200 `ok`, or
 //! 503 `overloaded` after [`Backend::set_healthy`]`(false)`); `GET /health/down`
 //! and `GET /health/up` flip it (what the demo tells newcomers to `curl`); any
-//! other path answers 200 `hello from <name>`.
+//! other path answers 200 `hello from <name>`. Requests are parsed with `httparse`;
+//! one it refuses answers 400 `bad request`.
 
 use std::io;
 use std::net::SocketAddr;
@@ -183,21 +184,70 @@ fn looks_like_http(b: &[u8]) -> bool {
         .any(|m| b.starts_with(m.as_bytes()))
 }
 
+/// What a demo backend needs of a request head.
+#[derive(Debug, PartialEq, Eq)]
+struct Request {
+    /// The head is complete (else: what the part read says, as far as it goes).
+    complete: bool,
+    head_only: bool,
+    path: String,
+}
+
+/// Parse a request head with `httparse`. A head cut short (the client stopped
+/// sending, or [`MAX_HEAD`]) still gives what its request line gave: the path
+/// defaults to `/`. An error means it is not an HTTP/1 request.
+fn parse_request(head: &[u8]) -> Result<Request, httparse::Error> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    let status = req.parse(head)?;
+    Ok(Request {
+        complete: status.is_complete(),
+        head_only: req.method == Some("HEAD"),
+        path: req.path.unwrap_or("/").to_string(),
+    })
+}
+
 async fn http(mut stream: TcpStream, mut head: Vec<u8>, shared: &Shared) -> io::Result<()> {
     let name = shared.name.as_str();
     // Read the rest of the request head (bounded).
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
+    let mut parsed = parse_request(&head);
+    while matches!(
+        parsed,
+        Ok(Request {
+            complete: false,
+            ..
+        })
+    ) && head.len() < MAX_HEAD
+    {
         match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
             Ok(Ok(0)) | Err(_) => break,
             Ok(Ok(n)) => head.extend_from_slice(&buf[..n]),
             Ok(Err(e)) => return Err(e),
         }
+        parsed = parse_request(&head);
     }
-    let line = String::from_utf8_lossy(head.split(|&b| b == b'\n').next().unwrap_or(&[]));
-    let path = line.split_whitespace().nth(1).unwrap_or("/");
-    let head_only = line.starts_with("HEAD ");
-    let (status, body) = match path {
+    let (status, body, head_only) = match parsed {
+        Ok(req) => {
+            let (status, body) = answer(&req.path, shared);
+            (status, body, req.head_only)
+        }
+        Err(_) => ("400 Bad Request", "bad request\n".to_string(), false),
+    };
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Backend: {name}\r\nConnection: close\r\n\r\n{}",
+        body.len(),
+        if head_only { "" } else { &body }
+    );
+    stream.write_all(resp.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// The status and body for `path`; `/health/down` and `/health/up` flip the
+/// backend's health.
+fn answer(path: &str, shared: &Shared) -> (&'static str, String) {
+    let name = shared.name.as_str();
+    match path {
         "/healthcheck" if shared.healthy.load(Ordering::Relaxed) => {
             ("200 OK", format!("ok {name}\n"))
         }
@@ -211,12 +261,68 @@ async fn http(mut stream: TcpStream, mut head: Vec<u8>, shared: &Shared) -> io::
             ("200 OK", format!("{name}: /healthcheck now answers 200\n"))
         }
         _ => ("200 OK", format!("hello from {name}\n")),
-    };
-    let resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Backend: {name}\r\nConnection: close\r\n\r\n{}",
-        body.len(),
-        if head_only { "" } else { &body }
-    );
-    stream.write_all(resp.as_bytes()).await?;
-    stream.shutdown().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_heads_parse_with_httparse() {
+        let req = |head: &[u8]| parse_request(head).map(|r| (r.complete, r.head_only, r.path));
+        assert_eq!(
+            req(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Ok((true, false, "/healthcheck".to_string()))
+        );
+        assert_eq!(
+            req(b"HEAD /x HTTP/1.0\n\n"),
+            Ok((true, true, "/x".to_string())),
+            "bare LF line ends"
+        );
+        // Cut short: what the request line gave so far.
+        assert_eq!(
+            req(b"GET /health/down HTTP/1.1\r\nHost"),
+            Ok((false, false, "/health/down".to_string()))
+        );
+        assert_eq!(req(b"GET"), Ok((false, false, "/".to_string())));
+        assert!(req(b"GET /a b HTTP/1.1\r\n\r\n").is_err());
+    }
+
+    #[tokio::test]
+    async fn http_mode_answers_split_heads_head_requests_and_refuses_garbage() {
+        let b = Backend::start("n", SocketAddr::from(([127, 0, 0, 1], 0)), Mode::Http)
+            .await
+            .unwrap();
+        let ask = |pieces: Vec<&'static [u8]>| async move {
+            let mut s = TcpStream::connect(b.addr).await.unwrap();
+            for p in pieces {
+                s.write_all(p).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        let r = ask(vec![
+            b"GET /health",
+            b"check HTTP/1.1\r\n",
+            b"Host: x\r\n\r\n",
+        ])
+        .await;
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        assert!(r.ends_with("\r\n\r\nok n\n"), "{r}");
+        let r = ask(vec![b"HEAD / HTTP/1.1\r\n\r\n"]).await;
+        assert!(
+            r.starts_with("HTTP/1.1 200 OK\r\n") && r.ends_with("\r\n\r\n"),
+            "{r}"
+        );
+        assert!(r.contains("Content-Length: 13\r\n"), "{r}");
+        let r = ask(vec![b"GET /health/down HTTP/1.1\r\n\r\n"]).await;
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        assert!(!b.is_healthy());
+        let r = ask(vec![b"GET /a b HTTP/1.1\r\n\r\n"]).await;
+        assert!(r.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{r}");
+        b.stop().await;
+    }
 }

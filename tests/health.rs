@@ -384,3 +384,83 @@ async fn which_probe_shows_node_states_and_maps_around_down_nodes() {
         "{text}"
     );
 }
+
+/// An HTTP endpoint that reads one request head and answers `pieces`, one write
+/// each with a short pause between (so they reach the prober as separate reads),
+/// then closes.
+async fn scripted_http(
+    pieces: Vec<&'static [u8]>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let pieces = pieces.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                for p in pieces {
+                    if s.write_all(p).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_check_reads_a_chunked_body_split_across_chunks() {
+    const HEAD: &[u8] =
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n";
+    // "all systems go": the expected text split across two chunks.
+    let (good, _g) = scripted_http(vec![
+        HEAD,
+        b"7\r\nall sys\r\n",
+        b"8\r\ntems go\n\r\n0\r\n\r\n",
+    ])
+    .await;
+    // The same framing without the text.
+    let (bad, _b) = scripted_http(vec![
+        HEAD,
+        b"7\r\nall sys\r\n",
+        b"9\r\ntems down\r\n0\r\n\r\n",
+    ])
+    .await;
+    let text = config_text(
+        &[("good".into(), good), ("bad".into(), bad)],
+        "",
+        "passive_failures = 0\n[pools.p.health]\nkind = \"http\"\npath = \"/status\"\nexpect_body = \"all systems go\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 1\nfall = 2",
+        "",
+    );
+    let lb = start(&text).await;
+    wait_state(&lb, "bad", false).await;
+    let b = lb.pool.node("bad").unwrap().health();
+    assert_eq!(
+        b.last.unwrap().detail,
+        "http 200, body lacks \"all systems go\""
+    );
+    let g = lb.pool.node("good").unwrap().clone();
+    eventually(WITHIN, "good probed 3 times", || {
+        let n = g.health().probes;
+        async move { n >= 3 }
+    })
+    .await;
+    let h = g.health();
+    assert!(g.is_up(), "{h:?}");
+    assert_eq!(h.transitions, 0, "{h:?}");
+    assert_eq!(h.last.unwrap().detail, "http 200");
+    lb.stop().await;
+}

@@ -1,0 +1,148 @@
+//! The probe tasks of a pool: one loop per node that runs [`probe`] every
+//! `interval` ± 10% and reports each outcome to the [`Pool`], which applies the
+//! hysteresis and owns the ring. The prober depends on the pool, never the
+//! reverse; it never picks nodes and never changes a node's state itself.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::probe::{probe, probe_addr};
+use crate::config::HealthKind;
+use crate::pool::{Node, Pool};
+
+/// A small deterministic-per-node jitter source (no global RNG needed).
+struct Jitter(u64);
+
+impl Jitter {
+    fn new(name: &str) -> Jitter {
+        let t = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mut x = t ^ 0x9E37_79B9_7F4A_7C15;
+        for b in name.bytes() {
+            x = (x ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3);
+        }
+        Jitter(x | 1)
+    }
+
+    /// A factor in [lo, hi).
+    fn factor(&mut self, lo: f64, hi: f64) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        lo + (hi - lo) * ((self.0 >> 11) as f64 / (1u64 << 53) as f64)
+    }
+}
+
+/// The probe tasks of one pool: one per node (none when `health.kind = "none"`),
+/// kept in step with the pool's nodes by [`Prober::sync`] after a reload.
+#[derive(Debug)]
+pub struct Prober {
+    pool: Arc<Pool>,
+    tasks: Vec<(Arc<Node>, CancellationToken)>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Prober {
+    /// Start probing every node of `pool`; everything stops when `stop` is cancelled.
+    pub fn start(pool: Arc<Pool>, stop: &CancellationToken) -> Prober {
+        let mut p = Prober {
+            pool,
+            tasks: Vec::new(),
+            stop: stop.child_token(),
+            tracker: TaskTracker::new(),
+        };
+        p.sync();
+        p
+    }
+
+    /// Start tasks for new nodes, stop those of removed nodes (or all of them when
+    /// health checks were turned off). Settings changes need no restart: every
+    /// probe reads the pool's current settings.
+    pub fn sync(&mut self) {
+        let nodes = if self.pool.settings().health.kind == HealthKind::None {
+            Vec::new()
+        } else {
+            self.pool.nodes()
+        };
+        self.tasks.retain(|(n, tok)| {
+            let keep = nodes.iter().any(|m| Arc::ptr_eq(m, n));
+            if !keep {
+                tok.cancel();
+            }
+            keep
+        });
+        for n in nodes {
+            if !self.tasks.iter().any(|(m, _)| Arc::ptr_eq(m, &n)) {
+                let tok = self.stop.child_token();
+                self.tracker
+                    .spawn(probe_loop(self.pool.clone(), n.clone(), tok.clone()));
+                self.tasks.push((n, tok));
+            }
+        }
+    }
+
+    /// Number of running probe tasks.
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// Stop every probe and wait for them.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// Probe one node forever: never two probes at once for one node; starts spaced
+/// by `interval` ± 10%. The first probe comes within the first 10% of an interval.
+async fn probe_loop(pool: Arc<Pool>, node: Arc<Node>, stop: CancellationToken) {
+    let mut jitter = Jitter::new(&node.name);
+    let mut delay = pool
+        .settings()
+        .health
+        .interval
+        .mul_f64(jitter.factor(0.0, 0.1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let settings = pool.settings();
+        let h = &settings.health;
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => return,
+            o = probe(probe_addr(node.addr, h), h) => o,
+        };
+        pool.probe_result(&node, outcome);
+        delay = h
+            .interval
+            .mul_f64(jitter.factor(0.9, 1.1))
+            .saturating_sub(started.elapsed());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_in_range() {
+        let mut j = Jitter::new("x");
+        for _ in 0..10_000 {
+            let f = j.factor(0.9, 1.1);
+            assert!((0.9..1.1).contains(&f));
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! One backend node: its identity, weight, health (the hysteresis state from
+//! [`crate::health::state`]), the operator's admin state, and its live counters.
+//!
+//! Everything here is an atomic, a `Mutex` only probes and state changes take, or
+//! an `ArcSwap`: a connection reads a node without a lock. A node never decides
+//! whether it is on the ring; the [`Pool`](super::Pool) does, and publishes a new
+//! snapshot. No I/O.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AdminState, NodeConfig};
+use crate::health::state::NodeHealth;
+use crate::metrics::NodeMetrics;
+
+/// One backend node, its health and its live counters.
+#[derive(Debug)]
+pub struct Node {
+    pub name: String,
+    pub addr: SocketAddr,
+    /// Ring weight (a reload may change it).
+    pub(super) weight: AtomicU32,
+    /// Healthy (probes, passive failures). Nodes start up.
+    pub(super) up: AtomicBool,
+    /// What the operator wants ([`AdminState`] as u8): only enabled nodes that
+    /// are up are on the ring.
+    admin: AtomicU8,
+    /// The state the config file gave at the last load or reload: a reload
+    /// applies the file's state only when it changed there, so a drain done
+    /// through the admin endpoint survives unrelated reloads.
+    config_state: AtomicU8,
+    /// Hysteresis state and the last probe; only probes and state changes lock it.
+    health: Mutex<NodeHealth>,
+    /// Consecutive connect failures seen by real traffic.
+    pub(super) passive_failures: AtomicU32,
+    /// Cancelled (and replaced) when the node goes down with `on_node_down = "close"`.
+    close_token: ArcSwap<CancellationToken>,
+    pub active: AtomicU64,
+    pub total: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub bytes_to_node: AtomicU64,
+    pub bytes_to_client: AtomicU64,
+    pub metrics: NodeMetrics,
+}
+
+impl Node {
+    pub(super) fn new(pool: &str, cfg: &NodeConfig, stop: &CancellationToken) -> Node {
+        let metrics = NodeMetrics::new(pool, &cfg.name);
+        metrics.up.set(1.0);
+        metrics.admin_state.set(f64::from(cfg.state as u8));
+        Node {
+            name: cfg.name.clone(),
+            addr: cfg.addr,
+            weight: AtomicU32::new(cfg.weight),
+            up: AtomicBool::new(true),
+            admin: AtomicU8::new(cfg.state as u8),
+            config_state: AtomicU8::new(cfg.state as u8),
+            health: Mutex::new(NodeHealth::new(SystemTime::now())),
+            passive_failures: AtomicU32::new(0),
+            close_token: ArcSwap::from_pointee(stop.child_token()),
+            active: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            bytes_to_node: AtomicU64::new(0),
+            bytes_to_client: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Healthy, as far as probes and passive failures know.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// The operator's state: enabled, drain or disabled.
+    pub fn admin_state(&self) -> AdminState {
+        state_from_u8(self.admin.load(Ordering::Acquire))
+    }
+
+    /// On the ring for new connections: up and enabled.
+    pub fn in_service(&self) -> bool {
+        self.is_up() && self.admin_state() == AdminState::Enabled
+    }
+
+    /// A copy of the health state (for status output).
+    pub fn health(&self) -> NodeHealth {
+        self.lock_health().clone()
+    }
+
+    pub(super) fn lock_health(&self) -> MutexGuard<'_, NodeHealth> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Token a new connection to this node watches: cancelled if the node goes
+    /// down (or is removed) while the pool says `on_node_down = "close"`, and when
+    /// the pool's stop token is cancelled (end of the shutdown grace): one token,
+    /// so a connection waits on one thing.
+    pub fn close_token(&self) -> Arc<CancellationToken> {
+        self.close_token.load_full()
+    }
+
+    /// Close the node's open connections: cancel their token and give new
+    /// connections a fresh one (a child of the pool's `stop`).
+    pub(super) fn close_connections(&self, stop: &CancellationToken) {
+        let old = self.close_token.swap(Arc::new(stop.child_token()));
+        old.cancel();
+    }
+
+    /// Close the node's open connections for good (it left the pool).
+    pub(super) fn cancel_connections(&self) {
+        self.close_token.load().cancel();
+    }
+
+    /// Set the operator's state; returns the one before. The metric follows.
+    pub(super) fn swap_admin_state(&self, state: AdminState) -> AdminState {
+        let before = state_from_u8(self.admin.swap(state as u8, Ordering::AcqRel));
+        if before != state {
+            self.metrics.admin_state.set(f64::from(state as u8));
+        }
+        before
+    }
+
+    /// A (re)load gave `state` for this node: it applies only if the file's state
+    /// changed since the last load, so a state set through the admin endpoint
+    /// survives unrelated reloads. Returns true if the operator's state changed.
+    pub(super) fn apply_config_state(&self, state: AdminState) -> bool {
+        let was = self.config_state.swap(state as u8, Ordering::AcqRel);
+        was != state as u8 && self.swap_admin_state(state) != state
+    }
+}
+
+fn state_from_u8(v: u8) -> AdminState {
+    match v {
+        1 => AdminState::Drain,
+        2 => AdminState::Disabled,
+        _ => AdminState::Enabled,
+    }
+}

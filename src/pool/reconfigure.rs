@@ -1,0 +1,186 @@
+//! A reload applied to a live pool: [`Pool::reconfigure`] diffs the new node list
+//! against the current one by name and address, keeps the nodes that stayed (with
+//! their health and counters), adds and removes the others, applies weights and
+//! the file's admin states, and publishes one new snapshot. [`PoolChange`] says
+//! what changed, for the reload summary.
+//!
+//! Must not: close an open connection unless the config says so
+//! (`on_node_down = "close"` for a removed node, `state = "disabled"`), or do I/O.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::snapshot::build_snapshot;
+use super::{Node, Pool, PoolSettings};
+use crate::config::{AdminState, OnNodeDown, PoolConfig};
+
+/// What [`Pool::reconfigure`] changed, for the reload summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolChange {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// `"name old->new"`.
+    pub reweighted: Vec<String>,
+    /// `"name state"` for nodes whose `state` the reload changed.
+    pub state_changed: Vec<String>,
+    pub settings_changed: bool,
+}
+
+impl PoolChange {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.reweighted.is_empty()
+            && self.state_changed.is_empty()
+            && !self.settings_changed
+    }
+}
+
+impl Pool {
+    /// Apply a new config of this pool (reload). Nodes with the same name and
+    /// address stay (with their health state and counters; a new weight applies);
+    /// others are added (starting up) or removed (no new connections; their open
+    /// connections continue, or close with `on_node_down = "close"`). Settings,
+    /// health included, apply from now on. One new ring is published.
+    pub fn reconfigure(&self, cfg: &PoolConfig) -> PoolChange {
+        let _guard = self.lock_rebuild();
+        let old = self.snapshot();
+        let mut change = PoolChange::default();
+        let mut nodes = Vec::with_capacity(cfg.nodes.len());
+        for nc in &cfg.nodes {
+            match old
+                .nodes
+                .iter()
+                .find(|n| n.name == nc.name && n.addr == nc.addr)
+            {
+                Some(n) => {
+                    let w = n.weight.swap(nc.weight, Ordering::Relaxed);
+                    if w != nc.weight {
+                        change
+                            .reweighted
+                            .push(format!("{} {w}->{}", n.name, nc.weight));
+                    }
+                    if n.apply_config_state(nc.state) {
+                        change
+                            .state_changed
+                            .push(format!("{} {}", n.name, nc.state.as_str()));
+                        if nc.state == AdminState::Disabled {
+                            n.close_connections(&self.stop);
+                        }
+                    }
+                    nodes.push(n.clone());
+                }
+                None => {
+                    change.added.push(nc.name.clone());
+                    nodes.push(Arc::new(Node::new(&cfg.name, nc, &self.stop)));
+                }
+            }
+        }
+        let settings = Arc::new(PoolSettings::from(cfg));
+        let close = settings.on_node_down == OnNodeDown::Close;
+        for n in &old.nodes {
+            if !nodes.iter().any(|m| Arc::ptr_eq(m, n)) {
+                change.removed.push(n.name.clone());
+                n.metrics.ring_points.set(0.0);
+                n.metrics.up.set(0.0);
+                if close {
+                    n.cancel_connections();
+                }
+            }
+        }
+        change.settings_changed = *old.settings != *settings;
+        self.snapshot
+            .store(Arc::new(build_snapshot(settings, nodes)));
+        change
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use super::super::tests::{cfg_with, ip, node_toml};
+    use super::super::Pool;
+
+    #[test]
+    fn reconfigure_keeps_stayed_nodes_adds_removes_and_reweights() {
+        let abc = [
+            node_toml("a", 1001, 1),
+            node_toml("b", 1002, 1),
+            node_toml("c", 1003, 1),
+        ]
+        .concat();
+        let p = Pool::new(&cfg_with(&abc, ""));
+        let a = p.node("a").unwrap();
+        a.total.store(7, Ordering::Relaxed);
+        p.set_up("b", false, "test");
+        let before: Vec<String> = (0..3000)
+            .map(|i| p.snapshot().select(ip(i)).next().unwrap().name.clone())
+            .collect();
+        // b stays (still down), c removed, d added, a weight 2.
+        let next = [
+            node_toml("a", 1001, 2),
+            node_toml("b", 1002, 1),
+            node_toml("d", 1004, 1),
+        ]
+        .concat();
+        let change = p.reconfigure(&cfg_with(&next, "on_node_down = \"close\""));
+        assert_eq!(change.added, vec!["d"]);
+        assert_eq!(change.removed, vec!["c"]);
+        assert_eq!(change.reweighted, vec!["a 1->2"]);
+        assert!(change.settings_changed);
+        let a2 = p.node("a").unwrap();
+        assert!(Arc::ptr_eq(&a, &a2), "a stayed: same node, same counters");
+        assert_eq!(a2.total.load(Ordering::Relaxed), 7);
+        assert!(!p.node("b").unwrap().is_up(), "b keeps its health state");
+        assert!(p.node("d").unwrap().is_up(), "added nodes start up");
+        assert!(p.node("c").is_none());
+        let s = p.snapshot();
+        let names: Vec<&str> = s.members.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, vec!["a", "d"]);
+        // Clients of a stay on a (its old points remain) unless the new node d
+        // took them; nobody goes to c.
+        for (i, was) in before.iter().enumerate() {
+            let now = &s.select(ip(i as u32)).next().unwrap().name;
+            assert_ne!(now, "c");
+            if was == "a" {
+                assert!(now == "a" || now == "d", "{now}");
+            }
+        }
+        // An address change under the same name is a new node (fresh state).
+        let moved = [
+            node_toml("a", 2001, 2),
+            node_toml("b", 1002, 1),
+            node_toml("d", 1004, 1),
+        ]
+        .concat();
+        let change = p.reconfigure(&cfg_with(&moved, ""));
+        assert_eq!(
+            (change.added.clone(), change.removed.clone()),
+            (vec!["a".to_string()], vec!["a".to_string()])
+        );
+        assert_eq!(p.node("a").unwrap().total.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn removing_a_node_with_close_cancels_its_connections_token() {
+        let ab = [node_toml("a", 1001, 1), node_toml("b", 1002, 1)].concat();
+        let p = Pool::new(&cfg_with(&ab, "on_node_down = \"close\""));
+        let tok_b = p.node("b").unwrap().close_token();
+        let tok_a = p.node("a").unwrap().close_token();
+        p.reconfigure(&cfg_with(
+            &node_toml("a", 1001, 1),
+            "on_node_down = \"close\"",
+        ));
+        assert!(tok_b.is_cancelled());
+        assert!(!tok_a.is_cancelled());
+        let p = Pool::new(&cfg_with(&ab, ""));
+        let tok_b = p.node("b").unwrap().close_token();
+        p.reconfigure(&cfg_with(&node_toml("a", 1001, 1), ""));
+        assert!(
+            !tok_b.is_cancelled(),
+            "keep: removed node's connections continue"
+        );
+    }
+}
