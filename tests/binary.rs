@@ -18,20 +18,6 @@ fn signal(child: &Child, sig: &str) {
     assert!(ok, "kill -{sig} failed");
 }
 
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("process did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Strip ANSI colour codes from log text.
 fn plain(s: &str) -> String {
     let mut out = String::new();
@@ -60,26 +46,23 @@ async fn run_drains_on_sigterm_reloads_on_sighup_and_exits_zero() {
         config_text(&nodes_of(&b), "", "", "shutdown_grace = \"20s\""),
     )
     .unwrap();
-    let mut child = spawn_ringlb_json(&path);
-    let rx = lines_of(child.stderr.take().unwrap());
-    let mut log = Vec::new();
-    let line = wait_for(&rx, "\"listening\"", &mut log);
+    let mut lb = Ringlb::start(&path);
     // {"timestamp":..., "level":"INFO","message":"listening","listener":"lb","addr":"127.0.0.1:PORT",...}
-    let addr = log_addr(&line).unwrap_or_else(|| panic!("no addr in {line}"));
+    let addr = lb.listening("lb");
 
     let mut s = connect_from(client_ip(3), addr).await.unwrap();
     let node = read_line(&mut s).await.unwrap();
     assert!(node.starts_with("node-"));
 
     // SIGHUP reloads (the same file: no changes) and does not kill the process.
-    signal(&child, "HUP");
-    let applied = wait_for(&rx, "reload applied", &mut log);
+    signal(&lb.child, "HUP");
+    let applied = lb.wait_for("reload applied");
     assert!(applied.contains("\"changes\":\"no changes\""), "{applied}");
     assert!(applied.contains("\"generation\":2"), "{applied}");
-    assert!(child.try_wait().unwrap().is_none());
+    assert!(lb.alive());
 
-    signal(&child, "TERM");
-    wait_for(&rx, "draining", &mut log);
+    signal(&lb.child, "TERM");
+    lb.wait_for("draining");
     eventually(Duration::from_secs(5), "listener closed", || async move {
         connect_from(client_ip(4), addr).await.is_err()
     })
@@ -87,12 +70,13 @@ async fn run_drains_on_sigterm_reloads_on_sighup_and_exits_zero() {
     s.write_all(b"after sigterm\n").await.unwrap();
     assert_eq!(read_line(&mut s).await.unwrap(), "after sigterm");
     drop(s);
-    let st = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
-        .await
-        .unwrap();
+    let (st, mut lb) =
+        tokio::task::spawn_blocking(move || (lb.wait_exit(Duration::from_secs(15)), lb))
+            .await
+            .unwrap();
     assert!(st.success(), "exit status {st}");
     // The close event of our connection (14 bytes sent).
-    let close = wait_for(&rx, "\"bytes_to_node\":14,", &mut log);
+    let close = lb.wait_for("\"bytes_to_node\":14,");
     for field in [
         "\"message\":\"connection closed\"",
         &format!("\"client\":\"{}:", client_ip(3)),
@@ -151,24 +135,28 @@ fn run_reports_a_busy_port() {
     );
 }
 
-/// A free loopback port (bound then released; good enough for a test config).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_http_and_greets_nc_users_through_the_real_balancer() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("demo.toml");
     let mut text = std::fs::read_to_string("config/demo.toml").unwrap();
-    for port in ["7070", "7071", "7072", "7073", "7080"] {
-        text = text.replace(&format!(":{port}\""), &format!(":{}\"", free_port()));
+    // The listener and the admin endpoint on port 0 (the demo prints the
+    // listener's address). The demo backends listen on their node addresses,
+    // which the config must name: ports reserved outside the ephemeral range,
+    // held until just before the demo binds them.
+    for port in ["7070", "7080"] {
+        text = text.replace(&format!(":{port}\""), ":0\"");
+    }
+    let mut reserved = Vec::new();
+    for port in ["7071", "7072", "7073"] {
+        let r = reserve_port();
+        text = text.replace(&format!(":{port}\""), &format!(":{}\"", r.port()));
+        reserved.push(r);
     }
     std::fs::write(&path, &text).unwrap();
+    reserved.iter_mut().for_each(|r| {
+        r.release();
+    });
     let mut child = Kill(
         Command::new(env!("CARGO_BIN_EXE_ringlb"))
             .args(["demo", "--config"])
@@ -236,7 +224,8 @@ async fn demo_serves_http_and_greets_nc_users_through_the_real_balancer() {
     signal(&child, "INT");
     let st = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
         .await
-        .unwrap();
+        .unwrap()
+        .expect("demo did not exit within 15 s of SIGINT");
     assert!(st.success(), "exit status {st}");
 }
 
@@ -259,7 +248,7 @@ async fn out_of_descriptors_accept_backs_off_without_spinning_and_recovers() {
         config_text(&nodes_of(&b), "", "[pools.p.health]\nkind = \"none\"", ""),
     )
     .unwrap();
-    let mut child = Kill(
+    let mut lb = Ringlb::from_child(Kill(
         Command::new("prlimit")
             .args(["--nofile=64:64", "--"])
             .arg(env!("CARGO_BIN_EXE_ringlb"))
@@ -269,11 +258,8 @@ async fn out_of_descriptors_accept_backs_off_without_spinning_and_recovers() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
-    );
-    let rx = lines_of(child.stderr.take().unwrap());
-    let mut log = Vec::new();
-    let line = wait_for(&rx, "\"listening\"", &mut log);
-    let addr = log_addr(&line).unwrap_or_else(|| panic!("no addr in {line}"));
+    ));
+    let addr = lb.listening("lb");
 
     // Open connections until ringlb runs out of descriptors; keep the served ones.
     let mut served = Vec::new();
@@ -290,18 +276,16 @@ async fn out_of_descriptors_accept_backs_off_without_spinning_and_recovers() {
     }
     assert!(served.len() >= 10, "only {} served", served.len());
     assert!(unserved.len() >= 5, "never ran out of descriptors");
-    wait_for(&rx, "out of resources; backing off", &mut log);
+    lb.wait_for("out of resources; backing off");
 
     // While out of descriptors: alive, and not spinning.
-    let pid = child.id();
+    let pid = lb.pid();
     let t0 = cpu_ticks(pid);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let used = cpu_ticks(pid) - t0;
     assert!(used < 60, "{used} ticks of CPU in 2 s while backing off");
-    assert!(child.try_wait().unwrap().is_none(), "ringlb exited");
-    while let Ok(l) = rx.try_recv() {
-        log.push(l);
-    }
+    assert!(lb.alive(), "ringlb exited");
+    let log = lb.drain();
     let episodes = log
         .iter()
         .filter(|l| l.contains("out of resources; backing off"))
@@ -321,11 +305,11 @@ async fn out_of_descriptors_accept_backs_off_without_spinning_and_recovers() {
         }
     })
     .await;
-    wait_for(&rx, "accept recovered", &mut log);
+    lb.wait_for("accept recovered");
     drop(unserved);
     drop(served);
-    signal(&child, "TERM");
-    let st = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+    signal(&lb.child, "TERM");
+    let st = tokio::task::spawn_blocking(move || lb.wait_exit(Duration::from_secs(15)))
         .await
         .unwrap();
     assert!(st.success(), "exit status {st}");
@@ -340,16 +324,14 @@ async fn reload_command_signals_through_the_pid_file_and_checks_first() {
     let top = format!("pid_file = \"{}\"", pid_path.display());
     let one = config_text(&nodes_of(&b[..1]), "", "", &top);
     std::fs::write(&path, &one).unwrap();
-    let mut child = spawn_ringlb_json(&path);
-    let rx = lines_of(child.stderr.take().unwrap());
-    let mut log = Vec::new();
-    wait_for(&rx, "\"listening\"", &mut log);
+    let mut lb = Ringlb::start(&path);
+    lb.listening("lb");
     let pid: u32 = std::fs::read_to_string(&pid_path)
         .unwrap()
         .trim()
         .parse()
         .unwrap();
-    assert_eq!(pid, child.id());
+    assert_eq!(pid, lb.pid());
 
     // An invalid file: `reload --config` refuses to signal.
     std::fs::write(&path, one.replace("pool = \"p\"", "pool = \"nope\"")).unwrap();
@@ -373,12 +355,12 @@ async fn reload_command_signals_through_the_pid_file_and_checks_first() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let applied = wait_for(&rx, "reload applied", &mut log);
+    let applied = lb.wait_for("reload applied");
     assert!(applied.contains("+nodes node-1"), "{applied}");
     assert!(applied.contains("\"generation\":2"), "{applied}");
 
-    signal(&child, "TERM");
-    let st = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+    signal(&lb.child, "TERM");
+    let st = tokio::task::spawn_blocking(move || lb.wait_exit(Duration::from_secs(15)))
         .await
         .unwrap();
     assert!(st.success());

@@ -5,11 +5,10 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{log_addr, spawn_ringlb_json, Kill};
+use common::{needs, Kill, Ringlb};
 
 fn hard_nofile() -> u64 {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
@@ -18,11 +17,13 @@ fn hard_nofile() -> u64 {
 
 #[test]
 fn nine_thousand_five_hundred_proxied_connections_held_with_zero_errors() {
-    if hard_nofile() < 20_000 {
-        println!(
-            "SKIP: the hard descriptor limit is {}, below the 20,000 this test needs",
+    let missing = (hard_nofile() < 20_000).then(|| {
+        format!(
+            "the hard descriptor limit is {}, below the 20,000 this test needs",
             hard_nofile()
-        );
+        )
+    });
+    if !needs("REQUIRE_ROOT", missing) {
         return;
     }
     let mut backend = Kill(
@@ -59,28 +60,21 @@ fn nine_thousand_five_hundred_proxied_connections_held_with_zero_errors() {
         ),
     )
     .unwrap();
-    let mut lb = spawn_ringlb_json(&cfg);
-    let mut lines = BufReader::new(lb.0.stderr.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (mut limit_line, mut addr) = (None, None);
-    while addr.is_none() && Instant::now() < deadline {
-        let Some(Ok(l)) = lines.next() else { break };
-        if l.contains("descriptor limit") {
-            limit_line = Some(l.clone());
-        }
-        if l.contains("\"listening\"") {
-            addr = log_addr(&l);
-        }
-    }
-    let addr = addr.expect("ringlb did not start");
-    let limit_line = limit_line.expect("the descriptor limit is logged at start");
+    let mut lb = Ringlb::start(&cfg);
+    let addr = lb.listening("lb");
+    // Logged at start: before (or as) the listener listens.
+    let limit_line = lb
+        .seen
+        .iter()
+        .find(|l| l.contains("descriptor limit"))
+        .cloned()
+        .expect("the descriptor limit is logged at start");
     // The soft limit was raised to the hard one.
     assert!(
         limit_line.contains(&format!("\"limit\":{}", hard_nofile())),
         "{limit_line}"
     );
-    // Keep draining ringlb's log so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    // (ringlb's log is read on a thread all along, so it never blocks on a full pipe.)
 
     let out = Command::new(env!("CARGO_BIN_EXE_ringlb-bench"))
         .args([
@@ -92,7 +86,7 @@ fn nine_thousand_five_hundred_proxied_connections_held_with_zero_errors() {
             "9500",
         ])
         .args(["--hold", "2s", "--expect-greeting", "--json", "--quiet"])
-        .args(["--pid", &lb.0.id().to_string()])
+        .args(["--pid", &lb.pid().to_string()])
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
@@ -104,7 +98,7 @@ fn nine_thousand_five_hundred_proxied_connections_held_with_zero_errors() {
     let json: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
     assert_eq!(json["errors"], 0, "{report}");
     assert_eq!(json["established"], 9500, "{report}");
-    assert!(lb.0.try_wait().unwrap().is_none(), "ringlb exited");
+    assert!(lb.alive(), "ringlb exited");
     println!(
         "9,500 proxied connections held; ringlb RSS per connection {} bytes (debug build)",
         json["rss_per_conn_bytes"]

@@ -15,10 +15,8 @@ fn open_fds() -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_probes_against_refusing_and_silent_nodes_leak_no_descriptor() {
-    // A refusing node: a port that was bound and closed.
-    let refusing = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let refusing_addr = refusing.local_addr().unwrap();
-    drop(refusing);
+    // A refusing node: a port that is bound and never listens.
+    let (refusing_addr, _refusing) = closed_port(LOCAL);
     // A silent node: accepts, never answers, lets go when the prober closes.
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_addr = silent.local_addr().unwrap();
@@ -46,16 +44,20 @@ async fn five_hundred_probes_against_refusing_and_silent_nodes_leak_no_descripto
     })
     .await;
     let baseline = open_fds();
+    // Sample the descriptor count every 5 ms until 500 more probes ran.
     let mut peak = baseline;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while refusing_node.health().probes < 505 || silent_node.health().probes < 505 {
+    poll(Duration::from_secs(60), Duration::from_millis(5), || {
         peak = peak.max(open_fds());
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "500 probes took over 60s"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        let done = refusing_node.health().probes >= 505 && silent_node.health().probes >= 505;
+        async move { done.then_some(()) }
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "500 probes took over {:?}",
+            patient(Duration::from_secs(60))
+        )
+    });
     assert_eq!(
         refusing_node.health().last.unwrap().detail,
         "connect refused"

@@ -26,23 +26,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// GET `path` from the admin endpoint; the body.
-async fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .expect("admin answered in time")
-        .unwrap();
-    let text = String::from_utf8(buf).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
-}
-
 /// The value of the first sample of `name` whose labels include every one of `labels`.
 fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
     metrics
@@ -101,9 +84,11 @@ fn pump(
                 s.read_exact(&mut back[..len]).await?;
                 std::io::Result::Ok(())
             };
-            tokio::time::timeout(Duration::from_secs(10), round)
+            tokio::time::timeout(patient(Duration::from_secs(10)), round)
                 .await
-                .unwrap_or_else(|_| panic!("connection {seed}: echo stalled for 10 s"))
+                .unwrap_or_else(|_| {
+                    panic!("connection {seed}: echo stalled for 10 s (times the patience)")
+                })
                 .unwrap_or_else(|e| panic!("connection {seed}: {e}"));
             assert!(
                 back[..len] == msg[..],
@@ -131,7 +116,8 @@ struct Flood {
 }
 
 /// `n` connection attempts from distinct source IPs (offset `first`), `parallel` at
-/// a time. Each waits (5 s at most) for ringlb to close it, and records what it saw.
+/// a time. Each waits (5 s at most, times the patience) for ringlb to close it,
+/// and records what it saw.
 async fn flood(addr: SocketAddr, first: u32, n: u32, parallel: usize) -> Flood {
     let sem = Arc::new(Semaphore::new(parallel));
     let mut set = JoinSet::new();
@@ -141,7 +127,9 @@ async fn flood(addr: SocketAddr, first: u32, n: u32, parallel: usize) -> Flood {
             let _permit = permit;
             let ip = client_ip(first + i);
             let mut s =
-                match tokio::time::timeout(Duration::from_secs(5), connect_from(ip, addr)).await {
+                match tokio::time::timeout(patient(Duration::from_secs(5)), connect_from(ip, addr))
+                    .await
+                {
                     Ok(Ok(s)) => s,
                     _ => return (false, None, Duration::ZERO),
                 };
@@ -151,7 +139,7 @@ async fn flood(addr: SocketAddr, first: u32, n: u32, parallel: usize) -> Flood {
                 let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
             }
             let mut buf = [0u8; 256];
-            let got = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+            let got = tokio::time::timeout(patient(Duration::from_secs(5)), s.read(&mut buf)).await;
             (
                 true,
                 Some(got.map(|r| r.map_err(|e| e.kind()))),
@@ -256,7 +244,7 @@ async fn flood_past_max_connections_is_shed_at_once_and_the_held_ones_keep_flowi
         pumps.push(pump(s, u64::from(i) + 1, r, t));
     }
     assert_eq!(node_total(), u64::from(LIMIT));
-    let m = http_get(admin, "/metrics").await;
+    let m = http_get(admin, "/metrics").await.unwrap();
     assert_eq!(
         sample(&m, "ringlb_connections_active", &["listener=\"lb\""]),
         Some(f64::from(LIMIT)),
@@ -294,7 +282,7 @@ async fn flood_past_max_connections_is_shed_at_once_and_the_held_ones_keep_flowi
     );
     // "At once": even the slowest of them is closed well within a second.
     assert!(
-        pct(&f.close_latency, 1.0) < Duration::from_secs(1),
+        pct(&f.close_latency, 1.0) < patient(Duration::from_secs(1)),
         "an excess connection stayed open {:?}",
         pct(&f.close_latency, 1.0)
     );
@@ -312,7 +300,7 @@ async fn flood_past_max_connections_is_shed_at_once_and_the_held_ones_keep_flowi
         "a flood connection reached a node"
     );
     // Counted, exactly: every flood connection that got through is a rejection.
-    let m = http_get(admin, "/metrics").await;
+    let m = http_get(admin, "/metrics").await.unwrap();
     let rejected = sample(
         &m,
         "ringlb_connections_rejected_total",
@@ -344,7 +332,7 @@ async fn flood_past_max_connections_is_shed_at_once_and_the_held_ones_keep_flowi
         drop(s);
     }
     eventually(Duration::from_secs(10), "10 slots free", || async {
-        let m = http_get(admin, "/metrics").await;
+        let m = http_get(admin, "/metrics").await.unwrap();
         sample(&m, "ringlb_connections_active", &["listener=\"lb\""]) == Some(f64::from(LIMIT - 10))
     })
     .await;
@@ -383,7 +371,7 @@ async fn flood_past_max_connections_is_shed_at_once_and_the_held_ones_keep_flowi
     }
     shutdown.cancel();
     drop(fresh);
-    let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+    let _ = tokio::time::timeout(patient(Duration::from_secs(30)), task).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -429,50 +417,33 @@ fn bench_backend(name: &str) -> (Kill, SocketAddr) {
     (child, addr)
 }
 
-/// Start ringlb on `text`; its process, listener address and a counter of log
-/// lines containing `count_needle` (the log is drained by a thread).
-fn start_ringlb(
-    text: &str,
-    dir: &std::path::Path,
-    count_needle: &'static str,
-) -> (Kill, SocketAddr, SocketAddr, Arc<AtomicUsize>) {
+/// Start ringlb on `text` (listener and admin endpoint on port 0); the process
+/// and the addresses it logged.
+fn start_ringlb(text: &str, dir: &std::path::Path) -> (Ringlb, SocketAddr, SocketAddr) {
     let path = dir.join("ringlb.toml");
     std::fs::write(&path, text).unwrap();
-    let mut child = spawn_ringlb_json(&path);
-    let mut lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (mut addr, mut admin) = (None, None);
-    let mut seen = Vec::new();
-    while (addr.is_none() || admin.is_none()) && Instant::now() < deadline {
-        let Some(Ok(l)) = lines.next() else { break };
-        if l.contains("\"listening\"") {
-            addr = log_addr(&l);
-        }
-        if l.contains("admin endpoint listening") {
-            admin = log_addr(&l);
-        }
-        seen.push(l);
+    let mut lb = Ringlb::start(&path);
+    let addr = lb.listening("lb");
+    let admin = lb.admin();
+    (lb, addr, admin)
+}
+
+/// Lines of `lb`'s log so far containing `needle`; panics if ringlb panicked.
+fn count_logged(lb: &mut Ringlb, needle: &str) -> usize {
+    let log = lb.drain();
+    if let Some(l) = log.iter().find(|l| l.contains("panicked")) {
+        panic!("ringlb: {l}");
     }
-    let (Some(addr), Some(admin)) = (addr, admin) else {
-        panic!("ringlb did not start:\n{}", seen.join("\n"));
-    };
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    std::thread::spawn(move || {
-        for l in lines.map_while(Result::ok) {
-            if l.contains(count_needle) {
-                c.fetch_add(1, Ordering::Relaxed);
-            }
-            assert!(!l.contains("panicked"), "ringlb: {l}");
-        }
-    });
-    (child, addr, admin, count)
+    log.iter().filter(|l| l.contains(needle)).count()
 }
 
 /// A normal client: greeted, then one echoed line.
 async fn served(src: u32, addr: SocketAddr) -> bool {
-    let Ok(Ok(mut s)) =
-        tokio::time::timeout(Duration::from_secs(5), connect_from(client_ip(src), addr)).await
+    let Ok(Ok(mut s)) = tokio::time::timeout(
+        patient(Duration::from_secs(5)),
+        connect_from(client_ip(src), addr),
+    )
+    .await
     else {
         return false;
     };
@@ -518,7 +489,8 @@ fn idle_round(addr: SocketAddr, first: u32, n: u32, idle: Duration) -> IdleRound
             }
             est.fetch_add(1, Ordering::Relaxed);
             let mut buf = [0u8; 64];
-            let r = tokio::time::timeout(idle + Duration::from_secs(10), s.read(&mut buf)).await;
+            let r = tokio::time::timeout(idle + patient(Duration::from_secs(10)), s.read(&mut buf))
+                .await;
             cl.fetch_add(1, Ordering::Relaxed);
             match r {
                 Ok(Ok(0)) | Ok(Err(_)) => Ok((start.elapsed(), t0.elapsed())),
@@ -554,9 +526,8 @@ async fn five_thousand_idle_clients_are_closed_by_the_idle_timeout_without_leaks
          [[pools.p.nodes]]\nname = \"idle\"\naddr = \"{backend_addr}\"\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n"
     );
-    let (lb, addr, admin, idle_closes) =
-        start_ringlb(&text, dir.path(), "\"reason\":\"idle_timeout\"");
-    let pid = lb.0.id();
+    let (mut lb, addr, admin) = start_ringlb(&text, dir.path());
+    let pid = lb.pid();
 
     // The baseline: no connection open yet.
     let base_fds = fd_count(pid);
@@ -659,7 +630,7 @@ async fn five_thousand_idle_clients_are_closed_by_the_idle_timeout_without_leaks
             "closed {first:?} after connecting, before the idle timeout"
         );
         assert!(
-            last <= idle + Duration::from_secs(2),
+            last <= idle + patient(Duration::from_secs(2)),
             "closed only after {last:?}"
         );
         // ringlb's own accounting agrees.
@@ -668,7 +639,7 @@ async fn five_thousand_idle_clients_are_closed_by_the_idle_timeout_without_leaks
             Duration::from_secs(10),
             "active connections back to 0",
             || async move {
-                let m = http_get(admin_addr, "/metrics").await;
+                let m = http_get(admin_addr, "/metrics").await.unwrap();
                 sample(&m, "ringlb_connections_active", &["listener=\"lb\""]) == Some(0.0)
                     && sample(&m, "ringlb_node_connections_active", &["node=\"idle\""]) == Some(0.0)
             },
@@ -699,7 +670,7 @@ async fn five_thousand_idle_clients_are_closed_by_the_idle_timeout_without_leaks
     // Every one of them was logged as closed for being idle.
     let want = (ROUNDS * N) as usize;
     eventually(Duration::from_secs(10), "every idle close logged", || {
-        let n = idle_closes.load(Ordering::Relaxed);
+        let n = count_logged(&mut lb, "\"reason\":\"idle_timeout\"");
         async move { n == want }
     })
     .await;

@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{backends, client_ip, connect_from, http_request, read_line, reload, write_file};
+use common::{
+    backends, client_ip, connect_from, http_request, needs, read_line, reload, write_file,
+};
 use ringlb::backend::Backend;
 use ringlb::{Config, Server};
 use tokio::net::TcpStream;
@@ -120,11 +122,9 @@ async fn keepalive_reaches_client_and_node_sockets_and_a_reload_changes_new_conn
     let node = backends(1).await.remove(0);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ringlb.toml");
-    // A fixed listen address across reloads: take a free port once.
-    let listen: SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // The same `listen` text in every reload (port 0 included): the listener
+    // keeps its socket.
+    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
     write_file(
         &path,
         &config(
@@ -226,8 +226,10 @@ async fn keepalive_reaches_client_and_node_sockets_and_a_reload_changes_new_conn
 /// the setting too, for IPv6 clients and for IPv4 ones (as mapped addresses).
 #[tokio::test]
 async fn an_ipv6_listener_passes_keepalive_to_ipv6_and_ipv4_clients() {
-    if std::net::TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("skipped: no IPv6 loopback here");
+    let no_v6 = std::net::TcpListener::bind("[::1]:0")
+        .err()
+        .map(|e| format!("no IPv6 loopback here ({e})"));
+    if !needs("REQUIRE_ROOT", no_v6) {
         return;
     }
     let node = backends(1).await.remove(0);

@@ -1,7 +1,8 @@
 //! Faults on real test hosts: ringlb, its backends and its clients each in their
 //! own Linux network namespace, joined by veth pairs to a bridge in a dedicated
 //! switch namespace (issue #6). Needs root, `ip` and `iptables`; without them
-//! every test prints `skipped: <reason>` and passes.
+//! every test prints `skipped: <reason>` and passes, or fails under
+//! `REQUIRE_ROOT=1` (as CI sets it).
 //!
 //! The faults: a black-holed node (iptables DROP), a hung node (SIGSTOP), a node
 //! killed under load, a lossy link (10% random drop), a flapping node, a
@@ -17,6 +18,7 @@
 //! Run as root: `cargo test --test netns` (about 110 s on 2 cores; the tests
 //! run one at a time, they measure latencies).
 
+mod common;
 #[path = "netns_support/mod.rs"]
 mod netns_support;
 

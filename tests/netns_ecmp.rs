@@ -1,6 +1,7 @@
 //! Same mapping on every instance, over a real ECMP route (issue #7, the network
 //! part). Needs root, `ip`, `iptables` and a kernel with multipath routing;
-//! otherwise the test prints `skipped: <reason>` and passes.
+//! otherwise the test prints `skipped: <reason>` and passes, or fails under
+//! `REQUIRE_ROOT=1` (as CI sets it).
 //!
 //! The lab, in network namespaces named `rlnt<pid>-ecmp-*`, all in 10.214.0.0/16
 //! (nothing is created in, or routed through, the root namespace):
@@ -39,6 +40,7 @@
 //!
 //! Run as root: `cargo test --test netns_ecmp` (about 2 s).
 
+mod common;
 #[path = "netns_support/mod.rs"]
 #[allow(unused_imports)] // re-exports that tests/netns.rs uses
 mod netns_support;
@@ -52,6 +54,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::read_line_blocking;
 use netns_support::{
     destroy_namespace, ip_batch_in, lab_prefix, remove_stale_lab_namespaces, serial, sh, Proc,
 };
@@ -132,26 +135,6 @@ struct Conn {
     stream: Option<TcpStream>,
 }
 
-fn read_line(s: &mut TcpStream) -> std::io::Result<String> {
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    loop {
-        if s.read(&mut b)? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("EOF after {:?}", String::from_utf8_lossy(&line)),
-            ));
-        }
-        if b[0] == b'\n' {
-            return Ok(String::from_utf8_lossy(&line).into_owned());
-        }
-        line.push(b[0]);
-        if line.len() > 256 {
-            return Err(std::io::Error::other("line too long"));
-        }
-    }
-}
-
 /// Connect from `src` (port chosen by the kernel) to the service, read the greeting.
 fn connect_once(src: Ipv4Addr, keep: bool) -> Conn {
     let mut port = 0;
@@ -167,7 +150,7 @@ fn connect_once(src: Ipv4Addr, keep: bool) -> Conn {
         let mut s: TcpStream = sock.into();
         s.set_read_timeout(Some(S(5)))?;
         s.set_write_timeout(Some(S(5)))?;
-        let node = read_line(&mut s)?;
+        let node = read_line_blocking(&mut s)?;
         Ok::<_, std::io::Error>((node, s))
     })();
     match r {
@@ -764,8 +747,7 @@ fn check_phase(lab: &EcmpLab, what: &str, from: [usize; 2], conns: &[Conn]) -> P
 /// other instance (route withdrawn first) does the same the other way round.
 #[test]
 fn ecmp_two_instances_same_mapping() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipped: {reason}");
+    if !common::needs("REQUIRE_ROOT", skip_reason()) {
         return;
     }
     let _serial = serial();
@@ -878,7 +860,7 @@ fn ecmp_two_instances_same_mapping() {
         let msg = format!("held-{n}");
         let r = s
             .write_all(format!("{msg}\n").as_bytes())
-            .and_then(|_| read_line(s));
+            .and_then(|_| read_line_blocking(s));
         match r {
             Ok(back) if back == msg => {
                 echo_ok.insert((c.src, c.port));

@@ -7,24 +7,27 @@ mod common;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use ringlb::{Config, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+/// The nginx binary; `None` (after printing why) when it is not installed, or a
+/// failure under `REQUIRE_NGINX=1`.
 fn nginx() -> Option<&'static str> {
-    for p in ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"] {
-        if std::path::Path::new(p).exists() {
-            return Some(p);
-        }
+    let found = ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let missing = found
+        .is_none()
+        .then(|| "nginx is not installed (apt-get install nginx)".to_string());
+    if needs("REQUIRE_NGINX", missing) {
+        found
+    } else {
+        None
     }
-    if std::env::var_os("REQUIRE_NGINX").is_some_and(|v| v == "1") {
-        panic!("REQUIRE_NGINX=1 but nginx is not installed");
-    }
-    eprintln!("skipped: nginx is not installed (apt-get install nginx)");
-    None
 }
 
 struct Nginx(Child);
@@ -36,19 +39,14 @@ impl Drop for Nginx {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_sees_and_logs_the_original_client_address() {
     let Some(bin) = nginx() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    // nginx cannot be told to listen on port 0 and report the port: reserve one
+    // (outside the ephemeral range, locked, held until just before nginx binds).
+    let mut reserved = reserve_port();
+    let port = reserved.port();
     let log = dir.path().join("access.log");
     let conf = dir.path().join("nginx.conf");
     std::fs::write(
@@ -83,6 +81,7 @@ http {{
         ),
     )
     .unwrap();
+    reserved.release();
     let child = Command::new(bin)
         .arg("-c")
         .arg(&conf)
@@ -94,11 +93,10 @@ http {{
         .expect("start nginx");
     let _nginx = Nginx(child);
     let node: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(node).await.is_err() {
-        assert!(Instant::now() < deadline, "nginx did not start listening");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(10), "nginx listening", || async move {
+        tokio::net::TcpStream::connect(node).await.is_ok()
+    })
+    .await;
 
     for (k, version) in ["v1", "v2"].iter().enumerate() {
         let text = format!(
@@ -133,17 +131,16 @@ http {{
             local.ip(),
             local.port()
         );
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let logged = std::fs::read_to_string(&log).unwrap_or_default();
-            if logged.lines().any(|l| l == want) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "access log lacks {want:?}:\n{logged}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+        let what = format!("access log line {want:?}");
+        if poll(Duration::from_secs(5), Duration::from_millis(20), || {
+            let hit = logged().lines().any(|l| l == want);
+            async move { hit.then_some(()) }
+        })
+        .await
+        .is_none()
+        {
+            panic!("no {what}; the log:\n{}", logged());
         }
         shutdown.cancel();
         task.await.unwrap();

@@ -1,6 +1,6 @@
 //! `user`/`group`: the real binary binds a port below 1024 as root, then runs as
-//! nobody; and refuses to start when the switch cannot be made. Needs root (it is
-//! skipped, with the reason printed, otherwise).
+//! nobody; and refuses to start when the switch cannot be made. Needs root
+//! (otherwise skipped with the reason printed, or failed under `REQUIRE_ROOT=1`).
 
 mod common;
 
@@ -11,19 +11,13 @@ use std::process::{Command, Stdio};
 use common::*;
 use ringlb::backend::{Backend, Mode};
 
-fn skip_unless_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return false;
-    }
-    eprintln!("skipped: needs root (switching users, binding a port below 1024)");
-    true
-}
-
-/// A free port below 1024 on 127.0.0.1 (only root can bind it).
-fn privileged_port() -> u16 {
+/// A free port below 1024 on 127.0.0.1 (only root can bind it; outside the
+/// ephemeral range, so no client socket is ever given it). The listener keeps
+/// it bound: drop it just before ringlb binds.
+fn privileged_port() -> (u16, std::net::TcpListener) {
     for port in (700..1000).rev() {
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return (port, l);
         }
     }
     panic!("no free port in 700..1000");
@@ -53,14 +47,14 @@ fn open_dir() -> tempfile::TempDir {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binds_a_low_port_as_root_then_serves_as_nobody() {
-    if skip_unless_root() {
+    if !require_root("switching users and binding a port below 1024") {
         return;
     }
     let nobody = ringlb::privilege::lookup_user("nobody").expect("user nobody");
     let backend = Backend::start("node-0", "127.0.0.1:0".parse().unwrap(), Mode::Greet)
         .await
         .unwrap();
-    let port = privileged_port();
+    let (port, reserved) = privileged_port();
     let dir = open_dir();
     let pid_file = dir.path().join("ringlb.pid");
     let path = dir.path().join("ringlb.toml");
@@ -74,6 +68,7 @@ async fn binds_a_low_port_as_root_then_serves_as_nobody() {
     )
     .unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    drop(reserved);
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
         .args(["run", "--config", path.to_str().unwrap()])
         .stdout(Stdio::piped())
@@ -150,7 +145,7 @@ async fn binds_a_low_port_as_root_then_serves_as_nobody() {
 
 #[test]
 fn refuses_to_start_when_the_switch_cannot_be_made() {
-    if skip_unless_root() {
+    if !require_root("starting ringlb as nobody (setpriv)") {
         return;
     }
     let dir = open_dir();

@@ -27,8 +27,7 @@ use tokio::net::TcpListener;
 
 /// Connections in flight at once, per batch.
 const IN_FLIGHT: usize = 64;
-/// Deadline for a log line (startup, node DOWN/UP).
-const LOG_WAIT: Duration = Duration::from_secs(20);
+// Deadline for a log line (startup, node DOWN/UP): `common::LOG_WAIT`.
 
 // ---------------------------------------------------------------------------
 // Nodes and config files
@@ -409,18 +408,17 @@ impl Instance {
         inst
     }
 
-    /// Wait (polling, never blocking the runtime) for a log line that `pred` accepts.
+    /// Wait (polling, never blocking the runtime; [`LOG_WAIT`] at most, times
+    /// the patience) for a log line that `pred` accepts.
     async fn wait_for(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + LOG_WAIT;
-        loop {
+        let mut next = || loop {
             match self.lines.try_recv() {
                 Ok(line) => {
                     let hit = pred(&line);
                     self.keep(&line);
                     if hit {
-                        return line;
+                        return Some(line);
                     }
-                    continue;
                 }
                 Err(mpsc::TryRecvError::Disconnected) => {
                     panic!(
@@ -430,17 +428,22 @@ impl Instance {
                         self.log.join("\n")
                     )
                 }
-                Err(mpsc::TryRecvError::Empty) => {}
+                Err(mpsc::TryRecvError::Empty) => return None,
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "{}: no {what} within {LOG_WAIT:?}; log (without connection lines):\n{}",
-                    self.label,
-                    self.log.join("\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        };
+        let found = poll(LOG_WAIT, Duration::from_millis(20), || {
+            let line = next();
+            async move { line }
+        })
+        .await;
+        found.unwrap_or_else(|| {
+            panic!(
+                "{}: no {what} within {:?}; log (without connection lines):\n{}",
+                self.label,
+                patient(LOG_WAIT),
+                self.log.join("\n")
+            )
+        })
     }
 
     /// Record a log line: connection lines as (client, node), the rest as text.
@@ -475,18 +478,9 @@ impl Instance {
     async fn stop(mut self) -> (Vec<String>, Vec<(IpAddr, String)>) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let status = loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                break st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: no exit 15 s after SIGTERM",
-                self.label
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let status =
+            tokio::task::block_in_place(|| wait_exit(&mut self.child, Duration::from_secs(15)))
+                .unwrap_or_else(|| panic!("{}: no exit 15 s after SIGTERM", self.label));
         assert!(status.success(), "{}: exit status {status}", self.label);
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
             self.keep(&line);

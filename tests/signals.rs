@@ -7,8 +7,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::ExitStatus;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -17,96 +15,42 @@ use nix::unistd::Pid;
 use rand::{Rng, SeedableRng};
 use tokio::io::AsyncWriteExt;
 
-/// A ringlb process (killed and reaped when dropped, also on a failed
-/// assertion) and its log lines.
+/// A ringlb process ([`Ringlb`]: killed and reaped when dropped, also on a
+/// failed assertion) and the address its listener `lb` logged.
 struct Proc {
-    child: Kill,
-    log: mpsc::Receiver<String>,
-    seen: Vec<String>,
+    lb: Ringlb,
+    addr: SocketAddr,
+}
+
+impl std::ops::Deref for Proc {
+    type Target = Ringlb;
+    fn deref(&self) -> &Ringlb {
+        &self.lb
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Ringlb {
+        &mut self.lb
+    }
 }
 
 impl Proc {
     /// `ringlb --log-format json run --config PATH`; waits until it listens and has
     /// installed its signal handlers (before that a signal would simply kill it).
     fn start(path: &Path) -> Proc {
-        let mut child = spawn_ringlb_json(path);
-        let log = lines_of(child.stderr.take().unwrap());
-        let mut p = Proc {
-            child,
-            log,
-            seen: Vec::new(),
-        };
-        p.wait_for("\"listening\"");
-        let pid = p.child.id();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !handlers_installed(pid) {
-            assert!(Instant::now() < deadline, "signal handlers never installed");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        p
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
+        let mut lb = Ringlb::start(path);
+        let addr = lb.listening("lb");
+        let pid = lb.pid();
+        poll_blocking(Duration::from_secs(10), Duration::from_millis(5), || {
+            handlers_installed(pid).then_some(())
+        })
+        .expect("signal handlers never installed");
+        Proc { lb, addr }
     }
 
     fn signal(&self, s: Signal) {
-        kill(self.pid(), s).unwrap_or_else(|e| panic!("kill {s}: {e}"));
-    }
-
-    /// Wait (20 s at most) for a log line containing `needle`; returns it.
-    fn wait_for(&mut self, needle: &str) -> String {
-        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
-            return l.clone();
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.log.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no log line with {needle:?}; saw:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    /// Everything logged so far (drains the channel).
-    fn drain(&mut self) -> &[String] {
-        while let Ok(l) = self.log.try_recv() {
-            self.seen.push(l);
-        }
-        &self.seen
-    }
-
-    /// Wait for the exit (bounded); then the rest of the log.
-    fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                // The log thread ends at EOF; collect what is left.
-                while let Ok(l) = self.log.recv_timeout(Duration::from_secs(2)) {
-                    self.seen.push(l);
-                }
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ringlb did not exit within {within:?}; log:\n{}",
-                self.seen.join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
+        kill(Pid::from_raw(self.pid() as i32), s).unwrap_or_else(|e| panic!("kill {s}: {e}"));
     }
 
     fn assert_no_panic(&mut self) {
@@ -132,42 +76,20 @@ fn handlers_installed(pid: u32) -> bool {
         .all(|s| mask & (1 << (*s as i32 - 1)) != 0)
 }
 
-/// A free loopback port (bound, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// An admin endpoint answer (GET, body).
-async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    use tokio::io::AsyncReadExt;
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8(buf).ok()?;
-    text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
-}
-
-/// One config variant: a listener on `port` with `max_connections`, a pool of one
-/// node, an admin endpoint on `admin`.
-fn variant(port: u16, max: u32, node: &(String, SocketAddr), grace: &str, admin: u16) -> String {
+/// One config variant: a listener on `listen` (port 0: ringlb picks, the log
+/// says) with `max_connections`, a pool of one node, an admin endpoint on port 0.
+/// A reload keeps a listener whose `listen` text is unchanged, port 0 included.
+fn variant(listen: &str, max: u32, node: &(String, SocketAddr), grace: &str) -> String {
     format!(
-        "shutdown_grace = \"{grace}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-         [[listener]]\nname = \"lb\"\nlisten = \"127.0.0.1:{port}\"\npool = \"p\"\nmax_connections = {max}\n\
+        "shutdown_grace = \"{grace}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [[listener]]\nname = \"lb\"\nlisten = \"{listen}\"\npool = \"p\"\nmax_connections = {max}\n\
          [pools.p]\n[pools.p.health]\nkind = \"none\"\n\
          [[pools.p.nodes]]\nname = \"{}\"\naddr = \"{}\"\n",
         node.0, node.1
     )
 }
+
+const LB: &str = "127.0.0.1:0";
 
 fn count(lines: &[String], needle: &str) -> usize {
     lines.iter().filter(|l| l.contains(needle)).count()
@@ -179,6 +101,18 @@ fn after<'a>(lines: &'a [String], marker: &str) -> &'a [String] {
         Some(i) => &lines[i + 1..],
         None => &[],
     }
+}
+
+/// The addresses of the `listening` lines among `lines`.
+fn listened(lines: &[String]) -> Vec<SocketAddr> {
+    let mut v: Vec<SocketAddr> = lines
+        .iter()
+        .filter(|l| l.contains("\"message\":\"listening\""))
+        .map(|l| log_addr(l).unwrap_or_else(|| panic!("no addr in {l}")))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 const STOP: &str = "stop signal: no longer accepting";
@@ -196,19 +130,17 @@ async fn sighup_storm_while_the_file_is_rewritten_applies_the_last_variant() {
     let nodes = nodes_of(&b);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("storm.toml");
-    let (port, admin_port) = (free_port(), free_port());
-    std::fs::write(&path, variant(port, 1000, &nodes[0], "5s", admin_port)).unwrap();
+    std::fs::write(&path, variant(LB, 1000, &nodes[0], "5s")).unwrap();
     let mut p = Proc::start(&path);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    p.wait_for("admin endpoint listening");
+    let addr = p.addr;
+    let admin = p.admin();
     assert_eq!(node_for(client_ip(1), addr).await.unwrap(), "node-0");
 
     const N: u32 = 200;
     let t0 = Instant::now();
     for k in 1..=N {
         let node = &nodes[(k % 3) as usize];
-        std::fs::write(&path, variant(port, 1000 + k, node, "5s", admin_port)).unwrap();
+        std::fs::write(&path, variant(LB, 1000 + k, node, "5s")).unwrap();
         p.signal(Signal::SIGHUP);
     }
     let storm = t0.elapsed();
@@ -217,7 +149,7 @@ async fn sighup_storm_while_the_file_is_rewritten_applies_the_last_variant() {
     // Settles on the last variant.
     let want_max = 1000 + N;
     let settled = || async {
-        let Some(body) = http_get(admin, "/status").await else {
+        let Ok(body) = http_get(admin, "/status").await else {
             return false;
         };
         let st: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -237,22 +169,27 @@ async fn sighup_storm_while_the_file_is_rewritten_applies_the_last_variant() {
     assert_eq!(node_for(client_ip(2), addr).await.unwrap(), *last_node);
     // Every reload outcome is logged (the line comes just after the swap): wait
     // until /status and the log agree, as they must once the queue is empty.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (generation, ok, failed, applied, refused) = loop {
-        let st: serde_json::Value =
-            serde_json::from_str(&http_get(admin, "/status").await.unwrap()).unwrap();
-        let generation = st["generation"].as_u64().unwrap();
-        let (ok, failed) = (
-            st["reloads"]["ok"].as_u64().unwrap(),
-            st["reloads"]["failed"].as_u64().unwrap(),
-        );
-        let log = p.drain();
-        let (a, r) = (count(log, "reload applied"), count(log, "reload refused"));
-        if (a as u64, r as u64) == (ok, failed) || Instant::now() > deadline {
-            break (generation, ok, failed, a, r);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    // (The log is read first: a reload between the two readings shows in
+    // /status only, and they disagree until the next round.)
+    let (generation, ok, failed, applied, refused) = eventually_some(
+        Duration::from_secs(10),
+        "/status and the log agree on the reload counts",
+        || {
+            let log = p.drain();
+            let (a, r) = (count(log, "reload applied"), count(log, "reload refused"));
+            async move {
+                let st: serde_json::Value =
+                    serde_json::from_str(&http_get(admin, "/status").await.unwrap()).unwrap();
+                let generation = st["generation"].as_u64().unwrap();
+                let (ok, failed) = (
+                    st["reloads"]["ok"].as_u64().unwrap(),
+                    st["reloads"]["failed"].as_u64().unwrap(),
+                );
+                ((a as u64, r as u64) == (ok, failed)).then_some((generation, ok, failed, a, r))
+            }
+        },
+    )
+    .await;
     assert!(
         settled().await,
         "a later reload changed what the last variant set"
@@ -277,24 +214,22 @@ async fn sighup_storm_while_the_file_is_rewritten_applies_the_last_variant() {
 }
 
 /// SIGHUPs before, straddling and after a SIGTERM, while the file flips between
-/// two listen ports: once draining, no listener accepts (on either port), the held
-/// connection keeps flowing, no reload is applied after the drain began except one
-/// already running, and the process exits 0 as soon as the held connection closes
-/// (well before `shutdown_grace`).
+/// two listen addresses: once draining, no listener accepts (on any address it was
+/// bound to), the held connection keeps flowing, no reload is applied after the
+/// drain began except one already running, and the process exits 0 as soon as the
+/// held connection closes (well before `shutdown_grace`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_storm_during_the_drain_changes_nothing_and_exits_zero() {
     let b = backends(2).await;
     let nodes = nodes_of(&b);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("drain.toml");
-    let (pa, pb, admin) = (free_port(), free_port(), free_port());
-    let a = variant(pa, 100, &nodes[0], "30s", admin);
-    let bb = variant(pb, 200, &nodes[1], "30s", admin);
+    // Two listen addresses; port 0 on both, so each move binds a fresh port.
+    let a = variant("127.0.0.1:0", 100, &nodes[0], "30s");
+    let bb = variant("127.0.0.2:0", 200, &nodes[1], "30s");
     std::fs::write(&path, &a).unwrap();
     let mut p = Proc::start(&path);
-    let addr_a: SocketAddr = format!("127.0.0.1:{pa}").parse().unwrap();
-    let addr_b: SocketAddr = format!("127.0.0.1:{pb}").parse().unwrap();
-    let mut held = connect_from(client_ip(1), addr_a).await.unwrap();
+    let mut held = connect_from(client_ip(1), p.addr).await.unwrap();
     assert_eq!(read_line(&mut held).await.unwrap(), "node-0");
 
     // 50 SIGHUPs with rewrites, SIGTERM, 100 more.
@@ -308,9 +243,15 @@ async fn sighup_storm_during_the_drain_changes_nothing_and_exits_zero() {
         p.signal(Signal::SIGHUP);
     }
     p.wait_for(STOP);
+    // Every address a listener was bound to, first or by a reload (logged
+    // before the drain began: no reload applies after it, checked below).
+    p.wait_for(DRAINING);
+    let every = listened(p.drain());
+    println!("listened on {} addresses: {every:?}", every.len());
+    assert!(every.contains(&p.addr), "{every:?}");
 
-    // Draining: neither port accepts, now or a little later.
-    for addr in [addr_a, addr_b] {
+    // Draining: no address accepts, now or a little later.
+    for &addr in &every {
         eventually(Duration::from_secs(10), "listener closed", || async move {
             connect_from(client_ip(2), addr).await.is_err()
         })
@@ -330,7 +271,7 @@ async fn sighup_storm_during_the_drain_changes_nothing_and_exits_zero() {
     for _ in 0..50 {
         p.signal(Signal::SIGHUP);
     }
-    for addr in [addr_a, addr_b] {
+    for &addr in &every {
         for i in 0..5 {
             assert!(
                 connect_from(client_ip(10 + i), addr).await.is_err(),
@@ -392,10 +333,9 @@ async fn a_second_stop_signal_closes_the_rest_at_once_and_exits_zero() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("second.toml");
-        let (port, admin) = (free_port(), free_port());
-        std::fs::write(&path, variant(port, 100, &nodes[0], "60s", admin)).unwrap();
+        std::fs::write(&path, variant(LB, 100, &nodes[0], "60s")).unwrap();
         let mut p = Proc::start(&path);
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let addr = p.addr;
         let mut held = Vec::new();
         for i in 0..3 {
             let mut s = connect_from(client_ip(i), addr).await.unwrap();
@@ -470,14 +410,13 @@ async fn random_signal_sequences_always_end_in_a_clean_exit() {
     for run in 0..8 {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("random.toml");
-        let (port, admin) = (free_port(), free_port());
         let v = [
-            variant(port, 100, &nodes[0], "20s", admin),
-            variant(port, 101, &nodes[1], "20s", admin),
+            variant(LB, 100, &nodes[0], "20s"),
+            variant(LB, 101, &nodes[1], "20s"),
         ];
         std::fs::write(&path, &v[0]).unwrap();
         let mut p = Proc::start(&path);
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let addr = p.addr;
         let mut held = connect_from(client_ip(run), addr).await.unwrap();
         read_line(&mut held).await.unwrap();
 
@@ -512,18 +451,11 @@ async fn random_signal_sequences_always_end_in_a_clean_exit() {
         p.wait_for(STOP);
         // Signals of one kind that arrive before the handler runs may merge into
         // one (POSIX), so whether a second stop was seen is read from the log.
-        let second_seen = {
-            let deadline = Instant::now() + Duration::from_secs(2);
-            loop {
-                if count(p.drain(), "second stop signal") > 0 {
-                    break true;
-                }
-                if !p.alive() || Instant::now() > deadline {
-                    break count(p.drain(), "second stop signal") > 0;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        };
+        // It shows within 2 s (times the patience), or the process has exited.
+        let _ = poll_blocking(Duration::from_secs(2), Duration::from_millis(10), || {
+            (count(p.drain(), "second stop signal") > 0 || !p.alive()).then_some(())
+        });
+        let second_seen = count(p.drain(), "second stop signal") > 0;
         let t0 = Instant::now();
         if second_seen {
             // Closed at once, without our help.
@@ -583,14 +515,12 @@ async fn random_signal_sequences_always_end_in_a_clean_exit() {
 fn queued_reloads_never_delay_the_stop_signal() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("slow.toml");
-    let (port, admin) = (free_port(), free_port());
     let text = |w: u32| {
         let mut s = variant(
-            port,
+            LB,
             100,
             &("n0".into(), "127.0.0.1:9".parse().unwrap()),
             "5s",
-            admin,
         )
         .replace("[pools.p]\n", "[pools.p]\npoints_per_weight = 500\n");
         s.push_str(&format!("weight = {w}\n"));
@@ -614,7 +544,7 @@ fn queued_reloads_never_delay_the_stop_signal() {
         // Keep asking for reloads (with a change each time) until it exits;
         // meanwhile, note whether the listener still accepts after the stop was
         // logged.
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + patient(Duration::from_secs(30));
         let mut k = 0;
         let mut accepted_after_stop = 0;
         let mut stop_seen = false;
@@ -623,7 +553,7 @@ fn queued_reloads_never_delay_the_stop_signal() {
             std::fs::write(&path, text(1 + k % 2)).unwrap();
             p.signal(Signal::SIGHUP);
             stop_seen = stop_seen || p.drain().iter().any(|l| l.contains(STOP));
-            if stop_seen && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if stop_seen && std::net::TcpStream::connect(p.addr).is_ok() {
                 accepted_after_stop += 1;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -660,10 +590,9 @@ async fn a_second_stop_signal_counts_every_connection_it_closes() {
     for attempt in 0..10 {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("count.toml");
-        let (port, admin) = (free_port(), free_port());
-        std::fs::write(&path, variant(port, 100, &nodes[0], "60s", admin)).unwrap();
+        std::fs::write(&path, variant(LB, 100, &nodes[0], "60s")).unwrap();
         let mut p = Proc::start(&path);
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let addr = p.addr;
         let mut held = Vec::new();
         for i in 0..3 {
             let mut s = connect_from(client_ip(i), addr).await.unwrap();

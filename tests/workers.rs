@@ -14,21 +14,10 @@ use std::time::Duration;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// `ringlb run` with a JSON log on stderr (the config's `workers` key decides).
-fn spawn(config: &std::path::Path) -> (Kill, std::sync::mpsc::Receiver<String>) {
-    let mut child = spawn_ringlb_json(config);
-    let rx = lines_of(child.stderr.take().unwrap());
-    (child, rx)
-}
-
-fn addr_in(line: &str) -> SocketAddr {
-    log_addr(line).unwrap_or_else(|| panic!("no addr in {line}"))
-}
-
-/// The listen backlog (`Send-Q` of `ss -ltn`) of every listening socket on `port`.
-fn listening_sockets(port: u16) -> Vec<u32> {
+/// The listen backlog (`Send-Q` of `ss -ltn`) of every listening socket on `addr`.
+fn listening_sockets(addr: SocketAddr) -> Vec<u32> {
     let out = Command::new("ss")
-        .args(["-ltnH", &format!("sport = :{port}")])
+        .args(["-ltnH", &format!("src {addr}")])
         .output()
         .expect("ss (iproute2) is needed");
     String::from_utf8_lossy(&out.stdout)
@@ -65,14 +54,9 @@ fn run_briefly(config: &std::path::Path) -> std::process::Output {
         .spawn()
         .unwrap();
     let mut child = Kill(child);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while child.0.try_wait().unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still running after 10 s: it shares the address instead of refusing it"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let status = wait_exit(&mut child, Duration::from_secs(10)).unwrap_or_else(|| {
+        panic!("still running after 10 s: it shares the address instead of refusing it")
+    });
     let mut out = String::new();
     let mut err = String::new();
     use std::io::Read as _;
@@ -91,7 +75,7 @@ fn run_briefly(config: &std::path::Path) -> std::process::Output {
         .read_to_string(&mut err)
         .unwrap();
     std::process::Output {
-        status: child.0.try_wait().unwrap().unwrap(),
+        status,
         stdout: out.into_bytes(),
         stderr: err.into_bytes(),
     }
@@ -118,17 +102,12 @@ async fn connections_spread_over_every_workers_socket_and_are_counted_per_worker
             "workers = 3\n[admin]\nlisten = \"127.0.0.1:0\"",
         ),
     );
-    let (_child, rx) = spawn(&path);
-    let mut log = Vec::new();
-    let line = wait_for(&rx, "\"listening\"", &mut log);
-    let admin = addr_in(&wait_for(&rx, "admin endpoint listening", &mut log));
+    let mut ringlb = Ringlb::start(&path);
+    let line = ringlb.find("\"listening\"");
+    let admin = ringlb.admin();
     assert!(line.contains("\"accept_loops\":3"), "{line}");
-    let lb = addr_in(&line);
-    assert_eq!(
-        listening_sockets(lb.port()).len(),
-        3,
-        "one socket per worker"
-    );
+    let lb = ringlb.listening("lb");
+    assert_eq!(listening_sockets(lb).len(), 3, "one socket per worker");
 
     // 300 clients, each its own source address (so the kernel's hash spreads
     // them), each held open after a byte-exact echo.
@@ -200,10 +179,9 @@ async fn max_connections_is_exact_over_all_workers() {
             "workers = 4\n[admin]\nlisten = \"127.0.0.1:0\"",
         ),
     );
-    let (_child, rx) = spawn(&path);
-    let mut log = Vec::new();
-    let lb = addr_in(&wait_for(&rx, "\"listening\"", &mut log));
-    let admin = addr_in(&wait_for(&rx, "admin endpoint listening", &mut log));
+    let mut ringlb = Ringlb::start(&path);
+    let lb = ringlb.listening("lb");
+    let admin = ringlb.admin();
 
     // 200 clients at once: the four workers accept concurrently.
     let tasks: Vec<_> = (0..200u32)
@@ -237,9 +215,7 @@ async fn max_connections_is_exact_over_all_workers() {
         .unwrap_or_else(|| panic!("no max_connections rejections:\n{metrics}"));
     assert_eq!(rejected.rsplit(' ').next().unwrap(), "160", "{rejected}");
     // One warning for the listener, not one per worker.
-    while let Ok(l) = rx.try_recv() {
-        log.push(l);
-    }
+    let log = ringlb.drain();
     let warnings = log
         .iter()
         .filter(|l| l.contains("max_connections reached"))
@@ -256,9 +232,8 @@ async fn a_second_instance_on_the_same_address_is_refused_not_joined() {
         "a.toml",
         &config_text(&nodes_of(&b), "", "", "workers = 2"),
     );
-    let (_a, rx) = spawn(&first);
-    let mut log = Vec::new();
-    let lb = addr_in(&wait_for(&rx, "\"listening\"", &mut log));
+    let mut first = Ringlb::start(&first);
+    let lb = first.listening("lb");
 
     // The same address, the same way of binding: must fail, not share the port.
     let text =
@@ -271,11 +246,7 @@ async fn a_second_instance_on_the_same_address_is_refused_not_joined() {
         err.contains(&format!("cannot listen on {lb}")) && err.contains("in use"),
         "{err}"
     );
-    assert_eq!(
-        listening_sockets(lb.port()).len(),
-        2,
-        "only the first's two"
-    );
+    assert_eq!(listening_sockets(lb).len(), 2, "only the first's two");
 
     // A plain socket already on the port is refused the same way.
     let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -298,27 +269,23 @@ async fn reloads_add_change_and_remove_every_workers_socket() {
     let dir = tempfile::tempdir().unwrap();
     let base = config_text(&nodes_of(&b), "backlog = 100", "", "workers = 3");
     let path = write_config(&dir, "r.toml", &base);
-    let (child, rx) = spawn(&path);
-    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
-    let mut log = Vec::new();
-    let lb = addr_in(&wait_for(&rx, "\"listening\"", &mut log));
-    assert_eq!(listening_sockets(lb.port()), [100, 100, 100]);
+    let mut ringlb = Ringlb::start(&path);
+    let pid = nix::unistd::Pid::from_raw(ringlb.pid() as i32);
+    let lb = ringlb.listening("lb");
+    assert_eq!(listening_sockets(lb), [100, 100, 100]);
 
-    // A second listener, and a new backlog for the first.
-    let spare = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let second = spare.local_addr().unwrap();
-    drop(spare);
+    // A second listener (on port 0 of another address: its port comes from the
+    // log), and a new backlog for the first.
     let text = base.replace("backlog = 100", "backlog = 200").replace(
         "[pools.p]",
-        &format!(
-            "[[listener]]\nname = \"second\"\nlisten = \"{second}\"\npool = \"p\"\n\n[pools.p]"
-        ),
+        "[[listener]]\nname = \"second\"\nlisten = \"127.0.0.2:0\"\npool = \"p\"\n\n[pools.p]",
     );
     std::fs::write(&path, text).unwrap();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
-    wait_for(&rx, "reload applied", &mut log);
-    assert_eq!(listening_sockets(lb.port()), [200, 200, 200]);
-    assert_eq!(listening_sockets(second.port()).len(), 3);
+    ringlb.wait_for("reload applied");
+    let second = ringlb.listening("second");
+    assert_eq!(listening_sockets(lb), [200, 200, 200]);
+    assert_eq!(listening_sockets(second).len(), 3);
     for (i, addr) in [lb, second].into_iter().enumerate() {
         let node = node_for(client_ip(i as u32), addr).await.unwrap();
         assert_eq!(node, "node-0");
@@ -327,19 +294,17 @@ async fn reloads_add_change_and_remove_every_workers_socket() {
     // Remove the second listener again: all three of its sockets close.
     std::fs::write(&path, base.replace("backlog = 100", "backlog = 200")).unwrap();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
-    wait_for(&rx, "reload applied", &mut log);
+    ringlb.wait_for("reload applied");
     eventually(Duration::from_secs(5), "second listener closed", || async {
-        listening_sockets(second.port()).is_empty()
+        listening_sockets(second).is_empty()
     })
     .await;
-    while let Ok(l) = rx.try_recv() {
-        log.push(l);
-    }
+    let log = ringlb.drain();
     let stopped = log
         .iter()
         .filter(|l| l.contains("stopped accepting"))
         .count();
     assert_eq!(stopped, 1, "one line for the listener, not one per worker");
-    assert_eq!(listening_sockets(lb.port()), [200, 200, 200]);
-    drop(child);
+    assert_eq!(listening_sockets(lb), [200, 200, 200]);
+    drop(ringlb);
 }

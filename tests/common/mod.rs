@@ -1,10 +1,24 @@
 //! Shared helpers for integration tests: real sockets on loopback, port 0, clients
 //! bound to distinct 127.0.0.0/8 sources, polling instead of sleeps.
+//!
+//! - One way to start the real binary: [`Ringlb`] (listen on port 0, read the
+//!   address from the log); [`reserve_port`] only where a port must be written
+//!   into a config before its program starts (outside the ephemeral range).
+//! - One way to wait: [`eventually`] / [`poll`] (and [`poll_blocking`],
+//!   [`wait_exit`], [`wait_for`]); every bound times [`patience`]
+//!   (`RINGLB_TEST_PATIENCE`).
+//! - One [`read_line`], one [`http_get`] / [`http_request`].
+//! - Tests that need root or a tool: [`require_root`] / [`needs`]: a skip
+//!   prints why, and fails instead under `REQUIRE_ROOT=1` / `REQUIRE_NGINX=1`.
+//!
+//! These helpers must not: sleep for a fixed time to "let something happen", pick
+//! a port with bind-then-close, or pass a test that did not run when CI asks for it.
 #![allow(dead_code)]
 
 use std::future::Future;
 use std::io::BufRead as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use ringlb::backend::{Backend, Mode};
@@ -140,28 +154,68 @@ pub async fn connect_from(src: IpAddr, dst: SocketAddr) -> std::io::Result<TcpSt
     sock.connect(dst).await
 }
 
-/// Read one line (without the newline), bounded in time.
-pub async fn read_line(stream: &mut TcpStream) -> std::io::Result<String> {
+/// The longest line [`read_line`] and [`read_line_blocking`] accept (a guard
+/// against a peer that never sends a newline).
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// One byte of a line: `Some` when the line is complete (newline, EOF or too long).
+fn line_byte(line: &mut Vec<u8>, n: usize, byte: u8) -> Option<std::io::Result<String>> {
+    if n == 0 {
+        return Some(Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("EOF after {:?}", String::from_utf8_lossy(line)),
+        )));
+    }
+    if byte == b'\n' {
+        return Some(Ok(String::from_utf8_lossy(line).into_owned()));
+    }
+    line.push(byte);
+    (line.len() > MAX_LINE).then(|| Err(std::io::Error::other("line too long")))
+}
+
+/// Read one line (without the newline), bounded by `within` (taken as given:
+/// no patience applied).
+pub async fn read_line_within<S>(stream: &mut S, within: Duration) -> std::io::Result<String>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     let fut = async {
         loop {
             let n = stream.read(&mut byte).await?;
-            if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("EOF after {:?}", String::from_utf8_lossy(&line)),
-                ));
+            if let Some(done) = line_byte(&mut line, n, byte[0]) {
+                return done;
             }
-            if byte[0] == b'\n' {
-                return Ok(String::from_utf8_lossy(&line).into_owned());
-            }
-            line.push(byte[0]);
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no line in 10s"))?
+    tokio::time::timeout(within, fut).await.map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no line in {within:?}"),
+        )
+    })?
+}
+
+/// Read one line (without the newline), within 10 s (times the patience).
+pub async fn read_line<S>(stream: &mut S) -> std::io::Result<String>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    read_line_within(stream, patient(Duration::from_secs(10))).await
+}
+
+/// [`read_line`] for a blocking stream (threads that entered a network
+/// namespace); the stream's own read timeout bounds each read.
+pub fn read_line_blocking(stream: &mut impl std::io::Read) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        let n = stream.read(&mut byte)?;
+        if let Some(done) = line_byte(&mut line, n, byte[0]) {
+            return done;
+        }
+    }
 }
 
 /// Connect from `src` and return the name of the node that greets.
@@ -170,22 +224,116 @@ pub async fn node_for(src: IpAddr, dst: SocketAddr) -> std::io::Result<String> {
     read_line(&mut s).await
 }
 
-/// Poll `cond` every 20 ms until it holds or `within` passes.
+// ---------------------------------------------------------------------------
+// Patience: one knob for every bound a slow or loaded machine can miss
+// ---------------------------------------------------------------------------
+
+/// The environment variable that scales the test suite's time bounds.
+pub const PATIENCE_VAR: &str = "RINGLB_TEST_PATIENCE";
+
+/// The value of [`PATIENCE_VAR`]: unset (or empty) is 1; otherwise a finite
+/// number of at least 1, integer or not (`3`, `2.5`).
+pub fn parse_patience(value: Option<&str>) -> Result<f64, String> {
+    let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(1.0);
+    };
+    match v.parse::<f64>() {
+        Ok(p) if p.is_finite() && p >= 1.0 => Ok(p),
+        _ => Err(format!(
+            "{PATIENCE_VAR}={v:?}: expected a number of at least 1 (e.g. 3 or 2.5)"
+        )),
+    }
+}
+
+/// The patience multiplier, read from the environment once (panics on a bad value).
+pub fn patience() -> f64 {
+    static P: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *P.get_or_init(|| {
+        let v = std::env::var(PATIENCE_VAR).ok();
+        parse_patience(v.as_deref()).unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
+/// `d` times the patience: for a bound on how long something may take (a wait
+/// for it to happen, a latency ceiling) or a window in which something must not
+/// happen. Never for a lower bound (that would loosen nothing on a slow machine).
+pub fn patient(d: Duration) -> Duration {
+    d.mul_f64(patience())
+}
+
+// ---------------------------------------------------------------------------
+// Waiting: polling with a (patient) deadline, never a bare sleep
+// ---------------------------------------------------------------------------
+
+/// Call `f` every `every` until it returns `Some`, for at most `within` times
+/// the patience; `None` if it never did.
+pub async fn poll<T, F, Fut>(within: Duration, every: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + patient(within);
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// [`poll`] every 20 ms; panics (naming `what`) if `f` never returns `Some`.
+pub async fn eventually_some<T, F, Fut>(within: Duration, what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    poll(within, Duration::from_millis(20), f)
+        .await
+        .unwrap_or_else(|| panic!("condition not met within {:?}: {what}", patient(within)))
+}
+
+/// Poll `cond` every 20 ms until it holds or `within` (times the patience) passes;
+/// panics (naming `what`) if it never held.
 pub async fn eventually<F, Fut>(within: Duration, what: &str, mut cond: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + within;
+    eventually_some(within, what, || {
+        let c = cond();
+        async move { c.await.then_some(()) }
+    })
+    .await
+}
+
+/// [`poll`] for plain threads: call `f` every `every` until it returns `Some`,
+/// for at most `within` times the patience.
+pub fn poll_blocking<T>(
+    within: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = std::time::Instant::now() + patient(within);
     loop {
-        if cond().await {
-            return;
+        if let Some(v) = f() {
+            return Some(v);
         }
-        if tokio::time::Instant::now() >= deadline {
-            panic!("condition not met within {within:?}: {what}");
+        if std::time::Instant::now() >= deadline {
+            return None;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        std::thread::sleep(every);
     }
+}
+
+/// Wait (polling every 10 ms, for at most `within` times the patience) for
+/// `child` to exit; `None` if it is still running then.
+pub fn wait_exit(child: &mut std::process::Child, within: Duration) -> Option<ExitStatus> {
+    poll_blocking(within, Duration::from_millis(10), || {
+        child.try_wait().expect("try_wait on a child")
+    })
 }
 
 /// Read until EOF with a bound; returns bytes read, or an error (reset, timeout).
@@ -308,24 +456,43 @@ pub fn lines_of(stream: impl std::io::Read + Send + 'static) -> std::sync::mpsc:
     rx
 }
 
-/// Wait for a line containing `needle`; returns it. Every line seen is kept in `log`.
+/// How long a wait for a log line may take (times the patience).
+pub const LOG_WAIT: Duration = Duration::from_secs(20);
+
+/// The index of the first line of `log[from..]` that `pred` accepts, receiving
+/// more lines (kept in `log`) until one does or [`LOG_WAIT`] (times the
+/// patience) passes; `None` then, or when the stream ended.
+fn next_line(
+    rx: &std::sync::mpsc::Receiver<String>,
+    log: &mut Vec<String>,
+    from: usize,
+    mut pred: impl FnMut(&str) -> bool,
+) -> Option<usize> {
+    if let Some(i) = log[from.min(log.len())..].iter().position(|l| pred(l)) {
+        return Some(from + i);
+    }
+    let deadline = std::time::Instant::now() + patient(LOG_WAIT);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx.recv_timeout(left).ok()?;
+        let hit = pred(&line);
+        log.push(line);
+        if hit {
+            return Some(log.len() - 1);
+        }
+    }
+}
+
+/// Wait for a new line containing `needle`; returns it. Every line seen is kept in `log`.
 pub fn wait_for(
     rx: &std::sync::mpsc::Receiver<String>,
     needle: &str,
     log: &mut Vec<String>,
 ) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                log.push(line.clone());
-                if line.contains(needle) {
-                    return line;
-                }
-            }
-            Err(_) => panic!("no line with {needle:?}; saw:\n{}", log.join("\n")),
-        }
+    let from = log.len();
+    match next_line(rx, log, from, |l| l.contains(needle)) {
+        Some(i) => log[i].clone(),
+        None => panic!("no line with {needle:?}; saw:\n{}", log.join("\n")),
     }
 }
 
@@ -408,26 +575,351 @@ pub async fn reload(
     handle.last_reload().unwrap()
 }
 
-/// One HTTP/1.1 request (extra header lines end in CRLF) to an admin endpoint;
-/// the status code, the head and the body.
+/// One HTTP/1.1 request (extra header lines end in CRLF) to an admin endpoint,
+/// answered within 10 s (times the patience): the status code, the head and the
+/// body; an error if it cannot be reached or does not answer HTTP in time.
+pub async fn try_http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> std::io::Result<(u16, String, String)> {
+    use tokio::io::AsyncWriteExt;
+    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: admin\r\n{headers}\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    let within = patient(Duration::from_secs(10));
+    tokio::time::timeout(within, s.read_to_end(&mut buf))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{method} {path}: no complete answer within {within:?}"),
+            )
+        })??;
+    let text = String::from_utf8(buf).map_err(|e| bad(format!("not UTF-8: {e}")))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| bad(format!("no end of head in {text:?}")))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad(format!("no status code in {head:?}")))?;
+    Ok((status, head.to_string(), body.to_string()))
+}
+
+/// [`try_http_request`], panicking on an error.
 pub async fn http_request(
     addr: SocketAddr,
     method: &str,
     path: &str,
     headers: &str,
 ) -> (u16, String, String) {
-    use tokio::io::AsyncWriteExt;
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: admin\r\n{headers}\r\n").as_bytes())
+    try_http_request(addr, method, path, headers)
         .await
-        .unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8(buf).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, head.to_string(), body.to_string())
+        .unwrap_or_else(|e| panic!("{method} http://{addr}{path}: {e}"))
+}
+
+/// GET `path` from an admin endpoint: the body of a `200` answer; otherwise what
+/// went wrong (the head of another answer, or the I/O error).
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    match try_http_request(addr, "GET", path, "").await {
+        Ok((200, _, body)) => Ok(body),
+        Ok((_, head, _)) => Err(format!("GET http://{addr}{path}: {head}")),
+        Err(e) => Err(format!("GET http://{addr}{path}: {e}")),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The real binary
+// ---------------------------------------------------------------------------
+
+/// A `ringlb` child process (killed and reaped when dropped, also on a failed
+/// assertion) and its log, read on a thread so waits have deadlines. Its
+/// addresses come from its log (`listen = "127.0.0.1:0"` in the config, then
+/// [`Ringlb::listening`]), never from a port chosen before it started.
+pub struct Ringlb {
+    pub child: Kill,
+    log: std::sync::mpsc::Receiver<String>,
+    /// Every log line received so far.
+    pub seen: Vec<String>,
+    /// [`Ringlb::wait_for`] looks at lines from here on.
+    cursor: usize,
+}
+
+impl Ringlb {
+    /// [`spawn_ringlb_json`]: `ringlb --log-format json ... run --config PATH`.
+    pub fn start(config: &std::path::Path) -> Ringlb {
+        Ringlb::from_child(spawn_ringlb_json(config))
+    }
+
+    /// Any child with its log on a piped stderr (e.g. `ringlb` under `prlimit`).
+    pub fn from_child(mut child: Kill) -> Ringlb {
+        let log = lines_of(child.stderr.take().expect("stderr piped"));
+        Ringlb {
+            child,
+            log,
+            seen: Vec::new(),
+            cursor: 0,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The next line containing `needle` after the one the previous call
+    /// returned (waiting for it, [`LOG_WAIT`] at most); returns it.
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        self.wait_for_line(needle, |l| l.contains(needle))
+    }
+
+    /// The next line `pred` accepts (as [`Ringlb::wait_for`]); `what` names it
+    /// in the panic message.
+    pub fn wait_for_line(&mut self, what: &str, pred: impl FnMut(&str) -> bool) -> String {
+        match next_line(&self.log, &mut self.seen, self.cursor, pred) {
+            Some(i) => {
+                self.cursor = i + 1;
+                self.seen[i].clone()
+            }
+            None => panic!(
+                "no log line with {what:?} ({}); saw:\n{}",
+                match self.child.try_wait() {
+                    Ok(Some(st)) => format!("ringlb exited: {st}"),
+                    _ => "ringlb still running".into(),
+                },
+                self.seen.join("\n")
+            ),
+        }
+    }
+
+    /// The first line containing `needle` logged so far, else the next one
+    /// (for lines whose order with others does not matter); returns it.
+    pub fn find(&mut self, needle: &str) -> String {
+        match next_line(&self.log, &mut self.seen, 0, |l| l.contains(needle)) {
+            Some(i) => self.seen[i].clone(),
+            None => panic!(
+                "no log line with {needle:?}; saw:\n{}",
+                self.seen.join("\n")
+            ),
+        }
+    }
+
+    /// The address listener `name` listens on, from its `listening` line.
+    pub fn listening(&mut self, name: &str) -> SocketAddr {
+        let l = format!("\"listener\":\"{name}\"");
+        let line = match next_line(&self.log, &mut self.seen, 0, |s| {
+            s.contains("\"message\":\"listening\"") && s.contains(&l)
+        }) {
+            Some(i) => self.seen[i].clone(),
+            None => panic!(
+                "listener {name} never listening; saw:\n{}",
+                self.seen.join("\n")
+            ),
+        };
+        log_addr(&line).unwrap_or_else(|| panic!("no addr in {line}"))
+    }
+
+    /// The admin endpoint's address, from its `admin endpoint listening` line.
+    pub fn admin(&mut self) -> SocketAddr {
+        let line = self.find("admin endpoint listening");
+        log_addr(&line).unwrap_or_else(|| panic!("no addr in {line}"))
+    }
+
+    /// Everything logged so far (drains the channel without waiting).
+    pub fn drain(&mut self) -> &[String] {
+        while let Ok(l) = self.log.try_recv() {
+            self.seen.push(l);
+        }
+        &self.seen
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait on ringlb").is_none()
+    }
+
+    /// Wait for the exit ([`wait_exit`]; panics with the log if it does not
+    /// come), then collect the rest of the log.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let Some(st) = wait_exit(&mut self.child, within) else {
+            panic!(
+                "ringlb did not exit within {:?}; log:\n{}",
+                patient(within),
+                self.drain().join("\n")
+            );
+        };
+        // The log thread ends at EOF; collect what is left.
+        while let Ok(l) = self.log.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(l);
+        }
+        st
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Ports that must be known before a process starts
+// ---------------------------------------------------------------------------
+
+/// The kernel's ephemeral port range (`ip_local_port_range`): the ports that
+/// `bind(:0)` and `connect` hand out, so a port chosen in advance must not be
+/// one of them (another test's client socket could take it at any moment).
+pub fn ephemeral_ports() -> std::ops::RangeInclusive<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some(it.next()??..=it.next()??)
+        })
+        .unwrap_or(32768..=60999)
+}
+
+/// A TCP port on 127.0.0.1 reserved for a test that must write it into a config
+/// before the process that listens on it starts (a demo backend, nginx). Use
+/// port 0 and the log instead wherever the program can report what it bound.
+///
+/// Why it cannot collide:
+/// - it is outside [`ephemeral_ports`], so no `bind(:0)` or outgoing connection
+///   on this machine is ever given it;
+/// - an exclusive lock on a file named after it (in the temp dir, per user) is
+///   held until the reservation is dropped, so no other reservation, in this or
+///   another test process, picks it while this test runs;
+/// - a socket stays bound to it (bound, not listening: nothing can connect)
+///   until [`PortReservation::release`], called just before the program binds.
+///
+/// Only a process that binds this very number on its own could still take it.
+pub struct PortReservation {
+    port: u16,
+    socket: Option<socket2::Socket>,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl PortReservation {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Unbind the placeholder socket: call just before starting the program
+    /// that listens on the port. The lock stays until the reservation is dropped.
+    pub fn release(&mut self) -> u16 {
+        self.socket = None;
+        self.port
+    }
+}
+
+/// Reserve a port (see [`PortReservation`]) in 20000..=65535, outside the
+/// ephemeral range.
+pub fn reserve_port() -> PortReservation {
+    use rand::Rng as _;
+    let eph = ephemeral_ports();
+    let candidates: Vec<u16> = (20000..=65535u16).filter(|p| !eph.contains(p)).collect();
+    assert!(!candidates.is_empty(), "no port outside {eph:?}");
+    let dir = std::env::temp_dir().join(format!("ringlb-test-ports-{}", nix::unistd::geteuid()));
+    std::fs::create_dir_all(&dir).expect("port lock directory");
+    let mut rng = rand::thread_rng();
+    for _ in 0..200 {
+        let port = candidates[rng.gen_range(0..candidates.len())];
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+            .expect("port lock file");
+        let Ok(lock) = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        else {
+            continue; // reserved by another test
+        };
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        if socket.bind(&SocketAddr::new(LOCAL, port).into()).is_ok() {
+            return PortReservation {
+                port,
+                socket: Some(socket),
+                _lock: lock,
+            };
+        }
+    }
+    panic!("no free port outside {eph:?} after 200 tries");
+}
+
+/// A loopback address that refuses connections for as long as the returned
+/// socket lives: it is bound there and never listens, so nothing else can take
+/// the port and every connect is refused.
+pub fn closed_port(ip: IpAddr) -> (SocketAddr, socket2::Socket) {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(SocketAddr::new(ip, 0)),
+        socket2::Type::STREAM,
+        None,
+    )
+    .expect("socket");
+    socket
+        .bind(&SocketAddr::new(ip, 0).into())
+        .expect("bind a closed port");
+    let addr = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("bound address");
+    (addr, socket)
+}
+
+// ---------------------------------------------------------------------------
+// Tests that need what this machine may lack (root, namespaces, nginx)
+// ---------------------------------------------------------------------------
+
+/// What to do with a test that needs something: run it, skip it, or fail.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Need {
+    Run,
+    /// Print this and pass.
+    Skip(String),
+    /// Panic with this: the environment asked for the test to run.
+    Fail(String),
+}
+
+/// The decision, pure: `missing` says why the test cannot run here (`None`: it
+/// can); `require` is the value of the environment switch `var` (e.g.
+/// `REQUIRE_ROOT`), under which a skip is a failure.
+pub fn decide(missing: Option<&str>, var: &str, require: Option<&str>) -> Need {
+    match (missing, require.map(str::trim)) {
+        (None, _) => Need::Run,
+        (Some(why), Some("1")) => {
+            Need::Fail(format!("{var}=1, but this test cannot run here: {why}"))
+        }
+        (Some(why), _) => Need::Skip(format!("skipped: {why} (set {var}=1 to fail instead)")),
+    }
+}
+
+/// Whether a test that needs something may run: `missing` is why it cannot
+/// (`None`: it can). When it cannot, prints `skipped: <why>` and returns false,
+/// unless the environment sets `var=1` (CI does): then it panics, so a test
+/// that cannot run fails instead of passing.
+pub fn needs(var: &str, missing: Option<String>) -> bool {
+    let require = std::env::var(var).ok();
+    match decide(missing.as_deref(), var, require.as_deref()) {
+        Need::Run => true,
+        Need::Skip(msg) => {
+            eprintln!("{msg}");
+            false
+        }
+        Need::Fail(msg) => panic!("{msg}"),
+    }
+}
+
+/// Why a test that needs root cannot run here, if it cannot.
+pub fn not_root() -> Option<String> {
+    let euid = nix::unistd::geteuid();
+    (!euid.is_root()).then(|| format!("not root (effective uid {euid})"))
+}
+
+/// `needs("REQUIRE_ROOT", ...)` for a test that needs root (`why`: what for).
+/// Returns false (after printing why) when it should be skipped:
+/// `if !require_root("...") { return; }`.
+pub fn require_root(why: &str) -> bool {
+    needs(
+        "REQUIRE_ROOT",
+        not_root().map(|r| format!("{r}; needs root for {why}")),
+    )
 }

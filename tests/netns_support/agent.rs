@@ -19,6 +19,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{oneshot, Mutex};
 use tokio::task::JoinHandle;
 
+use crate::common::read_line_within;
+
 pub const ENV: &str = "RLNT_AGENT";
 pub const PREFIX: &str = "@@agent ";
 
@@ -265,7 +267,7 @@ async fn handle(state: &Arc<State>, cmd: &Value) -> Result<Value, String> {
             let mut stream = connect_from(src, dst, Duration::from_secs(5))
                 .await
                 .map_err(|e| format!("connect: {e}"))?;
-            let node = read_line(&mut stream)
+            let node = read_line_within(&mut stream, STEP)
                 .await
                 .map_err(|e| format!("greeting: {e}"))?;
             let h = state.next_hold.fetch_add(1, Ordering::SeqCst) + 1;
@@ -290,7 +292,7 @@ async fn handle(state: &Arc<State>, cmd: &Value) -> Result<Value, String> {
                     .map_err(|e| format!("write: {e}"))?;
                 hold.last_send = Instant::now();
                 if cmd["op"] == "hold_echo" {
-                    let back = read_line(&mut hold.stream)
+                    let back = read_line_within(&mut hold.stream, STEP)
                         .await
                         .map_err(|e| format!("read: {e}"))?;
                     if back != text {
@@ -375,42 +377,13 @@ pub async fn connect_from(
     }
 }
 
-/// One line without its newline, bounded by [`STEP`].
-async fn read_line(stream: &mut TcpStream) -> std::io::Result<String> {
-    read_line_within(stream, STEP).await
-}
-
-/// One line without its newline, bounded by `within`.
-async fn read_line_within(stream: &mut TcpStream, within: Duration) -> std::io::Result<String> {
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    let fut = async {
-        loop {
-            let n = stream.read(&mut byte).await?;
-            if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("EOF after {:?}", String::from_utf8_lossy(&line)),
-                ));
-            }
-            if byte[0] == b'\n' {
-                return Ok(String::from_utf8_lossy(&line).into_owned());
-            }
-            line.push(byte[0]);
-        }
-    };
-    tokio::time::timeout(within, fut)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no line in time"))?
-}
-
 /// Connect from `src`, read the greeting; the node name and the time it took.
 async fn probe(src: IpAddr, dst: SocketAddr, within: Duration) -> Value {
     let t0 = Instant::now();
     let r = tokio::time::timeout(within, async {
         let mut s = connect_from(src, dst, within).await?;
         let connect_ms = t0.elapsed().as_secs_f64() * 1000.0;
-        let node = read_line(&mut s).await?;
+        let node = read_line_within(&mut s, STEP).await?;
         Ok::<_, std::io::Error>((node, connect_ms))
     })
     .await;
@@ -495,7 +468,7 @@ async fn stream_conn(
         "alive": false, "error": null, "corrupt": false, "ended_ms": null});
     let opened = async {
         let mut s = connect_from(p.src, p.dst, Duration::from_secs(5)).await?;
-        let node = read_line(&mut s).await?;
+        let node = read_line_within(&mut s, STEP).await?;
         Ok::<_, std::io::Error>((s, node))
     }
     .await;
@@ -584,10 +557,10 @@ async fn churn_worker(
         let t0 = Instant::now();
         let r = tokio::time::timeout(within, async {
             let mut s = connect_from(src, dst, within).await?;
-            let node = read_line(&mut s).await?;
+            let node = read_line_within(&mut s, STEP).await?;
             let msg = format!("churn-{w}-{i}");
             s.write_all(format!("{msg}\n").as_bytes()).await?;
-            let back = read_line(&mut s).await?;
+            let back = read_line_within(&mut s, STEP).await?;
             if back != msg {
                 return Err(std::io::Error::other(format!("echo mismatch {back:?}")));
             }

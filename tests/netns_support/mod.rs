@@ -1,4 +1,5 @@
-//! Test hosts as Linux network namespaces, for `tests/netns.rs`.
+//! Test hosts as Linux network namespaces, for `tests/netns.rs`. The crate that
+//! includes it also declares `mod common;` (tests/common).
 //!
 //! One lab per test: a "switch" namespace holding a bridge, and a client, a
 //! balancer and N backend namespaces, each joined to the bridge by a veth pair
@@ -48,16 +49,8 @@ pub const CLIENTS: u8 = 100;
 
 /// Why these tests cannot run here, if they cannot.
 pub fn skip_reason() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .unwrap_or("");
-    if euid != "0" {
-        return Some(format!(
-            "not root (effective uid {euid:?}); network namespaces need root"
-        ));
+    if let Some(r) = crate::common::not_root() {
+        return Some(format!("{r}; network namespaces need root"));
     }
     for (tool, arg) in [("ip", "-V"), ("iptables", "--version")] {
         let ok = Command::new(tool)
@@ -76,15 +69,10 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
-/// True (after printing `skipped: <reason>`) when the test cannot run here.
+/// True (after printing `skipped: <reason>`) when the test cannot run here;
+/// under `REQUIRE_ROOT=1` (CI) it panics with the reason instead.
 pub fn skipped() -> bool {
-    match skip_reason() {
-        Some(reason) => {
-            eprintln!("skipped: {reason}");
-            true
-        }
-        None => false,
-    }
+    !crate::common::needs("REQUIRE_ROOT", skip_reason())
 }
 
 /// The heavy tests run one at a time: they measure latencies on a 2-core box.
