@@ -19,6 +19,7 @@ pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod privilege;
+pub mod prober;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;

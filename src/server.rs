@@ -23,10 +23,10 @@ use crate::config::{fmt_duration, Config, ListenerConfig};
 use crate::error::Error;
 use crate::handle::Shared;
 pub use crate::handle::{Handle, ListenerView, ReloadRecord};
-use crate::health::Prober;
 use crate::listener::{self, BoundListener, ListenerShared, ListenerState};
 use crate::metrics::ServerMetrics;
 use crate::pool::Pool;
+use crate::prober::Prober;
 use crate::reload;
 use crate::workers::WorkerLoad;
 

@@ -1,4 +1,4 @@
-//! Active health checks, in three layers that depend on each other in one
+//! Active health checks, in two layers that depend on each other in one
 //! direction only:
 //!
 //! * [`state`]: the rise/fall hysteresis of one node ([`NodeHealth`]) and what a
@@ -8,15 +8,13 @@
 //!   connect, or an HTTP/1.1 GET whose status and optionally body are checked (the
 //!   response is parsed with `httparse`; chunked and `Content-Length` bodies are
 //!   decoded, everything read is bounded by [`MAX_RESPONSE`]). No pool, no state.
-//! * `prober`: the [`Prober`], one probe loop per node with ±10% jitter, reporting
-//!   every outcome to the [`Pool`](crate::pool::Pool), which applies the hysteresis
-//!   and owns the ring. Nothing here picks nodes or changes a node's state itself.
+//!
+//! The loops that run the probes and report into the pool are
+//! [`prober`](crate::prober), one level up: nothing here names the pool.
 
 pub mod state;
 
 mod probe;
-mod prober;
 
 pub use probe::{probe, probe_addr, MAX_RESPONSE};
-pub use prober::Prober;
 pub use state::{NodeHealth, ProbeOutcome, ProbeRecord};

@@ -1,7 +1,9 @@
 //! The probe tasks of a pool: one loop per node that runs [`probe`] every
 //! `interval` ± 10% and reports each outcome to the [`Pool`], which applies the
-//! hysteresis and owns the ring. The prober depends on the pool, never the
-//! reverse; it never picks nodes and never changes a node's state itself.
+//! hysteresis and owns the ring. It sits above both `health` (the probes and the
+//! hysteresis state) and `pool`, so neither of them names the other's runtime:
+//! the pool depends only on `health::state`. It never picks nodes and never
+//! changes a node's state itself.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -10,8 +12,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::probe::{probe, probe_addr};
 use crate::config::HealthKind;
+use crate::health::{probe, probe_addr};
 use crate::pool::{Node, Pool};
 
 /// A small deterministic-per-node jitter source (no global RNG needed).
