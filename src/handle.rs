@@ -15,8 +15,8 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
+use crate::admission::ListenerShared;
 use crate::config::Config;
-use crate::listener::ListenerShared;
 use crate::metrics::ServerMetrics;
 use crate::pool::Pool;
 use crate::workers::WorkerLoad;

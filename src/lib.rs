@@ -4,14 +4,13 @@
 //! operation.
 #![forbid(unsafe_code)]
 
-pub mod access;
 pub mod admin;
+pub mod admission;
 pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
-pub mod forward;
 pub mod handle;
 pub mod health;
 pub mod keepalive;
@@ -21,11 +20,9 @@ pub mod pool;
 pub mod privilege;
 pub mod prober;
 pub mod proxy;
-pub mod proxy_protocol;
 pub mod reload;
 pub mod ring;
 pub mod server;
-pub mod splice;
 pub mod which;
 pub mod workers;
 

@@ -19,11 +19,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminServer};
+use crate::admission::{ListenerShared, ListenerState};
 use crate::config::{fmt_duration, Config, ListenerConfig};
 use crate::error::Error;
 use crate::handle::Shared;
 pub use crate::handle::{Handle, ListenerView, ReloadRecord};
-use crate::listener::{self, BoundListener, ListenerShared, ListenerState};
+use crate::listener::{self, AcceptErrors, AcceptLoop, BoundListener};
 use crate::metrics::ServerMetrics;
 use crate::pool::Pool;
 use crate::prober::Prober;
@@ -50,6 +51,8 @@ struct Running {
     /// own descriptor of its socket.
     sockets: Vec<Arc<std::net::TcpListener>>,
     shared: Arc<ListenerShared>,
+    /// The accept-error log shared by this listener's accept loops.
+    accept_errors: Arc<AcceptErrors>,
     stop: CancellationToken,
     /// One accept loop per worker (or one on the server's runtime).
     tasks: Vec<JoinHandle<()>>,
@@ -240,14 +243,16 @@ impl Server {
                     continue;
                 }
             };
-            r.tasks.push(rt.spawn(listener::accept_loop(
+            let accept = AcceptLoop {
                 socket,
-                r.local_addr,
-                r.shared.clone(),
-                worker.clone(),
-                self.tracker.clone(),
-                r.stop.clone(),
-            )));
+                local_addr: r.local_addr,
+                shared: r.shared.clone(),
+                worker: worker.clone(),
+                errors: r.accept_errors.clone(),
+                tracker: self.tracker.clone(),
+                stop: r.stop.clone(),
+            };
+            r.tasks.push(rt.spawn(accept.run(crate::proxy::handle)));
         }
         let st = r.shared.state.load();
         info!(listener = %st.config.name, addr = %r.local_addr, pool = %st.config.pool, accept_loops = r.tasks.len(), "listening");
@@ -599,6 +604,7 @@ fn running(
         local_addr: bound.local_addr,
         sockets: bound.sockets.into_iter().map(Arc::new).collect(),
         shared: Arc::new(ListenerShared::new(state, hard_stop.clone())),
+        accept_errors: Arc::default(),
         stop: CancellationToken::new(),
         tasks: Vec::new(),
     }

@@ -55,9 +55,9 @@ async fn ten_mib_each_way_byte_exact_on_concurrent_connections() {
         .sum();
     assert_eq!(total, 4);
     // Bulk directions were spliced (Linux), and every pipe is back in the pool.
-    if ringlb::splice::enabled() {
+    if ringlb::proxy::splice::enabled() {
         assert!(
-            ringlb::splice::pipes_in_existence() > 0,
+            ringlb::proxy::splice::pipes_in_existence() > 0,
             "splice never engaged"
         );
     }
@@ -67,7 +67,7 @@ async fn ten_mib_each_way_byte_exact_on_concurrent_connections() {
         Duration::from_secs(10),
         "every pipe back in the pool",
         || {
-            let back = ringlb::splice::pipes_pooled() == ringlb::splice::pipes_in_existence();
+            let back = ringlb::proxy::splice::pipes_pooled() == ringlb::proxy::splice::pipes_in_existence();
             async move { back }
         },
     )

@@ -1,80 +1,28 @@
-//! One client connection: pick the node for the client IP on the current ring,
-//! connect with `connect_timeout` (falling back to the next distinct nodes along the
-//! ring, up to `connect_attempts`), then forward until done. Ends with one INFO event.
+//! Reaching a node for one client: pick the node for the client IP on the pool's
+//! current snapshot, open a socket to it with `connect_timeout` (falling back to
+//! the next distinct nodes along the ring, up to `connect_attempts`, skipping full
+//! or over-bound ones), and send the PROXY header when the pool asks for one.
+//! Reports successes and failures to the pool (passive health); never forwards.
 
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use tokio::io::Interest;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use tokio::io::AsyncWriteExt;
-
+use super::{proxy_protocol, LOCAL_SHORTAGE_LOG};
+use crate::admission::ListenerState;
 use crate::config::{Keepalive, ProxyProtocol};
 use crate::error::is_resource_exhaustion;
-use crate::forward::{self, End, Meters};
-use crate::listener::{Admission, ListenerState};
 use crate::metrics::{ConnectFailure, RejectReason};
 use crate::pool::{Node, PoolSnapshot};
 use crate::ring::canonical_ip;
-
-static LOCAL_SHORTAGE_LOG: RateLimit = RateLimit::new(10);
-static PROXY_HEADER_LOG: RateLimit = RateLimit::new(10);
-
-/// Allows one event per period (seconds), process-wide, without a lock.
-struct RateLimit {
-    period_secs: u64,
-    last: AtomicU64,
-}
-
-impl RateLimit {
-    const fn new(period_secs: u64) -> Self {
-        RateLimit {
-            period_secs,
-            last: AtomicU64::new(0),
-        }
-    }
-
-    fn allow(&self) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let last = self.last.load(Ordering::Relaxed);
-        (last == 0 || now >= last + self.period_secs)
-            && self
-                .last
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
-}
-
-/// Decrements a counter when dropped, whatever way the task ends.
-struct ActiveGuard<'a> {
-    count: &'a AtomicU64,
-    gauge: &'a metrics::Gauge,
-}
-
-impl<'a> ActiveGuard<'a> {
-    fn new(count: &'a AtomicU64, gauge: &'a metrics::Gauge) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        gauge.increment(1.0);
-        ActiveGuard { count, gauge }
-    }
-}
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::Relaxed);
-        self.gauge.decrement(1.0);
-    }
-}
 
 /// Open a connection to `addr`: a non-blocking socket with `TCP_NODELAY`,
 /// `connect`, then wait until it is writable. Whether it worked is read off the
@@ -176,42 +124,10 @@ async fn connect(
     None
 }
 
-/// A trusted proxy's connection: read its PROXY header, then judge the client it
-/// names by the listener's access rules. Returns the client and the address it
-/// connected to (`None`: the header carried none, the proxy's own connection).
-async fn proxy_header(
-    client: &TcpStream,
-    peer: SocketAddr,
-    admission: &mut Admission,
-) -> Option<(SocketAddr, Option<SocketAddr>)> {
-    let ctx = admission.state();
-    let within = ctx.config.proxy_header_timeout;
-    let listener = ctx.config.name.clone();
-    match crate::proxy_protocol::read_header(client, within).await {
-        Ok(Some((src, dst))) => {
-            if let Err(reason) = admission.admit_client(src.ip()) {
-                debug!(client = %src, proxy = %peer, listener = %listener, reason = reason.as_str(), "client refused");
-                return None;
-            }
-            Some((src, Some(dst)))
-        }
-        Ok(None) => Some((peer, None)),
-        Err(e) => {
-            ctx.metrics.rejected(RejectReason::ProxyHeader).increment(1);
-            if PROXY_HEADER_LOG.allow() {
-                warn!(proxy = %peer, listener = %listener, error = %e, "refusing a connection from a trusted proxy: no valid PROXY header (logged at most every 10s; counted as reason=\"proxy_header\")");
-            } else {
-                debug!(proxy = %peer, listener = %listener, error = %e, "no valid PROXY header");
-            }
-            None
-        }
-    }
-}
-
 /// Pick the client's nodes on the current ring and connect to the first that
 /// answers (sending the pool's PROXY header first, if it has one). Returns the
 /// node, the connection and the pool's idle timeout.
-async fn select_and_connect(
+pub(super) async fn select_and_connect(
     client: &TcpStream,
     peer: SocketAddr,
     dst: Option<SocketAddr>,
@@ -234,7 +150,7 @@ async fn select_and_connect(
             Some(d) => d,
             None => client.local_addr().unwrap_or(peer),
         };
-        let header = crate::proxy_protocol::encode(version, peer, dst);
+        let header = proxy_protocol::encode(version, peer, dst);
         if let Err(e) = upstream.write_all(&header).await {
             warn!(client = %peer, node = %node.name, error = %e, "could not send the PROXY header to the node; closing");
             return None;
@@ -244,64 +160,6 @@ async fn select_and_connect(
         info!(client = %peer, listener = %ctx.config.name, node = %node.name, tried = %failures, "connected to a fallback node");
     }
     Some((node, upstream, snapshot.settings.idle_timeout))
-}
-
-/// Serve one accepted client connection. Runs inside the connection's span.
-pub async fn handle(client: TcpStream, peer: SocketAddr, mut admission: Admission) {
-    let start = Instant::now();
-    let (peer, dst) = if admission.expects_proxy_header() {
-        match Box::pin(proxy_header(&client, peer, &mut admission)).await {
-            Some(x) => x,
-            None => return,
-        }
-    } else {
-        (peer, None)
-    };
-    let ctx = admission.state();
-    let hard_stop = admission.hard_stop();
-    // Everything before forwarding runs boxed and is freed when it ends, so the
-    // state a long-lived connection keeps is only what forwarding needs.
-    let Some((node, upstream, idle_timeout)) =
-        Box::pin(select_and_connect(&client, peer, dst, ctx, hard_stop)).await
-    else {
-        return;
-    };
-    node.total.fetch_add(1, Ordering::Relaxed);
-    let _node_active = ActiveGuard::new(&node.active, &node.metrics.active);
-
-    let node_down = node.close_token();
-    let out = forward::forward(
-        &client,
-        &upstream,
-        idle_timeout,
-        forward::Stop {
-            close: &node_down,
-            shutdown: hard_stop,
-        },
-        Meters {
-            to_node: (&node.metrics.bytes_to_node, &node.bytes_to_node),
-            to_client: (&node.metrics.bytes_to_client, &node.bytes_to_client),
-        },
-    )
-    .await;
-    let duration = start.elapsed();
-    ctx.metrics.duration.record(duration.as_secs_f64());
-    let error = match &out.end {
-        End::ClientError(e) | End::NodeError(e) => Some(e.to_string()),
-        _ => None,
-    };
-    info!(
-        client = %peer,
-        listener = %ctx.config.name,
-        node = %node.name,
-        node_addr = %node.addr,
-        bytes_to_node = out.to_node,
-        bytes_to_client = out.to_client,
-        duration_ms = duration.as_millis() as u64,
-        reason = out.end.as_str(),
-        error = error.as_deref(),
-        "connection closed"
-    );
 }
 
 #[cfg(test)]

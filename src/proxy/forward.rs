@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::splice;
+use super::splice;
 
 /// First buffer of a direction: enough for typical messages (chat, game updates,
 /// WebSocket frames) while keeping the memory of many bursty connections small.

@@ -1,0 +1,164 @@
+//! One client connection, from admission to close: read the PROXY header of a
+//! trusted proxy (then admit the client it names), reach a node ([`connect`]),
+//! then forward bytes both ways until done ([`forward`], with [`splice`] for bulk
+//! transfers). Ends with one INFO event. Takes an
+//! [`Admission`](crate::admission::Admission) from whoever accepted the socket and
+//! names no listener type.
+
+mod connect;
+pub mod forward;
+pub mod proxy_protocol;
+pub mod splice;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::admission::Admission;
+use crate::metrics::RejectReason;
+use connect::select_and_connect;
+use forward::{End, Meters};
+
+static LOCAL_SHORTAGE_LOG: RateLimit = RateLimit::new(10);
+static PROXY_HEADER_LOG: RateLimit = RateLimit::new(10);
+
+/// Allows one event per period (seconds), process-wide, without a lock.
+struct RateLimit {
+    period_secs: u64,
+    last: AtomicU64,
+}
+
+impl RateLimit {
+    const fn new(period_secs: u64) -> Self {
+        RateLimit {
+            period_secs,
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn allow(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last.load(Ordering::Relaxed);
+        (last == 0 || now >= last + self.period_secs)
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+/// Decrements a counter when dropped, whatever way the task ends.
+struct ActiveGuard<'a> {
+    count: &'a AtomicU64,
+    gauge: &'a metrics::Gauge,
+}
+
+impl<'a> ActiveGuard<'a> {
+    fn new(count: &'a AtomicU64, gauge: &'a metrics::Gauge) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        gauge.increment(1.0);
+        ActiveGuard { count, gauge }
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.decrement(1.0);
+    }
+}
+
+/// A trusted proxy's connection: read its PROXY header, then judge the client it
+/// names by the listener's access rules. Returns the client and the address it
+/// connected to (`None`: the header carried none, the proxy's own connection).
+async fn proxy_header(
+    client: &TcpStream,
+    peer: SocketAddr,
+    admission: &mut Admission,
+) -> Option<(SocketAddr, Option<SocketAddr>)> {
+    let ctx = admission.state();
+    let within = ctx.config.proxy_header_timeout;
+    let listener = ctx.config.name.clone();
+    match proxy_protocol::read_header(client, within).await {
+        Ok(Some((src, dst))) => {
+            if let Err(reason) = admission.admit_client(src.ip()) {
+                debug!(client = %src, proxy = %peer, listener = %listener, reason = reason.as_str(), "client refused");
+                return None;
+            }
+            Some((src, Some(dst)))
+        }
+        Ok(None) => Some((peer, None)),
+        Err(e) => {
+            ctx.metrics.rejected(RejectReason::ProxyHeader).increment(1);
+            if PROXY_HEADER_LOG.allow() {
+                warn!(proxy = %peer, listener = %listener, error = %e, "refusing a connection from a trusted proxy: no valid PROXY header (logged at most every 10s; counted as reason=\"proxy_header\")");
+            } else {
+                debug!(proxy = %peer, listener = %listener, error = %e, "no valid PROXY header");
+            }
+            None
+        }
+    }
+}
+
+/// Serve one accepted client connection. Runs inside the connection's span.
+pub async fn handle(client: TcpStream, peer: SocketAddr, mut admission: Admission) {
+    let start = Instant::now();
+    let (peer, dst) = if admission.expects_proxy_header() {
+        match Box::pin(proxy_header(&client, peer, &mut admission)).await {
+            Some(x) => x,
+            None => return,
+        }
+    } else {
+        (peer, None)
+    };
+    let ctx = admission.state();
+    let hard_stop = admission.hard_stop();
+    // Everything before forwarding runs boxed and is freed when it ends, so the
+    // state a long-lived connection keeps is only what forwarding needs.
+    let Some((node, upstream, idle_timeout)) =
+        Box::pin(select_and_connect(&client, peer, dst, ctx, hard_stop)).await
+    else {
+        return;
+    };
+    node.total.fetch_add(1, Ordering::Relaxed);
+    let _node_active = ActiveGuard::new(&node.active, &node.metrics.active);
+
+    let node_down = node.close_token();
+    let out = forward::forward(
+        &client,
+        &upstream,
+        idle_timeout,
+        forward::Stop {
+            close: &node_down,
+            shutdown: hard_stop,
+        },
+        Meters {
+            to_node: (&node.metrics.bytes_to_node, &node.bytes_to_node),
+            to_client: (&node.metrics.bytes_to_client, &node.bytes_to_client),
+        },
+    )
+    .await;
+    let duration = start.elapsed();
+    ctx.metrics.duration.record(duration.as_secs_f64());
+    let error = match &out.end {
+        End::ClientError(e) | End::NodeError(e) => Some(e.to_string()),
+        _ => None,
+    };
+    info!(
+        client = %peer,
+        listener = %ctx.config.name,
+        node = %node.name,
+        node_addr = %node.addr,
+        bytes_to_node = out.to_node,
+        bytes_to_client = out.to_client,
+        duration_ms = duration.as_millis() as u64,
+        reason = out.end.as_str(),
+        error = error.as_deref(),
+        "connection closed"
+    );
+}
