@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod admission;
 pub mod backend;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -267,7 +267,7 @@ fn reload(pid_file: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<
 fn check(path: &Path) -> ExitCode {
     match Config::from_file(path) {
         Ok(cfg) => {
-            print!("{}", ringlb::config::summary(&cfg));
+            print!("{}", ringlb::check::summary(&cfg));
             ExitCode::SUCCESS
         }
         Err(e) => print_config_error(&e),
