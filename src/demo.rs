@@ -8,7 +8,8 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{Backend, Mode};
 use crate::config::Config;
 use crate::error::{ConfigError, Error};
-use crate::server::{Server, ShutdownReport};
+use crate::server::Server;
+use crate::shutdown::ShutdownReport;
 
 /// The built-in copy of `config/demo.toml`, used when that file is not found.
 pub const BUILTIN_DEMO_TOML: &str = include_str!("../config/demo.toml");

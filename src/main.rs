@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 use ringlb::cli::{Cli, Command, LogFormat, DEMO_CONFIG_PATH};
+use ringlb::shutdown::{handle_signals, Signals};
 use ringlb::workers::Workers;
 use ringlb::{which, Config, Server};
 
@@ -111,7 +112,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             control_runtime()?.block_on(async move {
                 // Handlers first: a signal that arrives while starting (e.g. an
                 // early `ringlb reload`) must not kill the process.
-                let signals = Signals::install()?;
+                let signals = Signals::install().context("installing the signal handlers")?;
                 // Before binding: every worker has its own socket per listener,
                 // and all are bound before privileges are dropped.
                 let workers = Workers::start(workers)?;
@@ -150,7 +151,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 // The demo has no hard-stop handle before it binds; a second signal
                 // during the (short) demo grace just waits for it.
                 tokio::spawn(handle_signals(
-                    Signals::install()?,
+                    Signals::install().context("installing the signal handlers")?,
                     shutdown.clone(),
                     CancellationToken::new(),
                     None,
@@ -306,69 +307,4 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")
-}
-
-/// SIGTERM/SIGINT: stop accepting and drain (first), close everything (second).
-/// SIGHUP: reload the config (the demo has nothing to reload: logged and ignored).
-/// SIGTERM, SIGINT and SIGHUP, caught from the moment this exists.
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn install() -> anyhow::Result<Signals> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Signals {
-            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
-            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
-            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
-        })
-    }
-}
-
-async fn handle_signals(
-    signals: Signals,
-    shutdown: CancellationToken,
-    hard_stop: CancellationToken,
-    server: Option<ringlb::Handle>,
-) {
-    let Signals {
-        mut term,
-        mut int,
-        mut hup,
-    } = signals;
-    loop {
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-            _ = hup.recv() => {
-                match &server {
-                    Some(_) if shutdown.is_cancelled() => {
-                        info!("SIGHUP received while shutting down: ignored (no reload during the drain)");
-                    }
-                    Some(h) => {
-                        info!("SIGHUP received: reloading the configuration");
-                        h.reload();
-                    }
-                    None => warn!("SIGHUP received: the demo does not reload; ignored"),
-                }
-                continue;
-            }
-        };
-        if shutdown.is_cancelled() {
-            warn!(
-                signal = name,
-                "second stop signal: closing open connections now"
-            );
-            hard_stop.cancel();
-        } else {
-            info!(
-                signal = name,
-                "stop signal: no longer accepting; draining open connections"
-            );
-            shutdown.cancel();
-        }
-    }
 }

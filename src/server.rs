@@ -1,14 +1,18 @@
-//! The running balancer: binds every listener, builds every pool, runs the accept
-//! loops, the health probes, the admin endpoint and the reload loop; on shutdown it
-//! stops accepting, then drains open connections for `shutdown_grace` before
-//! closing the rest.
+//! The balancer's parts and how they are built: [`Server::bind`] builds every pool
+//! and binds every listener (and the admin socket); the server owns the running
+//! listeners (one accept loop per worker), the probers, the admin endpoint, the
+//! pid file and the task tracker of every connection, and starts and stops them
+//! one at a time. What is done with them over time lives one level up:
+//! [`control`](crate::control) runs them, [`reload`](crate::reload) changes them,
+//! [`shutdown`](crate::shutdown) drains them. Nothing here reads signals or files
+//! other than the pid file.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -20,7 +24,7 @@ use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminServer};
 use crate::admission::{ListenerShared, ListenerState};
-use crate::config::{fmt_duration, Config, ListenerConfig};
+use crate::config::{Config, ListenerConfig};
 use crate::error::Error;
 use crate::handle::Shared;
 pub use crate::handle::{Handle, ListenerView, ReloadRecord};
@@ -28,64 +32,50 @@ use crate::listener::{self, AcceptErrors, AcceptLoop, BoundListener};
 use crate::metrics::ServerMetrics;
 use crate::pool::Pool;
 use crate::prober::Prober;
-use crate::reload;
 use crate::workers::WorkerLoad;
 
-/// How long connections get to finish after being told to close at the end of the
-/// grace period (they close at once; this only bounds a pathological case).
-const HARD_STOP_WAIT: Duration = Duration::from_secs(5);
-
-/// What shutdown did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ShutdownReport {
-    /// Connections open when accepting stopped.
-    pub open_at_shutdown: usize,
-    /// Connections still open when the grace period ran out (closed by force).
-    pub closed_at_grace: usize,
-}
-
 /// One running listener.
-struct Running {
-    local_addr: SocketAddr,
+pub(crate) struct Running {
+    pub(crate) local_addr: SocketAddr,
     /// One socket per worker (see `listener::bind`); each accept loop gets its
     /// own descriptor of its socket.
-    sockets: Vec<Arc<std::net::TcpListener>>,
-    shared: Arc<ListenerShared>,
+    pub(crate) sockets: Vec<Arc<std::net::TcpListener>>,
+    pub(crate) shared: Arc<ListenerShared>,
     /// The accept-error log shared by this listener's accept loops.
-    accept_errors: Arc<AcceptErrors>,
-    stop: CancellationToken,
+    pub(crate) accept_errors: Arc<AcceptErrors>,
+    pub(crate) stop: CancellationToken,
     /// One accept loop per worker (or one on the server's runtime).
-    tasks: Vec<JoinHandle<()>>,
+    pub(crate) tasks: Vec<JoinHandle<()>>,
 }
 
 impl Running {
-    fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         self.shared.state.load().config.name.clone()
     }
 
-    fn config(&self) -> ListenerConfig {
+    pub(crate) fn config(&self) -> ListenerConfig {
         self.shared.state.load().config.clone()
     }
 }
 
-/// A bound balancer, ready to [`run`](Server::run).
+/// A bound balancer, ready to [`run`](Server::run) (see `control.rs`).
 pub struct Server {
-    shared: Arc<Shared>,
-    listeners: Vec<Running>,
-    probers: BTreeMap<String, Prober>,
-    admin: Option<AdminServer>,
-    pending_admin: Option<TcpListener>,
-    pid_file: Option<PathBuf>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) listeners: Vec<Running>,
+    pub(crate) probers: BTreeMap<String, Prober>,
+    pub(crate) admin: Option<AdminServer>,
+    pub(crate) pending_admin: Option<TcpListener>,
+    pub(crate) pid_file: Option<PathBuf>,
     /// The runtimes that accept and serve connections: the workers' (see
     /// `workers.rs`), or empty for the runtime `run` is called on.
-    data_plane: Vec<tokio::runtime::Handle>,
-    tracker: TaskTracker,
+    pub(crate) data_plane: Vec<tokio::runtime::Handle>,
+    pub(crate) tracker: TaskTracker,
     /// Closes every open connection: cancelled by the shutdown only, after it
     /// has counted them.
-    hard_stop: CancellationToken,
+    pub(crate) hard_stop: CancellationToken,
     /// Asks the shutdown to close what is left now (a second stop signal).
-    close_now: CancellationToken,
-    probe_stop: CancellationToken,
+    pub(crate) close_now: CancellationToken,
+    pub(crate) probe_stop: CancellationToken,
 }
 
 impl std::fmt::Debug for Server {
@@ -206,7 +196,7 @@ impl Server {
         self.close_now.clone()
     }
 
-    fn publish_listeners(&self) {
+    pub(crate) fn publish_listeners(&self) {
         let views = self
             .listeners
             .iter()
@@ -219,11 +209,11 @@ impl Server {
     }
 
     /// Sockets per listener: one per data-plane runtime.
-    fn sockets_per_listener(&self) -> usize {
+    pub(crate) fn sockets_per_listener(&self) -> usize {
         self.data_plane.len().max(1)
     }
 
-    fn start_listener(&mut self, i: usize) {
+    pub(crate) fn start_listener(&mut self, i: usize) {
         let r = &mut self.listeners[i];
         if !r.tasks.is_empty() {
             return;
@@ -258,106 +248,6 @@ impl Server {
         info!(listener = %st.config.name, addr = %r.local_addr, pool = %st.config.pool, accept_loops = r.tasks.len(), "listening");
     }
 
-    /// Serve until `shutdown` is cancelled, then stop accepting and drain. Reloads
-    /// requested through [`Handle::reload`] are applied one at a time meanwhile.
-    pub async fn run(mut self, shutdown: CancellationToken) -> ShutdownReport {
-        for i in 0..self.listeners.len() {
-            self.start_listener(i);
-        }
-        for (name, pool) in self.shared.pools.load().iter() {
-            self.probers
-                .insert(name.clone(), Prober::start(pool.clone(), &self.probe_stop));
-        }
-        if let Some(l) = self.pending_admin.take() {
-            self.admin = Some(admin::spawn(l, self.handle()));
-        }
-        let pid_file = self.shared.config.load().pid_file.clone();
-        self.set_pid_file(pid_file);
-
-        loop {
-            tokio::select! {
-                // A stop signal wins over queued reloads.
-                biased;
-                _ = shutdown.cancelled() => break,
-                _ = self.shared.reload_requested.notified() => {
-                    if shutdown.is_cancelled() {
-                        break;
-                    }
-                    self.reload().await
-                }
-            }
-        }
-        self.shutdown().await
-    }
-
-    async fn shutdown(mut self) -> ShutdownReport {
-        for r in &self.listeners {
-            r.stop.cancel();
-        }
-        for r in &mut self.listeners {
-            stop_accepting(r.name(), r.local_addr, std::mem::take(&mut r.tasks)).await;
-        }
-        // Close the listening sockets now: new connects are refused from here on.
-        self.listeners.clear();
-        self.publish_listeners();
-        self.probe_stop.cancel();
-        for (_, p) in std::mem::take(&mut self.probers) {
-            p.shutdown().await;
-        }
-        let tracker = self.tracker.clone();
-        let hard_stop = self.hard_stop.clone();
-        let close_now = self.close_now.clone();
-        tracker.close();
-        let open_at_shutdown = tracker.len();
-        let grace = self.shared.config.load().shutdown_grace;
-        if open_at_shutdown > 0 {
-            info!(
-                open = open_at_shutdown,
-                grace = %fmt_duration(grace),
-                "stopped accepting; draining open connections"
-            );
-        }
-        let drained = tokio::time::timeout(grace, async {
-            tokio::select! {
-                biased;
-                _ = close_now.cancelled() => false,
-                _ = tracker.wait() => true,
-            }
-        })
-        .await
-        .unwrap_or(false);
-        let mut closed_at_grace = 0;
-        if !drained {
-            closed_at_grace = tracker.len();
-            if closed_at_grace > 0 {
-                if close_now.is_cancelled() {
-                    warn!(open = closed_at_grace, "closing open connections now");
-                } else {
-                    warn!(
-                        open = closed_at_grace,
-                        "closing connections still open at the end of the grace period"
-                    );
-                }
-            }
-            hard_stop.cancel();
-            if tokio::time::timeout(HARD_STOP_WAIT, tracker.wait())
-                .await
-                .is_err()
-            {
-                warn!(open = tracker.len(), "connections did not close in time");
-            }
-        }
-        if let Some(a) = self.admin.take() {
-            a.stop().await;
-        }
-        self.set_pid_file(None);
-        info!(open_at_shutdown, closed_at_grace, "shutdown complete");
-        ShutdownReport {
-            open_at_shutdown,
-            closed_at_grace,
-        }
-    }
-
     /// Write the configured pid file now (before dropping privileges, so it may
     /// live in a root-owned directory such as `/run`). [`run`](Server::run) does
     /// it otherwise.
@@ -380,7 +270,7 @@ impl Server {
     }
 
     /// Write our pid to `path` (removing the previous file), or remove it (`None`).
-    fn set_pid_file(&mut self, path: Option<PathBuf>) {
+    pub(crate) fn set_pid_file(&mut self, path: Option<PathBuf>) {
         if self.pid_file == path {
             return;
         }
@@ -396,195 +286,11 @@ impl Server {
             }
         }
     }
-
-    fn refuse(&self, path: &Path, problems: Vec<String>) {
-        let n = self.shared.reloads_failed.fetch_add(1, Ordering::Relaxed) + 1;
-        self.shared.metrics.reloads_failed.increment(1);
-        error!(
-            file = %path.display(),
-            problems = %problems.join("; "),
-            failed_reloads = n,
-            "reload refused; the running configuration stays"
-        );
-        *self
-            .shared
-            .last_reload
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(ReloadRecord {
-            ok: false,
-            at: SystemTime::now(),
-            message: problems.join("\n"),
-            generation: self.shared.generation.load(Ordering::Acquire),
-        });
-    }
-
-    /// Read the config file again and apply it, or refuse it and keep running the
-    /// old config untouched.
-    async fn reload(&mut self) {
-        let old = self.shared.config.load_full();
-        let path = old.source.clone();
-        let new = match Config::from_file(&path) {
-            Ok(c) => c,
-            Err(e) => return self.refuse(&path, e.messages()),
-        };
-        let d = reload::diff(&old, &new);
-        if !d.refused.is_empty() {
-            return self.refuse(&path, d.refused);
-        }
-
-        // 1. Everything that can fail: bind new sockets first. Dropping them
-        //    closes them again if any one fails.
-        let mut bound = Vec::new();
-        for lc in &d.bind {
-            match listener::bind(lc, self.sockets_per_listener()) {
-                Ok(b) => bound.push(b),
-                Err(e) => return self.refuse(&path, vec![error_chain(&e)]),
-            }
-        }
-        let new_admin = if d.admin_changed {
-            match &new.admin {
-                Some(a) if self.admin.as_ref().map(|x| x.local_addr) != Some(a.listen) => {
-                    crate::metrics::install_prometheus();
-                    match admin::bind(a.listen) {
-                        Ok(l) => Some(Some(l)),
-                        Err(e) => return self.refuse(&path, vec![error_chain(&e)]),
-                    }
-                }
-                Some(_) => None,
-                None => Some(None),
-            }
-        } else {
-            None
-        };
-
-        // 2. Pools: new rings swapped in; stayed nodes keep state and counters.
-        let mut pools = (*self.shared.pools.load_full()).clone();
-        let mut pool_changes = Vec::new();
-        for (name, pc) in &new.pools {
-            match pools.get(name) {
-                Some(p) => {
-                    let ch = p.reconfigure(pc);
-                    if !ch.is_empty() {
-                        pool_changes.push((name.clone(), ch));
-                    }
-                }
-                None => {
-                    pools.insert(name.clone(), Arc::new(Pool::with_stop(pc, &self.hard_stop)));
-                }
-            }
-        }
-        pools.retain(|name, _| new.pools.contains_key(name));
-        self.shared.pools.store(Arc::new(pools.clone()));
-
-        // 3. Listeners that keep their socket: new state (name, pool, limits).
-        for (old_name, lc) in &d.kept {
-            let Some(r) = self.listeners.iter().find(|r| &r.name() == old_name) else {
-                continue;
-            };
-            let prev = r.config();
-            let pool = pools[&lc.pool].clone();
-            let same_pool = Arc::ptr_eq(&r.shared.state.load().pool, &pool);
-            if prev != *lc || !same_pool {
-                r.shared
-                    .state
-                    .store(Arc::new(ListenerState::new(lc.clone(), pool)));
-            }
-            // Every worker's socket is tried, so one failure does not leave the
-            // others behind; the warning says that /status shows the new value.
-            if prev.tcp_keepalive != lc.tcp_keepalive {
-                for (worker, socket) in r.sockets.iter().enumerate() {
-                    let sock = socket2::SockRef::from(&**socket);
-                    if let Err(e) = crate::keepalive::apply(sock, lc.tcp_keepalive.as_ref(), true) {
-                        warn!(listener = %lc.name, worker, error = %e, "cannot change tcp_keepalive of a running listener: this worker's new connections keep the old setting (/status shows the new one); restart to apply it");
-                    }
-                }
-            }
-            if prev.backlog != lc.backlog {
-                for (worker, socket) in r.sockets.iter().enumerate() {
-                    if let Err(e) = listener::set_backlog(socket, lc.backlog) {
-                        warn!(listener = %lc.name, worker, error = %e, "cannot change the backlog of a running listener: this worker's socket keeps the old one (/status shows the new one); restart to apply it");
-                    }
-                }
-            }
-        }
-        // 4. Close removed or moved listeners (they accept what is queued first);
-        //    their open connections continue.
-        let mut closing = Vec::new();
-        self.listeners.retain_mut(|r| {
-            if d.close.contains(&r.name()) {
-                r.stop.cancel();
-                closing.push((r.name(), r.local_addr, std::mem::take(&mut r.tasks)));
-                false
-            } else {
-                true
-            }
-        });
-        // 5. Start the new ones.
-        for b in bound {
-            self.listeners.push(running(b, &pools, &self.hard_stop));
-            let i = self.listeners.len() - 1;
-            self.start_listener(i);
-        }
-        for (name, addr, tasks) in closing {
-            stop_accepting(name, addr, tasks).await;
-        }
-        self.publish_listeners();
-
-        // 6. Probes follow the pools' nodes; settings apply at the next probe.
-        let mut probers = std::mem::take(&mut self.probers);
-        for (name, pool) in &pools {
-            match probers.get_mut(name) {
-                Some(p) => p.sync(),
-                None => {
-                    probers.insert(name.clone(), Prober::start(pool.clone(), &self.probe_stop));
-                }
-            }
-        }
-        let removed: Vec<String> = probers
-            .keys()
-            .filter(|n| !pools.contains_key(*n))
-            .cloned()
-            .collect();
-        for name in removed {
-            if let Some(p) = probers.remove(&name) {
-                p.shutdown().await;
-            }
-        }
-        self.probers = probers;
-
-        // 7. Admin endpoint and pid file.
-        if let Some(next) = new_admin {
-            if let Some(a) = self.admin.take() {
-                a.stop().await;
-            }
-            self.admin = next.map(|l| admin::spawn(l, self.handle()));
-        }
-        self.set_pid_file(new.pid_file.clone());
-
-        // 8. Publish.
-        let summary = reload::summary(&old, &new, &d, &pool_changes);
-        self.shared.config.store(Arc::new(new));
-        let generation = self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        self.shared.metrics.generation.set(generation as f64);
-        self.shared.reloads_ok.fetch_add(1, Ordering::Relaxed);
-        self.shared.metrics.reloads_ok.increment(1);
-        info!(file = %path.display(), generation, changes = %summary, "reload applied");
-        *self
-            .shared
-            .last_reload
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(ReloadRecord {
-            ok: true,
-            at: SystemTime::now(),
-            message: summary,
-            generation,
-        });
-    }
 }
 
 /// Wait for a listener's accept loops to end (its `stop` is cancelled): they
 /// accept what is queued first.
-async fn stop_accepting(listener: String, addr: SocketAddr, tasks: Vec<JoinHandle<()>>) {
+pub(crate) async fn stop_accepting(listener: String, addr: SocketAddr, tasks: Vec<JoinHandle<()>>) {
     if tasks.is_empty() {
         return;
     }
@@ -594,7 +300,7 @@ async fn stop_accepting(listener: String, addr: SocketAddr, tasks: Vec<JoinHandl
     info!(listener = %listener, addr = %addr, "stopped accepting");
 }
 
-fn running(
+pub(crate) fn running(
     bound: BoundListener,
     pools: &BTreeMap<String, Arc<Pool>>,
     hard_stop: &CancellationToken,
@@ -611,7 +317,7 @@ fn running(
 }
 
 /// An error and its sources on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {

@@ -67,7 +67,8 @@ async fn ten_mib_each_way_byte_exact_on_concurrent_connections() {
         Duration::from_secs(10),
         "every pipe back in the pool",
         || {
-            let back = ringlb::proxy::splice::pipes_pooled() == ringlb::proxy::splice::pipes_in_existence();
+            let back = ringlb::proxy::splice::pipes_pooled()
+                == ringlb::proxy::splice::pipes_in_existence();
             async move { back }
         },
     )

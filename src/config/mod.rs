@@ -438,6 +438,14 @@ pub struct NodeConfig {
     pub state: AdminState,
 }
 
+impl NodeConfig {
+    /// Whether this is the node known as `name` at `addr`: a reload keeps a
+    /// node (its health, counters and connections) only when both stay.
+    pub fn is(&self, name: &str, addr: SocketAddr) -> bool {
+        self.name == name && self.addr == addr
+    }
+}
+
 impl Config {
     /// Worker threads to run with: `RINGLB_WORKERS` if set (and valid), else the
     /// `workers` key, else one per core.

@@ -48,11 +48,7 @@ impl Pool {
         let mut change = PoolChange::default();
         let mut nodes = Vec::with_capacity(cfg.nodes.len());
         for nc in &cfg.nodes {
-            match old
-                .nodes
-                .iter()
-                .find(|n| n.name == nc.name && n.addr == nc.addr)
-            {
+            match old.nodes.iter().find(|n| nc.is(&n.name, n.addr)) {
                 Some(n) => {
                     let w = n.weight.swap(nc.weight, Ordering::Relaxed);
                     if w != nc.weight {

@@ -1,15 +1,12 @@
-//! Reload: the typed difference between the running config and a new one, and the
-//! one-line summary logged when it is applied. Pure: no sockets here; the server
-//! applies the diff (binding first, so a bind failure refuses the whole reload).
-//!
-//! Listeners are matched by their socket: a new listener with the same `listen`
-//! address (and `ipv6_only`) as a running one keeps that socket, even if its name,
-//! pool or limits changed, so there is never a moment without an accepting socket.
+//! The typed difference between the running config and a new one, per listener,
+//! per pool and per node, and the one-line summary logged when it is applied.
+//! Pure: no sockets, no runtime state; [`apply`](super::apply) carries it out
+//! (binding first, so a bind failure refuses the whole reload).
 
 use std::fmt::Write as _;
 
-use crate::config::{fmt_duration, Config, Keepalive, ListenerConfig};
-use crate::pool::PoolChange;
+use crate::config::{fmt_duration, AdminState, Config, Keepalive, ListenerConfig, PoolConfig};
+use crate::pool::{PoolChange, PoolSettings};
 
 /// What a reload changes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,6 +21,8 @@ pub struct ConfigDiff {
     pub pools_added: Vec<String>,
     pub pools_removed: Vec<String>,
     pub pools_kept: Vec<String>,
+    /// Kept pools whose nodes or settings change, in name order.
+    pub pools_changed: Vec<(String, PoolDiff)>,
     pub admin_changed: bool,
     pub pid_file_changed: bool,
     pub shutdown_grace_changed: bool,
@@ -33,6 +32,54 @@ pub struct ConfigDiff {
     pub privileges_changed: bool,
     /// Why the new config cannot be applied in place (the reload is refused).
     pub refused: Vec<String>,
+}
+
+/// What a reload changes in one pool that stays, from the two configs alone.
+/// Nodes are the same node when their name and address stay
+/// ([`NodeConfig::is`](crate::config::NodeConfig::is)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolDiff {
+    /// Node names, in the new file's order.
+    pub nodes_added: Vec<String>,
+    /// Node names, in the old file's order.
+    pub nodes_removed: Vec<String>,
+    /// (node, old weight, new weight).
+    pub reweighted: Vec<(String, u32, u32)>,
+    /// Nodes whose `state` in the file changes, with the new one.
+    pub restated: Vec<(String, AdminState)>,
+    /// Anything else of the pool (timeouts, health, keys, ...).
+    pub settings_changed: bool,
+}
+
+impl PoolDiff {
+    /// Compare one pool's old and new config.
+    pub fn between(old: &PoolConfig, new: &PoolConfig) -> PoolDiff {
+        let mut d = PoolDiff::default();
+        for n in &new.nodes {
+            match old.nodes.iter().find(|o| n.is(&o.name, o.addr)) {
+                Some(o) => {
+                    if o.weight != n.weight {
+                        d.reweighted.push((n.name.clone(), o.weight, n.weight));
+                    }
+                    if o.state != n.state {
+                        d.restated.push((n.name.clone(), n.state));
+                    }
+                }
+                None => d.nodes_added.push(n.name.clone()),
+            }
+        }
+        for o in &old.nodes {
+            if !new.nodes.iter().any(|n| n.is(&o.name, o.addr)) {
+                d.nodes_removed.push(o.name.clone());
+            }
+        }
+        d.settings_changed = PoolSettings::from(old) != PoolSettings::from(new);
+        d
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == PoolDiff::default()
+    }
 }
 
 /// Compare the running config with a new, validated one.
@@ -60,9 +107,13 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
             d.close.push(o.name.clone());
         }
     }
-    for name in new.pools.keys() {
-        if old.pools.contains_key(name) {
+    for (name, np) in &new.pools {
+        if let Some(op) = old.pools.get(name) {
             d.pools_kept.push(name.clone());
+            let pd = PoolDiff::between(op, np);
+            if !pd.is_empty() {
+                d.pools_changed.push((name.clone(), pd));
+            }
         } else {
             d.pools_added.push(name.clone());
         }
@@ -81,7 +132,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
 }
 
 /// `key old -> new` for every pool setting that differs (nodes aside).
-fn changed_pool_keys(o: &crate::config::PoolConfig, n: &crate::config::PoolConfig) -> Vec<String> {
+fn changed_pool_keys(o: &PoolConfig, n: &PoolConfig) -> Vec<String> {
     let mut v = Vec::new();
     macro_rules! key {
         ($name:literal, $a:expr, $b:expr) => {
@@ -375,5 +426,39 @@ mod tests {
         let d = diff(&old, &new);
         assert_eq!(d.refused.len(), 1);
         assert!(d.refused[0].contains("needs a restart"));
+    }
+
+    #[test]
+    fn pool_diff_names_node_changes_from_the_configs_alone() {
+        let old_nodes: &[(&str, u16, u32)] = &[("a", 1, 1), ("b", 2, 1), ("c", 3, 2)];
+        // b moves to a new port: a different node. c is reweighted, d is new.
+        let new_nodes: &[(&str, u16, u32)] = &[("a", 1, 1), ("b", 20, 1), ("c", 3, 5), ("d", 4, 1)];
+        let old = cfg(
+            &[("l", "127.0.0.1:1", "p")],
+            &[("p", old_nodes), ("q", old_nodes)],
+        );
+        let mut new = cfg(
+            &[("l", "127.0.0.1:1", "p")],
+            &[("p", new_nodes), ("q", old_nodes)],
+        );
+        new.pools.get_mut("p").unwrap().nodes[0].state = AdminState::Drain;
+        let d = diff(&old, &new);
+        // q is unchanged, so only p is listed.
+        assert_eq!(d.pools_changed.len(), 1, "{:?}", d.pools_changed);
+        let (name, pd) = &d.pools_changed[0];
+        assert_eq!(name, "p");
+        assert_eq!(pd.nodes_added, vec!["b", "d"]);
+        assert_eq!(pd.nodes_removed, vec!["b"]);
+        assert_eq!(pd.reweighted, vec![("c".to_string(), 2, 5)]);
+        assert_eq!(pd.restated, vec![("a".to_string(), AdminState::Drain)]);
+        assert!(!pd.settings_changed);
+
+        let mut tuned = old.clone();
+        tuned.pools.get_mut("q").unwrap().health.interval = std::time::Duration::from_secs(9);
+        let d = diff(&old, &tuned);
+        assert_eq!(d.pools_changed.len(), 1);
+        assert_eq!(d.pools_changed[0].0, "q");
+        assert!(d.pools_changed[0].1.settings_changed);
+        assert!(diff(&old, &old).pools_changed.is_empty());
     }
 }

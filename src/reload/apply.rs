@@ -1,0 +1,216 @@
+//! Applying a reload to a running [`Server`]: read and validate the file, diff it
+//! ([`diff`](super::diff)), bind every new socket first (any failure refuses the
+//! whole reload and the running config stays untouched), then swap pools, update
+//! kept listeners, close removed ones, start new ones, follow the probers, the
+//! admin endpoint and the pid file, and publish the new generation. Open
+//! connections are never closed here unless the config says so (a removed node
+//! with `on_node_down = "close"`, a node set to `disabled`: the pool does that).
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tracing::{error, info, warn};
+
+use super::diff::{diff, summary};
+use crate::admin;
+use crate::admission::ListenerState;
+use crate::config::Config;
+use crate::handle::ReloadRecord;
+use crate::listener;
+use crate::pool::Pool;
+use crate::prober::Prober;
+use crate::server::{error_chain, running, stop_accepting, Server};
+
+fn refuse(server: &Server, path: &Path, problems: Vec<String>) {
+    let n = server.shared.reloads_failed.fetch_add(1, Ordering::Relaxed) + 1;
+    server.shared.metrics.reloads_failed.increment(1);
+    error!(
+        file = %path.display(),
+        problems = %problems.join("; "),
+        failed_reloads = n,
+        "reload refused; the running configuration stays"
+    );
+    *server
+        .shared
+        .last_reload
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(ReloadRecord {
+        ok: false,
+        at: SystemTime::now(),
+        message: problems.join("\n"),
+        generation: server.shared.generation.load(Ordering::Acquire),
+    });
+}
+
+/// Read the config file again and apply it, or refuse it and keep running the
+/// old config untouched.
+pub async fn apply(server: &mut Server) {
+    let old = server.shared.config.load_full();
+    let path = old.source.clone();
+    let new = match Config::from_file(&path) {
+        Ok(c) => c,
+        Err(e) => return refuse(server, &path, e.messages()),
+    };
+    let d = diff(&old, &new);
+    if !d.refused.is_empty() {
+        return refuse(server, &path, d.refused);
+    }
+
+    // 1. Everything that can fail: bind new sockets first. Dropping them
+    //    closes them again if any one fails.
+    let mut bound = Vec::new();
+    for lc in &d.bind {
+        match listener::bind(lc, server.sockets_per_listener()) {
+            Ok(b) => bound.push(b),
+            Err(e) => return refuse(server, &path, vec![error_chain(&e)]),
+        }
+    }
+    let new_admin = if d.admin_changed {
+        match &new.admin {
+            Some(a) if server.admin.as_ref().map(|x| x.local_addr) != Some(a.listen) => {
+                crate::metrics::install_prometheus();
+                match admin::bind(a.listen) {
+                    Ok(l) => Some(Some(l)),
+                    Err(e) => return refuse(server, &path, vec![error_chain(&e)]),
+                }
+            }
+            Some(_) => None,
+            None => Some(None),
+        }
+    } else {
+        None
+    };
+
+    // 2. Pools: new rings swapped in where the diff names a change; stayed nodes
+    //    keep state and counters. Unchanged pools keep their snapshot.
+    let mut pools = (*server.shared.pools.load_full()).clone();
+    let mut pool_changes = Vec::new();
+    for (name, pc) in &new.pools {
+        match pools.get(name) {
+            Some(_) if !d.pools_changed.iter().any(|(n, _)| n == name) => {}
+            Some(p) => {
+                let ch = p.reconfigure(pc);
+                if !ch.is_empty() {
+                    pool_changes.push((name.clone(), ch));
+                }
+            }
+            None => {
+                pools.insert(
+                    name.clone(),
+                    Arc::new(Pool::with_stop(pc, &server.hard_stop)),
+                );
+            }
+        }
+    }
+    pools.retain(|name, _| new.pools.contains_key(name));
+    server.shared.pools.store(Arc::new(pools.clone()));
+
+    // 3. Listeners that keep their socket: new state (name, pool, limits).
+    for (old_name, lc) in &d.kept {
+        let Some(r) = server.listeners.iter().find(|r| &r.name() == old_name) else {
+            continue;
+        };
+        let prev = r.config();
+        let pool = pools[&lc.pool].clone();
+        let same_pool = Arc::ptr_eq(&r.shared.state.load().pool, &pool);
+        if prev != *lc || !same_pool {
+            r.shared
+                .state
+                .store(Arc::new(ListenerState::new(lc.clone(), pool)));
+        }
+        // Every worker's socket is tried, so one failure does not leave the
+        // others behind; the warning says that /status shows the new value.
+        if prev.tcp_keepalive != lc.tcp_keepalive {
+            for (worker, socket) in r.sockets.iter().enumerate() {
+                let sock = socket2::SockRef::from(&**socket);
+                if let Err(e) = crate::keepalive::apply(sock, lc.tcp_keepalive.as_ref(), true) {
+                    warn!(listener = %lc.name, worker, error = %e, "cannot change tcp_keepalive of a running listener: this worker's new connections keep the old setting (/status shows the new one); restart to apply it");
+                }
+            }
+        }
+        if prev.backlog != lc.backlog {
+            for (worker, socket) in r.sockets.iter().enumerate() {
+                if let Err(e) = listener::set_backlog(socket, lc.backlog) {
+                    warn!(listener = %lc.name, worker, error = %e, "cannot change the backlog of a running listener: this worker's socket keeps the old one (/status shows the new one); restart to apply it");
+                }
+            }
+        }
+    }
+    // 4. Close removed or moved listeners (they accept what is queued first);
+    //    their open connections continue.
+    let mut closing = Vec::new();
+    server.listeners.retain_mut(|r| {
+        if d.close.contains(&r.name()) {
+            r.stop.cancel();
+            closing.push((r.name(), r.local_addr, std::mem::take(&mut r.tasks)));
+            false
+        } else {
+            true
+        }
+    });
+    // 5. Start the new ones.
+    for b in bound {
+        server.listeners.push(running(b, &pools, &server.hard_stop));
+        let i = server.listeners.len() - 1;
+        server.start_listener(i);
+    }
+    for (name, addr, tasks) in closing {
+        stop_accepting(name, addr, tasks).await;
+    }
+    server.publish_listeners();
+
+    // 6. Probes follow the pools' nodes; settings apply at the next probe.
+    let mut probers = std::mem::take(&mut server.probers);
+    for (name, pool) in &pools {
+        match probers.get_mut(name) {
+            Some(p) => p.sync(),
+            None => {
+                probers.insert(
+                    name.clone(),
+                    Prober::start(pool.clone(), &server.probe_stop),
+                );
+            }
+        }
+    }
+    let removed: Vec<String> = probers
+        .keys()
+        .filter(|n| !pools.contains_key(*n))
+        .cloned()
+        .collect();
+    for name in removed {
+        if let Some(p) = probers.remove(&name) {
+            p.shutdown().await;
+        }
+    }
+    server.probers = probers;
+
+    // 7. Admin endpoint and pid file.
+    if let Some(next) = new_admin {
+        if let Some(a) = server.admin.take() {
+            a.stop().await;
+        }
+        server.admin = next.map(|l| admin::spawn(l, server.handle()));
+    }
+    server.set_pid_file(new.pid_file.clone());
+
+    // 8. Publish.
+    let summary = summary(&old, &new, &d, &pool_changes);
+    server.shared.config.store(Arc::new(new));
+    let generation = server.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
+    server.shared.metrics.generation.set(generation as f64);
+    server.shared.reloads_ok.fetch_add(1, Ordering::Relaxed);
+    server.shared.metrics.reloads_ok.increment(1);
+    info!(file = %path.display(), generation, changes = %summary, "reload applied");
+    *server
+        .shared
+        .last_reload
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(ReloadRecord {
+        ok: true,
+        at: SystemTime::now(),
+        message: summary,
+        generation,
+    });
+}

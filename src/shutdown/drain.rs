@@ -1,0 +1,94 @@
+//! The drain: how a server stops. Invariant: stop accepting first, then let open
+//! connections finish within `shutdown_grace`, then close the rest, counted and
+//! logged.
+
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::config::fmt_duration;
+use crate::server::{stop_accepting, Server};
+
+/// How long connections get to finish after being told to close at the end of the
+/// grace period (they close at once; this only bounds a pathological case).
+const HARD_STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// What shutdown did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Connections open when accepting stopped.
+    pub open_at_shutdown: usize,
+    /// Connections still open when the grace period ran out (closed by force).
+    pub closed_at_grace: usize,
+}
+
+/// Stop accepting, then drain: accept loops take what is queued and end, the
+/// listening sockets close, probes stop; open connections get `shutdown_grace` to
+/// finish (or until `close_now`), then the rest are told to close and counted.
+pub async fn drain(mut server: Server) -> ShutdownReport {
+    for r in &server.listeners {
+        r.stop.cancel();
+    }
+    for r in &mut server.listeners {
+        stop_accepting(r.name(), r.local_addr, std::mem::take(&mut r.tasks)).await;
+    }
+    // Close the listening sockets now: new connects are refused from here on.
+    server.listeners.clear();
+    server.publish_listeners();
+    server.probe_stop.cancel();
+    for (_, p) in std::mem::take(&mut server.probers) {
+        p.shutdown().await;
+    }
+    let tracker = server.tracker.clone();
+    let hard_stop = server.hard_stop.clone();
+    let close_now = server.close_now.clone();
+    tracker.close();
+    let open_at_shutdown = tracker.len();
+    let grace = server.shared.config.load().shutdown_grace;
+    if open_at_shutdown > 0 {
+        info!(
+            open = open_at_shutdown,
+            grace = %fmt_duration(grace),
+            "stopped accepting; draining open connections"
+        );
+    }
+    let drained = tokio::time::timeout(grace, async {
+        tokio::select! {
+            biased;
+            _ = close_now.cancelled() => false,
+            _ = tracker.wait() => true,
+        }
+    })
+    .await
+    .unwrap_or(false);
+    let mut closed_at_grace = 0;
+    if !drained {
+        closed_at_grace = tracker.len();
+        if closed_at_grace > 0 {
+            if close_now.is_cancelled() {
+                warn!(open = closed_at_grace, "closing open connections now");
+            } else {
+                warn!(
+                    open = closed_at_grace,
+                    "closing connections still open at the end of the grace period"
+                );
+            }
+        }
+        hard_stop.cancel();
+        if tokio::time::timeout(HARD_STOP_WAIT, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(open = tracker.len(), "connections did not close in time");
+        }
+    }
+    if let Some(a) = server.admin.take() {
+        a.stop().await;
+    }
+    server.set_pid_file(None);
+    info!(open_at_shutdown, closed_at_grace, "shutdown complete");
+    ShutdownReport {
+        open_at_shutdown,
+        closed_at_grace,
+    }
+}

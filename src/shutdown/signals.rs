@@ -1,0 +1,80 @@
+//! Process signals, caught from the moment [`Signals::install`] returns (so a
+//! signal that arrives while starting, e.g. an early `ringlb reload`, cannot kill
+//! the process), and what each one does.
+
+use std::io;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::handle::Handle;
+
+/// SIGTERM/SIGINT: stop accepting and drain (first), close everything (second).
+/// SIGHUP: reload the config (the demo has nothing to reload: logged and ignored).
+/// SIGTERM, SIGINT and SIGHUP, caught from the moment this exists.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Install the handlers (on the current tokio runtime).
+    pub fn install() -> io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// React to signals until the process ends: the first stop signal cancels
+/// `shutdown` (the drain starts), a second one cancels `hard_stop` (close what is
+/// left now); SIGHUP asks `server` for a reload (ignored during the drain, and by
+/// the demo, which passes `None`).
+pub async fn handle_signals(
+    signals: Signals,
+    shutdown: CancellationToken,
+    hard_stop: CancellationToken,
+    server: Option<Handle>,
+) {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
+    loop {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = hup.recv() => {
+                match &server {
+                    Some(_) if shutdown.is_cancelled() => {
+                        info!("SIGHUP received while shutting down: ignored (no reload during the drain)");
+                    }
+                    Some(h) => {
+                        info!("SIGHUP received: reloading the configuration");
+                        h.reload();
+                    }
+                    None => warn!("SIGHUP received: the demo does not reload; ignored"),
+                }
+                continue;
+            }
+        };
+        if shutdown.is_cancelled() {
+            warn!(
+                signal = name,
+                "second stop signal: closing open connections now"
+            );
+            hard_stop.cancel();
+        } else {
+            info!(
+                signal = name,
+                "stop signal: no longer accepting; draining open connections"
+            );
+            shutdown.cancel();
+        }
+    }
+}
