@@ -9,7 +9,7 @@ use crate::backend::{Backend, Mode};
 use crate::config::Config;
 use crate::error::{ConfigError, Error};
 use crate::server::Server;
-use crate::shutdown::ShutdownReport;
+use crate::shutdown::{handle_signals, ShutdownReport, Signals};
 
 /// The built-in copy of `config/demo.toml`, used when that file is not found.
 pub const BUILTIN_DEMO_TOML: &str = include_str!("../config/demo.toml");
@@ -22,6 +22,36 @@ pub fn load(path: Option<&Path>, default_path: &Path) -> Result<Config, ConfigEr
         None if default_path.exists() => Config::from_file(default_path),
         None => Config::parse(BUILTIN_DEMO_TOML, "<built-in demo.toml>"),
     }
+}
+
+/// `ringlb demo` as a whole: a runtime with the config's worker count, the
+/// signal handlers (a stop signal ends the demo; it has nothing to reload), then
+/// [`run`].
+pub fn run_process(cfg: Config) -> Result<ShutdownReport, Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.effective_workers())
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            what: "starting the tokio runtime".into(),
+            source,
+        })?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signals = Signals::install().map_err(|source| Error::Io {
+            what: "installing the signal handlers".into(),
+            source,
+        })?;
+        // The demo has no hard-stop handle before it binds; a second signal
+        // during the (short) demo grace just waits for it.
+        tokio::spawn(handle_signals(
+            signals,
+            shutdown.clone(),
+            CancellationToken::new(),
+            None,
+        ));
+        run(cfg, shutdown).await
+    })
 }
 
 /// Start a demo backend on every node address of every pool, then the balancer.

@@ -2,20 +2,16 @@
 //! turn results into exit codes.
 #![forbid(unsafe_code)]
 
-use std::io::{IsTerminal as _, Read as _};
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 use ringlb::cli::{Cli, Command, LogFormat, DEMO_CONFIG_PATH};
-use ringlb::shutdown::{handle_signals, Signals};
-use ringlb::workers::Workers;
-use ringlb::{which, Config, Server};
+use ringlb::{which, Config};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -70,31 +66,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(e) => return Ok(print_config_error(&e)),
             };
-            let mut args = Vec::new();
-            for a in ips {
-                if a == "-" {
-                    let mut s = String::new();
-                    std::io::stdin()
-                        .read_to_string(&mut s)
-                        .context("reading IPs from stdin")?;
-                    args.extend(s.split_whitespace().map(str::to_string));
-                } else {
-                    args.push(a);
-                }
-            }
-            let ips = which::parse_ips(&args)?;
-            let pools = which::pools_for(&cfg, pool.as_deref(), listener.as_deref())?;
-            let probed = if probe {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .context("starting the tokio runtime")?;
-                Some(rt.block_on(which::probe_once(&cfg, &pools)))
-            } else {
-                None
-            };
-            let mappings = which::map(&cfg, &pools, &ips, probed.as_ref());
-            print!("{}", which::render(&cfg, &mappings, probed.as_ref()));
+            let out = which::command(
+                &cfg,
+                pool.as_deref(),
+                listener.as_deref(),
+                probe,
+                &ips,
+                std::io::stdin(),
+            )?;
+            print!("{out}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config } => {
@@ -102,35 +82,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(e) => return Ok(print_config_error(&e)),
             };
-            // Before any pool or listener exists, so every metric handle records.
-            ringlb::metrics::install_prometheus();
-            log_nofile_limit();
-            let workers = cfg.effective_workers();
-            info!(workers, "starting");
-            // This thread runs the control work (signals, health probes, admin,
-            // reloads); the worker threads accept and serve the connections.
-            control_runtime()?.block_on(async move {
-                // Handlers first: a signal that arrives while starting (e.g. an
-                // early `ringlb reload`) must not kill the process.
-                let signals = Signals::install().context("installing the signal handlers")?;
-                // Before binding: every worker has its own socket per listener,
-                // and all are bound before privileges are dropped.
-                let workers = Workers::start(workers)?;
-                let mut server = Server::bind_on(cfg, workers.handles())?;
-                server.write_pid_file();
-                server.drop_privileges()?;
-                let shutdown = CancellationToken::new();
-                tokio::spawn(handle_signals(
-                    signals,
-                    shutdown.clone(),
-                    server.hard_stop(),
-                    Some(server.handle()),
-                ));
-                server.run(shutdown).await;
-                // The drain is over: stop the worker threads.
-                drop(workers);
-                Ok(ExitCode::SUCCESS)
-            })
+            ringlb::control::run_process(cfg)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Reload { pid_file, config } => reload(pid_file, config),
         Command::Node {
@@ -145,20 +98,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(e) => return Ok(print_config_error(&e)),
             };
-            let workers = cfg.effective_workers();
-            runtime(workers)?.block_on(async move {
-                let shutdown = CancellationToken::new();
-                // The demo has no hard-stop handle before it binds; a second signal
-                // during the (short) demo grace just waits for it.
-                tokio::spawn(handle_signals(
-                    Signals::install().context("installing the signal handlers")?,
-                    shutdown.clone(),
-                    CancellationToken::new(),
-                    None,
-                ));
-                ringlb::demo::run(cfg, shutdown).await?;
-                Ok(ExitCode::SUCCESS)
-            })
+            ringlb::demo::run_process(cfg)?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -247,20 +188,7 @@ fn reload(pid_file: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<
     let Some(pid_file) = pid_file else {
         anyhow::bail!("no pid file: pass --pid-file, or --config with a pid_file key");
     };
-    let text = std::fs::read_to_string(&pid_file)
-        .with_context(|| format!("reading pid file {}", pid_file.display()))?;
-    let pid: i32 = text.trim().parse().with_context(|| {
-        format!(
-            "{}: {:?} is not a process id",
-            pid_file.display(),
-            text.trim()
-        )
-    })?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .with_context(|| format!("sending SIGHUP to pid {pid} (from {})", pid_file.display()))?;
+    let pid = ringlb::reload::signal::send_reload(&pid_file)?;
     println!("sent SIGHUP to ringlb (pid {pid}); the result is in its log, /status and ringlb_reloads_total");
     Ok(ExitCode::SUCCESS)
 }
@@ -280,31 +208,4 @@ fn print_config_error(e: &ringlb::ConfigError) -> ExitCode {
         eprintln!("error: {m}");
     }
     ExitCode::FAILURE
-}
-
-fn log_nofile_limit() {
-    match ringlb::server::raise_nofile_limit() {
-        Ok((before, after)) => info!(
-            soft_before = before,
-            limit = after,
-            max_proxied_connections = after.saturating_sub(64) / 2,
-            "descriptor limit (RLIMIT_NOFILE): two per proxied connection"
-        ),
-        Err(e) => warn!(error = %e, "cannot read or raise the descriptor limit"),
-    }
-}
-
-fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")
-}
-
-fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")
 }

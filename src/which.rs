@@ -22,6 +22,56 @@ pub enum WhichError {
     NoPool(String),
     #[error("no listener named {0:?} in the config")]
     NoListener(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// `ringlb which` as a whole: the answer for `args` (IPs; `-` reads more,
+/// whitespace-separated, from `stdin`) in the pools of `pool` or `listener` (all
+/// by default), probing every node once first when `probe` is set. Returns the
+/// text to print.
+pub fn command(
+    cfg: &Config,
+    pool: Option<&str>,
+    listener: Option<&str>,
+    probe: bool,
+    args: &[String],
+    mut stdin: impl std::io::Read,
+) -> Result<String, WhichError> {
+    let mut all = Vec::new();
+    for a in args {
+        if a == "-" {
+            let mut s = String::new();
+            stdin
+                .read_to_string(&mut s)
+                .map_err(|source| WhichError::Io {
+                    what: "reading IPs from stdin",
+                    source,
+                })?;
+            all.extend(s.split_whitespace().map(str::to_string));
+        } else {
+            all.push(a.clone());
+        }
+    }
+    let ips = parse_ips(&all)?;
+    let pools = pools_for(cfg, pool, listener)?;
+    let probed = if probe {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| WhichError::Io {
+                what: "starting the tokio runtime",
+                source,
+            })?;
+        Some(rt.block_on(probe_once(cfg, &pools)))
+    } else {
+        None
+    };
+    let mappings = map(cfg, &pools, &ips, probed.as_ref());
+    Ok(render(cfg, &mappings, probed.as_ref()))
 }
 
 /// One answer: pool, client, node and the rest of the order.
