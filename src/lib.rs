@@ -6,8 +6,6 @@
 
 pub mod admin;
 pub mod admission;
-pub mod backend;
-pub mod check;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -26,7 +24,6 @@ pub mod reload;
 pub mod ring;
 pub mod server;
 pub mod shutdown;
-pub mod which;
 pub mod workers;
 
 pub use config::Config;

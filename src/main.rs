@@ -10,8 +10,9 @@ use anyhow::Context as _;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+use ringlb::cli::which;
 use ringlb::cli::{Cli, Command, LogFormat, DEMO_CONFIG_PATH};
-use ringlb::{which, Config};
+use ringlb::Config;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -196,7 +197,7 @@ fn reload(pid_file: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<
 fn check(path: &Path) -> ExitCode {
     match Config::from_file(path) {
         Ok(cfg) => {
-            print!("{}", ringlb::check::summary(&cfg));
+            print!("{}", ringlb::cli::check::summary(&cfg));
             ExitCode::SUCCESS
         }
         Err(e) => print_config_error(&e),

@@ -2,8 +2,9 @@
 //! single-threaded tokio runtime with its own event loop (epoll), the model of
 //! HAProxy's threads and nginx's worker processes.
 //!
-//! Every worker runs an accept loop on every listener (the listening socket is
-//! shared: each worker registers its own descriptor of it), and a connection
+//! Every worker runs an accept loop on every listener, on its own listening
+//! socket of it (one `SO_REUSEPORT` socket per worker and listener, see
+//! [`listener::bind`](crate::listener::bind)), and a connection
 //! stays for its whole life on the worker that accepted it: its two sockets, its
 //! timer and its task live in that worker's event loop, so no connection's wakeup
 //! ever has to cross to another thread, and every worker waits for its own events

@@ -91,7 +91,7 @@ fn check_text(text: &str, source: &Path) -> Result<(), TestCaseError> {
     match (&first, &second) {
         (Ok(a), Ok(b)) => {
             prop_assert_eq!(a, b, "same text, different configs");
-            let s = ringlb::check::summary(a);
+            let s = ringlb::cli::check::summary(a);
             prop_assert!(!s.trim().is_empty(), "empty summary");
             prop_assert!(!a.listeners.is_empty() && !a.pools.is_empty());
             for p in a.pools.values() {

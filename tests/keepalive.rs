@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{
     backends, client_ip, connect_from, http_request, needs, read_line, reload, write_file,
 };
-use ringlb::backend::Backend;
+use ringlb::demo::backend::Backend;
 use ringlb::{Config, Server};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;

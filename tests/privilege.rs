@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
 use common::*;
-use ringlb::backend::{Backend, Mode};
+use ringlb::demo::backend::{Backend, Mode};
 
 /// A free port below 1024 on 127.0.0.1 (only root can bind it; outside the
 /// ephemeral range, so no client socket is ever given it). The listener keeps

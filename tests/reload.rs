@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use ringlb::backend::Backend;
+use ringlb::demo::backend::Backend;
 use ringlb::{Config, Handle, Server, ShutdownReport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;

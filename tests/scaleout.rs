@@ -21,7 +21,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::*;
-use ringlb::backend::{Backend, Mode};
+use ringlb::demo::backend::{Backend, Mode};
 use ringlb::ring::canonical_ip;
 use tokio::net::TcpListener;
 

@@ -13,7 +13,7 @@
 //! looks up `user`/`group`; it binds and connects nothing. It imports nothing of
 //! the runtime (pool, server, listener, health, keepalive): only `error`,
 //! `privilege` (user and group lookups) and `ring` (canonical node addresses).
-//! The `ringlb check` summary is in [`crate::check`].
+//! The `ringlb check` summary is in [`crate::cli::check`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -21,7 +21,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use ringlb::backend::{Backend, Mode};
+use ringlb::demo::backend::{Backend, Mode};
 use ringlb::{Config, Server, ShutdownReport};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};

@@ -1,4 +1,9 @@
-//! Command-line types (clap derive). No I/O here.
+//! The command line: its types (clap derive, no I/O in this file) and the
+//! commands that answer from a config file without a running balancer:
+//! [`check`] (validate and summarise) and [`which`] (where client IPs go).
+
+pub mod check;
+pub mod which;
 
 use std::path::PathBuf;
 

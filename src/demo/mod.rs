@@ -1,18 +1,20 @@
 //! `ringlb demo`: three demo backends on loopback and the real balancer in front of
 //! them, from `config/demo.toml` (or the built-in copy of it).
 
+pub mod backend;
+
 use std::path::Path;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, Mode};
 use crate::config::Config;
 use crate::error::{ConfigError, Error};
 use crate::server::Server;
 use crate::shutdown::{handle_signals, ShutdownReport, Signals};
+use backend::{Backend, Mode};
 
 /// The built-in copy of `config/demo.toml`, used when that file is not found.
-pub const BUILTIN_DEMO_TOML: &str = include_str!("../config/demo.toml");
+pub const BUILTIN_DEMO_TOML: &str = include_str!("../../config/demo.toml");
 
 /// Load the demo config: the given path, else `config/demo.toml` if it exists, else
 /// the built-in copy.
@@ -97,7 +99,7 @@ fn toggle_on_stdin(backends: &[Backend]) -> tokio::task::JoinHandle<()> {
             }
         }
     });
-    let switches: Vec<(String, crate::backend::HealthSwitch)> = backends
+    let switches: Vec<(String, backend::HealthSwitch)> = backends
         .iter()
         .map(|b| (b.name.clone(), b.health_switch()))
         .collect();
