@@ -1,7 +1,7 @@
 //! The control loop of a running balancer, on the control runtime:
 //! [`Server::run`] starts the accept loops, the probers and the admin endpoint,
 //! then applies reloads one at a time (requests made meanwhile fold into one more)
-//! until told to stop, and hands over to the [`drain`](crate::shutdown::drain).
+//! until told to stop, and hands over to the [`drain`](fn@crate::shutdown::drain).
 //! A stop wins over queued reloads. Owns no state of its own.
 //!
 //! [`run_process`] is `ringlb run` as a whole: the worker threads, the control
@@ -23,7 +23,7 @@ use crate::workers::Workers;
 
 impl Server {
     /// Serve until `shutdown` is cancelled, then stop accepting and drain. Reloads
-    /// requested through [`Handle::reload`] are applied one at a time meanwhile.
+    /// requested through [`Handle::reload`](crate::Handle::reload) are applied one at a time meanwhile.
     pub async fn run(mut self, shutdown: CancellationToken) -> ShutdownReport {
         for i in 0..self.listeners.len() {
             self.start_listener(i);

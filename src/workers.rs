@@ -155,7 +155,7 @@ impl WorkerLoad {
     }
 }
 
-/// Period of [`keep_next_wake_near`].
+/// Period of `keep_next_wake_near`.
 pub const TIMER_HEARTBEAT: Duration = Duration::from_millis(500);
 
 /// A timer that fires every [`TIMER_HEARTBEAT`], so the worker's time driver

@@ -28,7 +28,7 @@ pub mod defaults;
 pub mod limits;
 mod problems;
 pub mod raw;
-mod resolve;
+pub mod resolve;
 mod source;
 mod validate;
 

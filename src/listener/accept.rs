@@ -1,6 +1,6 @@
 //! The accept loop of one listening socket: accept-error backoff (one log line
 //! per out-of-resources episode), admission of each client (see
-//! [`admission`](crate::admission)), one span per connection, and each admitted
+//! [`crate::admission`]), one span per connection, and each admitted
 //! connection handed to the handler it was given, spawned into the server's task
 //! tracker. It does not know what the handler does: the server passes the proxy.
 

@@ -4,7 +4,7 @@
 //! what a connection does is the handler's (the proxy): this module names neither
 //! the pool nor the proxy.
 
-mod accept;
+pub mod accept;
 
 pub use accept::{AcceptErrors, AcceptLoop};
 

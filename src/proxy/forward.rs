@@ -95,7 +95,7 @@ pub struct Stop<'a> {
 /// Forward until both directions are finished, the idle timeout fires, an error
 /// occurs, or the `stop` token is cancelled.
 ///
-/// The state is two small [`Dir`] structs, one timer and one cancellation wait,
+/// The state is two small `Dir` structs, one timer and one cancellation wait,
 /// polled by hand in one struct rather than composed from async blocks: an idle
 /// connection costs a few hundred bytes of task state, not kilobytes.
 pub fn forward<'a>(

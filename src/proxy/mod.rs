@@ -2,10 +2,10 @@
 //! trusted proxy (then admit the client it names), reach a node ([`connect`]),
 //! then forward bytes both ways until done ([`forward`], with [`splice`] for bulk
 //! transfers). Ends with one INFO event. Takes an
-//! [`Admission`](crate::admission::Admission) from whoever accepted the socket and
+//! [`crate::admission::Admission`] from whoever accepted the socket and
 //! names no listener type.
 
-mod connect;
+pub mod connect;
 pub mod forward;
 pub mod proxy_protocol;
 pub mod splice;

@@ -1,5 +1,5 @@
 //! Applying a reload to a running [`Server`]: read and validate the file, diff it
-//! ([`diff`](super::diff)), bind every new socket first (any failure refuses the
+//! ([`diff`](mod@super::diff)), bind every new socket first (any failure refuses the
 //! whole reload and the running config stays untouched), then swap pools, update
 //! kept listeners, close removed ones, start new ones, follow the probers, the
 //! admin endpoint and the pid file, and publish the new generation. Open

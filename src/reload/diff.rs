@@ -1,6 +1,6 @@
 //! The typed difference between the running config and a new one, per listener,
 //! per pool and per node, and the one-line summary logged when it is applied.
-//! Pure: no sockets, no runtime state; [`apply`](super::apply) carries it out
+//! Pure: no sockets, no runtime state; [`apply`](fn@super::apply) carries it out
 //! (binding first, so a bind failure refuses the whole reload).
 
 use std::fmt::Write as _;

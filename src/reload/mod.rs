@@ -1,6 +1,6 @@
 //! Reloading the config of a running balancer (SIGHUP, `ringlb reload`, the
-//! admin's request): [`diff`] is pure (old config, new config → typed changes and
-//! the summary line), [`apply`] carries a diff out on the running server, and
+//! admin's request): [`diff`](mod@diff) is pure (old config, new config → typed changes and
+//! the summary line), [`apply`](fn@apply) carries a diff out on the running server, and
 //! [`signal`] is the `ringlb reload` client that asks a running process for one.
 //! A refused reload changes nothing.
 //!
