@@ -74,10 +74,7 @@ pub fn run_process(cfg: Config) -> Result<ShutdownReport, Error> {
     runtime.block_on(async move {
         // Handlers first: a signal that arrives while starting (e.g. an early
         // `ringlb reload`) must not kill the process.
-        let signals = Signals::install().map_err(|source| Error::Io {
-            what: "installing the signal handlers".into(),
-            source,
-        })?;
+        let signals = Signals::install()?;
         // Before binding: every worker has its own socket per listener, and all
         // are bound before privileges are dropped.
         let workers = Workers::start(workers)?;

@@ -40,10 +40,7 @@ pub fn run_process(cfg: Config) -> Result<ShutdownReport, Error> {
         })?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        let signals = Signals::install().map_err(|source| Error::Io {
-            what: "installing the signal handlers".into(),
-            source,
-        })?;
+        let signals = Signals::install()?;
         // The demo has no hard-stop handle before it binds; a second signal
         // during the (short) demo grace just waits for it.
         tokio::spawn(handle_signals(

@@ -2,11 +2,10 @@
 //! signal that arrives while starting, e.g. an early `ringlb reload`, cannot kill
 //! the process), and what each one does.
 
-use std::io;
-
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::error::Error;
 use crate::handle::Handle;
 
 /// SIGTERM/SIGINT: stop accepting and drain (first), close everything (second).
@@ -20,12 +19,18 @@ pub struct Signals {
 
 impl Signals {
     /// Install the handlers (on the current tokio runtime).
-    pub fn install() -> io::Result<Signals> {
+    pub fn install() -> Result<Signals, Error> {
         use tokio::signal::unix::{signal, SignalKind};
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|source| Error::Io {
+                what: format!("installing the {name} handler"),
+                source,
+            })
+        };
         Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            hup: signal(SignalKind::hangup())?,
+            term: install(SignalKind::terminate(), "SIGTERM")?,
+            int: install(SignalKind::interrupt(), "SIGINT")?,
+            hup: install(SignalKind::hangup(), "SIGHUP")?,
         })
     }
 }
