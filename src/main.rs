@@ -93,7 +93,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             node,
             config,
             admin,
-        } => node_command(action, &pool, &node, &config, admin),
+        } => Ok(node_command(action, &pool, &node, &config, admin)),
         Command::Demo { config } => {
             let cfg = match ringlb::demo::load(config.as_deref(), Path::new(DEMO_CONFIG_PATH)) {
                 Ok(c) => c,
@@ -112,63 +112,30 @@ fn node_command(
     node: &str,
     config: &Path,
     admin: Option<std::net::SocketAddr>,
-) -> anyhow::Result<ExitCode> {
-    let cfg = match Config::from_file(config) {
-        Ok(c) => c,
-        Err(e) => return Ok(print_config_error(&e)),
+) -> ExitCode {
+    use ringlb::admin::NodeCommandError;
+    use ringlb::cli::NodeAction;
+    use ringlb::config::AdminState;
+    let state = match action {
+        NodeAction::Drain => AdminState::Drain,
+        NodeAction::Enable => AdminState::Enabled,
+        NodeAction::Disable => AdminState::Disabled,
     };
-    let admin_cfg = cfg.admin.as_ref();
-    let addr = match (admin, admin_cfg) {
-        (Some(a), _) => a,
-        (None, Some(a)) => ringlb::admin::reach(a.listen),
-        (None, None) => anyhow::bail!(
-            "{} has no [admin] table: ringlb node talks to the admin endpoint (or pass --admin ADDR)",
-            config.display()
-        ),
-    };
-    let token = admin_cfg.and_then(|a| a.token.as_ref());
-    let path = format!(
-        "/pools/{}/nodes/{}/{}",
-        escape_segment(pool),
-        escape_segment(node),
-        action.as_str()
-    );
-    let (status, body) = ringlb::admin::request(
-        addr,
-        "POST",
-        &path,
-        token,
-        std::time::Duration::from_secs(5),
-    )
-    .with_context(|| format!("calling the admin endpoint at {addr}"))?;
-    if status == 200 {
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        println!(
-            "{pool}/{node}: {} (was {})",
-            v["admin_state"].as_str().unwrap_or("?"),
-            v["previous"].as_str().unwrap_or("?")
-        );
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!(
-            "error: admin endpoint at {addr} answered {status}: {}",
-            body.trim()
-        );
-        Ok(ExitCode::FAILURE)
-    }
-}
-
-/// Percent-escape a path segment (node names are often `host:port`).
-fn escape_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
+    match ringlb::admin::node_command(state, pool, node, config, admin) {
+        Ok(change) => {
+            println!("{change}");
+            ExitCode::SUCCESS
+        }
+        Err(NodeCommandError::Config(e)) => print_config_error(&e),
+        Err(e @ NodeCommandError::Refused { .. }) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("ringlb: {e}");
+            ExitCode::FAILURE
         }
     }
-    out
 }
 
 fn reload(pid_file: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {

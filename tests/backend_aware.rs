@@ -374,7 +374,7 @@ async fn balance_factor_bounds_every_node_and_keeps_everyone_else_sticky() {
         }
     }
     let st = ringlb::admin::status(&bounded.handle);
-    assert_eq!(st["pools"][0]["balance_factor"], 1.25);
+    assert_eq!(st.pools[0].balance_factor, Some(1.25));
     drop(held);
     bounded.stop().await;
 }
@@ -437,15 +437,14 @@ async fn drain_enable_disable_through_the_admin_endpoint_and_the_cli() {
     held.write_all(b"still flowing\n").await.unwrap();
     assert_eq!(read_line(&mut held).await.unwrap(), "still flowing");
     let st = ringlb::admin::status(&lb.handle);
-    let n1 = st["pools"][0]["nodes"]
-        .as_array()
-        .unwrap()
+    let n1 = st.pools[0]
+        .nodes
         .iter()
-        .find(|n| n["name"] == "node-1")
+        .find(|n| n.name == "node-1")
         .unwrap()
         .clone();
-    assert_eq!(n1["admin_state"], "drain");
-    assert_eq!(n1["in_service"], false);
+    assert_eq!(n1.admin_state.as_str(), "drain");
+    assert!(!n1.in_service);
     let metrics = ringlb::metrics::prometheus().unwrap().render();
     assert!(
         metrics.contains("ringlb_node_admin_state{pool=\"p\",node=\"node-1\"} 1"),

@@ -1,0 +1,214 @@
+//! The human status page: the [`Status`] document rendered as one HTML page on
+//! the server (no script, no external assets) that refreshes itself. Pure: builds
+//! a string from the typed status; no I/O, and it never reads the handle itself.
+
+use std::fmt::Write as _;
+
+use super::status::{fmt_time, NodeStatus, PoolStatus, Status};
+use crate::config::AdminState;
+
+/// Seconds between refreshes of the HTML page.
+const PAGE_REFRESH_SECS: u32 = 2;
+
+/// The page for one status document.
+pub fn page(st: &Status) -> String {
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="{PAGE_REFRESH_SECS}">
+<title>ringlb status</title>
+<style>
+body{{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}}
+h1{{font-size:1.3em;margin:0 0 .3em}} h2{{font-size:1.1em;margin:1.2em 0 .4em}}
+table{{border-collapse:collapse;background:#fff;min-width:60em}}
+th,td{{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:middle}}
+th{{background:#f0f0f0}} td.num{{text-align:right;font-variant-numeric:tabular-nums}}
+.up{{background:#d9f2d9;color:#14591a;font-weight:600}} .down{{background:#f9d6d5;color:#8a1c14;font-weight:600}} .drain{{background:#fdf0c4;color:#6b5200;font-weight:600}} .disabled{{background:#e4e4e4;color:#444;font-weight:600}}
+.bar{{background:#eee;width:12em;height:.9em;display:inline-block;vertical-align:middle}}
+.bar span{{display:block;height:100%;background:#4a7bd0}}
+.meta{{color:#666}} .bad{{color:#8a1c14}}
+</style></head><body>
+<h1>ringlb</h1>
+<p class="meta">config {} &middot; generation {} &middot; started {} &middot; reloads ok {}, failed {} &middot; refreshes every {PAGE_REFRESH_SECS}s</p>
+"#,
+        esc(&st.config.display().to_string()),
+        st.generation,
+        fmt_time(st.started),
+        st.reloads.ok,
+        st.reloads.failed,
+    );
+    if let Some(r) = &st.last_reload {
+        let _ = writeln!(
+            h,
+            r#"<p id="last-reload" class="{}">last reload {} at {}: {}</p>"#,
+            if r.ok { "meta" } else { "bad" },
+            if r.ok { "applied" } else { "REFUSED" },
+            fmt_time(r.at),
+            esc(&r.message)
+        );
+    }
+    h.push_str("<h2>Listeners</h2>\n<table id=\"listeners\"><tr><th>name</th><th>address</th><th>pool</th><th>active</th><th>max</th></tr>\n");
+    for l in &st.listeners {
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+            esc(&l.name),
+            esc(&l.local_addr.to_string()),
+            esc(&l.pool),
+            l.active_connections,
+            l.max_connections
+        );
+    }
+    h.push_str("</table>\n");
+    let workers: Vec<String> = st
+        .workers
+        .iter()
+        .map(|w| format!("{}: {} open, {} accepted", w.worker, w.active, w.accepted))
+        .collect();
+    let _ = writeln!(
+        h,
+        "<p id=\"workers\" class=\"meta\">workers &middot; {}</p>",
+        workers.join(" &middot; ")
+    );
+    for p in &st.pools {
+        pool(&mut h, p);
+    }
+    h.push_str("</body></html>\n");
+    h
+}
+
+/// One pool's heading and node table.
+fn pool(h: &mut String, p: &PoolStatus) {
+    let name = esc(&p.name);
+    let _ = writeln!(
+        h,
+        "<h2>Pool {name}</h2>\n<p class=\"meta\">{} of {} nodes up &middot; health {} every {}{}</p>",
+        p.nodes_up,
+        p.nodes_total,
+        p.health.kind.as_str(),
+        crate::config::fmt_duration(p.health.interval),
+        if p.failing_open {
+            " &middot; <b class=\"bad\">all down: failing open</b>"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        h,
+        "<table class=\"pool\" id=\"pool-{name}\"><tr><th>node</th><th>address</th><th>state</th><th>since</th><th>last probe</th><th>ring share</th><th>active</th><th>total</th><th>to node</th><th>to client</th></tr>"
+    );
+    for n in &p.nodes {
+        node(h, n);
+    }
+    h.push_str("</table>\n");
+}
+
+/// One node's row: health and operator state together (`UP · DRAIN`).
+fn node(h: &mut String, n: &NodeStatus) {
+    let health = n.state.as_str();
+    let (state, label) = match n.admin_state {
+        AdminState::Enabled => (health, health.to_uppercase()),
+        other => (
+            other.as_str(),
+            format!(
+                "{} · {}",
+                health.to_uppercase(),
+                other.as_str().to_uppercase()
+            ),
+        ),
+    };
+    let share = n.ring_share_pct;
+    let probe = n
+        .last_probe
+        .as_ref()
+        .map(|lp| format!("{} ({} ms)", esc(&lp.detail), json_number(lp.latency_ms)))
+        .unwrap_or_else(|| "-".into());
+    let _ = writeln!(
+        h,
+        "<tr class=\"node\" data-node=\"{nm}\"><td>{nm}</td><td>{addr}</td><td class=\"{state}\">{STATE}</td><td title=\"{reason}\">{since}</td><td>{probe}</td><td><span class=\"bar\"><span style=\"width:{share:.1}%\"></span></span> {share:.1}%</td><td class=\"num\">{act}</td><td class=\"num\">{tot}</td><td class=\"num\">{bn}</td><td class=\"num\">{bc}</td></tr>",
+        nm = esc(&n.name),
+        addr = esc(&n.addr.to_string()),
+        STATE = label,
+        reason = esc(&n.reason),
+        since = fmt_time(n.since),
+        act = n.active_connections,
+        tot = n.total_connections,
+        bn = bytes(n.bytes_to_node),
+        bc = bytes(n.bytes_to_client),
+    );
+}
+
+/// A number written as `/status` writes it (`2.0`, `0.125`; `null` if not finite),
+/// so the page and the JSON show the same text.
+fn json_number(x: f64) -> String {
+    serde_json::to_string(&x).unwrap_or_default()
+}
+
+/// Text escaped for HTML content and attribute values.
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A byte count for people: `512 B`, `1.5 KiB`, `3.2 GiB`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::admin::status::{status, tests::sample};
+
+    /// The sample status with every clock reading fixed.
+    pub(in crate::admin) fn fixed_sample() -> Status {
+        let mut st = status(&sample());
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_100);
+        for n in st.pools.iter_mut().flat_map(|p| p.nodes.iter_mut()) {
+            n.since = t;
+            if let Some(p) = &mut n.last_probe {
+                p.at = t;
+            }
+        }
+        st
+    }
+
+    #[test]
+    fn the_page_is_the_one_operators_and_the_browser_test_know() {
+        // testdata/page.html was written by the json!-based renderer this one
+        // replaced, from the same data.
+        assert_eq!(page(&fixed_sample()), include_str!("testdata/page.html"));
+    }
+
+    #[test]
+    fn helpers() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(u64::MAX), "16777216.0 TiB");
+        assert_eq!(json_number(2.0), "2.0");
+        assert_eq!(json_number(0.125), "0.125");
+        assert_eq!(json_number(f64::NAN), "null");
+        assert_eq!(
+            esc("<a href=\"x\">&</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;"
+        );
+    }
+}
