@@ -77,8 +77,10 @@
 //! **The running balancer**
 //! - [`handle`]: the shared runtime state and [`Handle`], the narrow view the
 //!   admin endpoint, signals and tests hold. Owns no sockets or tasks.
-//! - [`admin`]: the admin endpoint (`/metrics`, `/status`, page, node actions) and
-//!   its client (`ringlb node`). Reads a [`Handle`]; never names the server.
+//! - [`admin`]: the admin endpoint: serving (HTTP/1.1 parsed with `httparse`,
+//!   bearer token, `/metrics`, node actions), [`admin::Status`] (the typed
+//!   `/status` that the JSON and the HTML page are both made from), the page, and
+//!   [`admin::client`] (`ringlb node`). Reads a [`Handle`]; never names the server.
 //! - [`server`]: builds pools and binds listeners ([`Server::bind`]); owns the
 //!   running listeners, probers, admin endpoint, pid file and connection tasks.
 //!   Does not decide when to reload or stop.
