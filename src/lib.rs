@@ -22,6 +22,7 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;
 pub mod ring;
+pub mod rlimit;
 pub mod server;
 pub mod splice;
 pub mod which;

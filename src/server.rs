@@ -26,6 +26,7 @@ use crate::listener::{self, BoundListener, ListenerShared, ListenerState};
 use crate::metrics::ServerMetrics;
 use crate::pool::Pool;
 use crate::reload;
+pub use crate::rlimit::raise_nofile_limit;
 use crate::workers::WorkerLoad;
 
 /// How long connections get to finish after being told to close at the end of the
@@ -719,15 +720,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = c.source();
     }
     s
-}
-
-/// Raise the soft descriptor limit to the hard one (a balancer needs two per
-/// proxied connection). Returns (before, after).
-pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(std::io::Error::from)?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(std::io::Error::from)?;
-    }
-    Ok((soft, hard.max(soft)))
 }

@@ -26,7 +26,7 @@ fn nine_thousand_five_hundred_proxied_connections_held_with_zero_errors() {
         return;
     }
     let mut backend = Kill(
-        Command::new(env!("CARGO_BIN_EXE_ringlb-bench"))
+        Command::new(common::bench_bin::ringlb_bench())
             .args([
                 "serve",
                 "echo",
@@ -82,7 +82,7 @@ fn nine_thousand_five_hundred_proxied_connections_held_with_zero_errors() {
     // Keep draining ringlb's log so it never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
 
-    let out = Command::new(env!("CARGO_BIN_EXE_ringlb-bench"))
+    let out = Command::new(common::bench_bin::ringlb_bench())
         .args([
             "load",
             "idle",

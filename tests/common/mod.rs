@@ -2,6 +2,8 @@
 //! bound to distinct 127.0.0.0/8 sources, polling instead of sleeps.
 #![allow(dead_code)]
 
+pub mod bench_bin;
+
 use std::future::Future;
 use std::io::BufRead as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -23,6 +23,8 @@
 #![allow(dead_code)]
 
 pub mod agent;
+#[path = "../common/bench_bin.rs"]
+mod bench_bin;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write as _};
@@ -38,6 +40,7 @@ use nix::unistd::Pid;
 use serde_json::{json, Value};
 
 pub use agent::{unix_ms, XorShift};
+pub use bench_bin::ringlb_bench;
 
 const NS_PREFIX: &str = "rlnt";
 pub const LB_PORT: u16 = 8000;
@@ -665,7 +668,7 @@ impl Lab {
     /// Start (or restart) node `k`'s echo and HTTP servers; wait until both listen.
     pub fn start_node(&mut self, k: usize) {
         self.stop_node(k);
-        let bench = env!("CARGO_BIN_EXE_ringlb-bench");
+        let bench = ringlb_bench();
         let (ns, name) = (self.nodes[k].ns.clone(), self.nodes[k].name.clone());
         let echo_listen = format!("127.0.0.1:{ECHO_PORT}");
         let http_listen = format!("127.0.0.1:{HTTP_PORT}");
