@@ -241,11 +241,11 @@ for tool in timeout pgrep ss python3 awk; do
 done
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    log "cargo build --release --bins"
-    timeout 1200 cargo build --release --bins >"$WORK/logs/build.log" 2>&1
+    log "cargo build --release --workspace --bins"
+    timeout 1200 cargo build --release --workspace --bins >"$WORK/logs/build.log" 2>&1
     rc=$?
     tail -n 3 "$WORK/logs/build.log"
-    [ "$rc" = 0 ] || die "cargo build --release --bins failed (exit $rc)"
+    [ "$rc" = 0 ] || die "cargo build --release --workspace --bins failed (exit $rc)"
 fi
 [ -x "$RINGLB" ] || die "$RINGLB missing"
 [ -x "$BENCH" ] || die "$BENCH missing"
@@ -891,7 +891,7 @@ log "writing $OUT"
     echo "kernel=$(uname -r)"
     echo "os=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME")"
     echo "rustc=$(rustc --version 2>/dev/null)"
-    echo "ringlb_rev=$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (with uncommitted changes)')"
+    echo "ringlb_rev=$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- src benches/ringlb-bench Cargo.toml Cargo.lock 2>/dev/null || echo ' (with uncommitted changes)')"
     echo "haproxy=$(haproxy -v 2>/dev/null | head -n 1)"
     echo "nginx=$(nginx -v 2>&1 | head -n 1)"
     echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"

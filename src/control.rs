@@ -96,7 +96,7 @@ pub fn run_process(cfg: Config) -> Result<ShutdownReport, Error> {
 }
 
 fn log_nofile_limit() {
-    match crate::server::raise_nofile_limit() {
+    match crate::sys::rlimit::raise_nofile_limit() {
         Ok((before, after)) => info!(
             soft_before = before,
             limit = after,

@@ -44,7 +44,8 @@
 //!   listener or node. Must not create a handle per connection.
 //! - [`ring`]: the consistent-hash ring (explicit bytes, golden-tested). Pure;
 //!   must not depend on std `Hash` layouts, seeds or list order.
-//! - [`privilege`]: dropping root after binding. Knows nothing of the balancer.
+//! - [`sys`]: the process and the operating system: dropping root after
+//!   binding, the open-file limit. Knows nothing of the config or the balancer.
 //! - [`config`]: file → raw serde types → validated [`Config`], with
 //!   file:line:column errors naming the key. Pure except [`config::resolve`],
 //!   the one network lookup (host names of node addresses, at load). Must not
@@ -115,13 +116,13 @@ pub mod keepalive;
 pub mod listener;
 pub mod metrics;
 pub mod pool;
-pub mod privilege;
 pub mod prober;
 pub mod proxy;
 pub mod reload;
 pub mod ring;
 pub mod server;
 pub mod shutdown;
+pub mod sys;
 pub mod workers;
 
 pub use config::Config;

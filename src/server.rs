@@ -259,12 +259,12 @@ impl Server {
     /// Switch to the configured `user` and `group`, if any. Call after
     /// [`bind`](Server::bind) (and [`write_pid_file`](Server::write_pid_file)):
     /// every socket is bound by then.
-    pub fn drop_privileges(&self) -> Result<Option<crate::privilege::Identity>, Error> {
+    pub fn drop_privileges(&self) -> Result<Option<crate::sys::privilege::Identity>, Error> {
         let cfg = self.shared.config.load();
         let Some(user) = cfg.user.as_deref() else {
             return Ok(None);
         };
-        let id = crate::privilege::drop_to(user, cfg.group.as_deref())?;
+        let id = crate::sys::privilege::drop_to(user, cfg.group.as_deref())?;
         info!(user = %id.user, uid = id.uid, group = %id.group, gid = id.gid, "dropped privileges");
         Ok(Some(id))
     }
@@ -326,15 +326,4 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         src = c.source();
     }
     s
-}
-
-/// Raise the soft descriptor limit to the hard one (a balancer needs two per
-/// proxied connection). Returns (before, after).
-pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(std::io::Error::from)?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(std::io::Error::from)?;
-    }
-    Ok((soft, hard.max(soft)))
 }

@@ -27,7 +27,7 @@ fn nine_thousand_five_hundred_proxied_connections_held_with_zero_errors() {
         return;
     }
     let mut backend = Kill(
-        Command::new(env!("CARGO_BIN_EXE_ringlb-bench"))
+        Command::new(common::bench_bin::ringlb_bench())
             .args([
                 "serve",
                 "echo",
@@ -76,7 +76,7 @@ fn nine_thousand_five_hundred_proxied_connections_held_with_zero_errors() {
     );
     // (ringlb's log is read on a thread all along, so it never blocks on a full pipe.)
 
-    let out = Command::new(env!("CARGO_BIN_EXE_ringlb-bench"))
+    let out = Command::new(common::bench_bin::ringlb_bench())
         .args([
             "load",
             "idle",

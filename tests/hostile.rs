@@ -396,7 +396,7 @@ fn fd_count(pid: u32) -> usize {
 /// Start `ringlb-bench serve echo --greet`; its process and address.
 fn bench_backend(name: &str) -> (Kill, SocketAddr) {
     let mut child = Kill(
-        Command::new(env!("CARGO_BIN_EXE_ringlb-bench"))
+        Command::new(common::bench_bin::ringlb_bench())
             .args(["serve", "echo", "--listen", "127.0.0.1:0", "--name", name])
             .arg("--greet")
             .stdout(Stdio::piped())

@@ -1,6 +1,7 @@
 //! The layout the crate docs promise, checked from the source: no import circle
 //! between top-level modules, every top-level module named in `src/lib.rs`'s
-//! module map, and no library file over 900 lines outside its tests.
+//! module map, listed after every module it uses, and no library file over 900
+//! lines outside its tests.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -162,6 +163,36 @@ fn every_top_level_module_is_in_the_crate_docs_map() {
             "module {m} is not declared in src/lib.rs"
         );
     }
+}
+
+/// The map lists modules bottom-up: each uses only modules listed before it.
+#[test]
+fn the_map_lists_each_module_after_everything_it_uses() {
+    let lib = fs::read_to_string(src().join("lib.rs")).unwrap();
+    let mods = top_modules();
+    // Order of the map's entries: lines `//! - [`name`]: ...`.
+    let order: Vec<String> = lib
+        .lines()
+        .filter_map(|l| l.strip_prefix("//! - [`"))
+        .filter_map(|l| l.split('`').next())
+        .filter(|m| mods.contains(*m))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        order.len(),
+        mods.len(),
+        "map entries {order:?} vs modules {mods:?}"
+    );
+    let pos = |m: &str| order.iter().position(|o| o == m).unwrap();
+    let mut wrong = Vec::new();
+    for (m, uses) in imports(&mods) {
+        for u in uses {
+            if pos(&u) > pos(&m) {
+                wrong.push(format!("{m} uses {u}, listed after it"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
 }
 
 #[test]

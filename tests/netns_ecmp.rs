@@ -376,7 +376,7 @@ impl EcmpLab {
         }
 
         // The nodes: as in tests/netns.rs (echo server on 127.0.0.1, DNAT).
-        let bench = env!("CARGO_BIN_EXE_ringlb-bench");
+        let bench = netns_support::ringlb_bench();
         for (k, ns) in backends.iter().enumerate() {
             let ip = node_ip(k).to_string();
             ip_batch_in(

@@ -50,7 +50,7 @@ async fn binds_a_low_port_as_root_then_serves_as_nobody() {
     if !require_root("switching users and binding a port below 1024") {
         return;
     }
-    let nobody = ringlb::privilege::lookup_user("nobody").expect("user nobody");
+    let nobody = ringlb::sys::privilege::lookup_user("nobody").expect("user nobody");
     let backend = Backend::start("node-0", "127.0.0.1:0".parse().unwrap(), Mode::Greet)
         .await
         .unwrap();

@@ -670,7 +670,7 @@ fn privilege_config(p: &mut Problems, user: Option<&str>, group: Option<&str>) {
         if u.is_empty() {
             p.push("user", "must not be empty");
         } else {
-            match crate::privilege::lookup_user(u) {
+            match crate::sys::privilege::lookup_user(u) {
                 Ok(_) => {}
                 Err(reason) => p.push("user", reason),
             }
@@ -685,7 +685,7 @@ fn privilege_config(p: &mut Problems, user: Option<&str>, group: Option<&str>) {
         }
         if g.is_empty() {
             p.push("group", "must not be empty");
-        } else if let Err(reason) = crate::privilege::lookup_group(g) {
+        } else if let Err(reason) = crate::sys::privilege::lookup_group(g) {
             p.push("group", reason);
         }
     }

@@ -15,6 +15,8 @@
 //! a port with bind-then-close, or pass a test that did not run when CI asks for it.
 #![allow(dead_code)]
 
+pub mod bench_bin;
+
 use std::future::Future;
 use std::io::BufRead as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -38,6 +38,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
+pub use crate::common::bench_bin::ringlb_bench;
 pub use agent::{unix_ms, XorShift};
 
 const NS_PREFIX: &str = "rlnt";
@@ -653,7 +654,7 @@ impl Lab {
     /// Start (or restart) node `k`'s echo and HTTP servers; wait until both listen.
     pub fn start_node(&mut self, k: usize) {
         self.stop_node(k);
-        let bench = env!("CARGO_BIN_EXE_ringlb-bench");
+        let bench = ringlb_bench();
         let (ns, name) = (self.nodes[k].ns.clone(), self.nodes[k].name.clone());
         let echo_listen = format!("127.0.0.1:{ECHO_PORT}");
         let http_listen = format!("127.0.0.1:{HTTP_PORT}");

@@ -16,9 +16,24 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command};
 
+/// Raise the open-file soft limit to the hard one (the library's function); the
+/// warning to print when that fails.
+fn raise_nofile_limit() -> Result<(), String> {
+    let Err(e) = ringlb::sys::rlimit::raise_nofile_limit() else {
+        return Ok(());
+    };
+    Err(match ringlb::sys::rlimit::nofile_limits() {
+        Ok((soft, hard)) => format!(
+            "open-file soft limit stays at {soft}: \
+             raising it to the hard limit {hard} failed: {e}"
+        ),
+        Err(_) => format!("cannot read the open-file limit: {e}"),
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(note) = net::raise_nofile_limit() {
+    if let Err(note) = raise_nofile_limit() {
         eprintln!("ringlb-bench: warning: {note}");
     }
     let workers = match worker_threads(cli.workers) {

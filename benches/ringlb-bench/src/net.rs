@@ -10,8 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use nix::sys::resource::{getrlimit, setrlimit, Resource};
-
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -293,26 +291,6 @@ impl Errors {
     }
 }
 
-/// `(soft, hard)` RLIMIT_NOFILE of this process.
-pub fn nofile_limits() -> Option<(u64, u64)> {
-    getrlimit(Resource::RLIMIT_NOFILE).ok()
-}
-
-/// Raise the soft descriptor limit to the hard one; returns the soft limit now.
-pub fn raise_nofile_limit() -> Result<u64, String> {
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)
-        .map_err(|e| format!("cannot read the open-file limit: {e}"))?;
-    if soft >= hard {
-        return Ok(soft);
-    }
-    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(|e| {
-        format!(
-            "open-file soft limit stays at {soft}: raising it to the hard limit {hard} failed: {e}"
-        )
-    })?;
-    Ok(hard)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,14 +364,6 @@ mod tests {
         let s = SourceIps::new("127.0.0.0/30".parse().expect("valid"));
         let got: Vec<u8> = (0..5).map(|_| s.next().octets()[3]).collect();
         assert_eq!(got, vec![1, 2, 3, 1, 2]);
-    }
-
-    #[test]
-    fn nofile_limit_is_raised() {
-        let soft = raise_nofile_limit().expect("raise");
-        let (now, hard) = nofile_limits().expect("limits");
-        assert_eq!(soft, now);
-        assert_eq!(now, hard);
     }
 
     #[test]

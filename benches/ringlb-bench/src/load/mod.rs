@@ -98,7 +98,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
     let w = args.workload;
     let json = common(&w).json;
     let need = descriptors(&w) + 64;
-    if let Some((soft, _)) = crate::net::nofile_limits() {
+    if let Ok((soft, _)) = ringlb::sys::rlimit::nofile_limits() {
         if need > soft {
             bail!(
                 "this run holds about {need} descriptors but the open-file limit is {soft}; \
