@@ -17,6 +17,21 @@ async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String, Strin
     http_request(addr, method, path, "").await
 }
 
+/// Send `request` as is and return the status code of the answer.
+async fn raw_status(addr: SocketAddr, request: &[u8]) -> u16 {
+    use tokio::io::AsyncReadExt;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // The server may answer (and close) before it has read everything.
+    let _ = s.write_all(request).await;
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer);
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"))
+}
+
 fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(name_and_labels))
@@ -193,6 +208,18 @@ async fn metrics_status_and_page_show_traffic_health_and_reloads() {
     assert_eq!(http(admin, "POST", "/status").await.0, 405);
     let (st, _, body) = http(admin, "HEAD", "/status").await;
     assert_eq!((st, body.as_str()), (200, ""));
+    // A malformed head (a space inside the path), and a head that is still not
+    // complete at 8 KiB (exactly 8 KiB is sent, so the server has read every
+    // byte when it answers and its close is a FIN, not a reset).
+    assert_eq!(
+        raw_status(admin, b"GET /st atus HTTP/1.1\r\n\r\n").await,
+        400
+    );
+    let mut big = b"GET /status HTTP/1.1\r\nX-Pad: ".to_vec();
+    big.resize(8 * 1024, b'a');
+    assert_eq!(raw_status(admin, &big).await, 431);
+    // The endpoint still answers afterwards.
+    assert_eq!(http(admin, "GET", "/status").await.0, 200);
 
     shutdown.cancel();
     task.await.unwrap();
