@@ -11,33 +11,19 @@
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::admin;
 use crate::config::Config;
 use crate::error::Error;
-use crate::prober::Prober;
 use crate::reload;
 use crate::server::Server;
-use crate::shutdown::{self, ShutdownReport};
-use crate::shutdown::{handle_signals, Signals};
+use crate::shutdown::{self, handle_signals, ShutdownReport, Signals};
 use crate::workers::Workers;
 
 impl Server {
-    /// Serve until `shutdown` is cancelled, then stop accepting and drain. Reloads
-    /// requested through [`Handle::reload`](crate::Handle::reload) are applied one at a time meanwhile.
+    /// Serve until `shutdown` is cancelled, then stop accepting and drain.
+    /// Reloads requested through [`Handle::reload`](crate::Handle::reload) are
+    /// applied one at a time meanwhile.
     pub async fn run(mut self, shutdown: CancellationToken) -> ShutdownReport {
-        for i in 0..self.listeners.len() {
-            self.start_listener(i);
-        }
-        for (name, pool) in self.shared.pools.load().iter() {
-            self.probers
-                .insert(name.clone(), Prober::start(pool.clone(), &self.probe_stop));
-        }
-        if let Some(l) = self.pending_admin.take() {
-            self.admin = Some(admin::spawn(l, self.handle()));
-        }
-        let pid_file = self.shared.config.load().pid_file.clone();
-        self.set_pid_file(pid_file);
-
+        self.start();
         loop {
             tokio::select! {
                 // A stop signal wins over queued reloads.

@@ -248,6 +248,23 @@ impl Server {
         info!(listener = %st.config.name, addr = %r.local_addr, pool = %st.config.pool, accept_loops = r.tasks.len(), "listening");
     }
 
+    /// Start every part: the accept loops, one prober per pool, the admin
+    /// endpoint, and the pid file (if not written yet).
+    pub(crate) fn start(&mut self) {
+        for i in 0..self.listeners.len() {
+            self.start_listener(i);
+        }
+        for (name, pool) in self.shared.pools.load().iter() {
+            self.probers
+                .insert(name.clone(), Prober::start(pool.clone(), &self.probe_stop));
+        }
+        if let Some(l) = self.pending_admin.take() {
+            self.admin = Some(admin::spawn(l, self.handle()));
+        }
+        let pid_file = self.shared.config.load().pid_file.clone();
+        self.set_pid_file(pid_file);
+    }
+
     /// Write the configured pid file now (before dropping privileges, so it may
     /// live in a root-owned directory such as `/run`). [`run`](Server::run) does
     /// it otherwise.
