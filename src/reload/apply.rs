@@ -214,3 +214,52 @@ pub async fn apply(server: &mut Server) {
         generation,
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::apply;
+    use crate::config::Config;
+    use crate::server::Server;
+
+    fn text(weight_a: u32) -> String {
+        format!(
+            "[[listener]]\nname = \"lb\"\nlisten = \"127.0.0.1:0\"\npool = \"a\"\n\
+             [pools.a]\n[[pools.a.nodes]]\nname = \"a1\"\naddr = \"127.0.0.1:1\"\nweight = {weight_a}\n\
+             [pools.b]\n[[pools.b.nodes]]\nname = \"b1\"\naddr = \"127.0.0.1:2\"\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn a_reload_rebuilds_only_the_pools_the_diff_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.toml");
+        std::fs::write(&path, text(1)).unwrap();
+        let mut server = Server::bind(Config::from_file(&path).unwrap()).unwrap();
+        let handle = server.handle();
+        let (a0, b0) = (
+            handle.pool("a").unwrap().snapshot(),
+            handle.pool("b").unwrap().snapshot(),
+        );
+        std::fs::write(&path, text(3)).unwrap();
+        apply(&mut server).await;
+        assert_eq!(handle.generation(), 2, "{:?}", handle.last_reload());
+        let (a1, b1) = (
+            handle.pool("a").unwrap().snapshot(),
+            handle.pool("b").unwrap().snapshot(),
+        );
+        assert!(
+            !Arc::ptr_eq(&a0, &a1),
+            "pool a was reweighted: new snapshot"
+        );
+        assert_eq!(a1.nodes[0].weight(), 3);
+        assert!(
+            Arc::ptr_eq(&b0, &b1),
+            "pool b did not change: same snapshot"
+        );
+        let summary = handle.last_reload().unwrap().message;
+        assert!(summary.contains("pool a: weights a1 1->3"), "{summary}");
+        assert!(!summary.contains("pool b"), "{summary}");
+    }
+}
