@@ -29,6 +29,9 @@ use crate::sys::notify;
 use crate::upgrade::{self, Incoming, Pending, Takeover};
 use crate::workers::Workers;
 
+/// How long a stop waits for a called-off upgrade to stop the new process.
+const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How the control loop ended.
 enum End {
     Stop,
@@ -114,10 +117,21 @@ impl Server {
         }
         match end {
             End::Stop => {
-                if let Some(u) = upgrading.take() {
+                if let Some(mut u) = upgrading.take() {
                     u.pending.abort();
                     let child = u.pending.child_pid();
                     warn!(new_pid = ?child, "stopping during an upgrade: the upgrade is called off");
+                    // The upgrade thread stops the new process (SIGTERM, then
+                    // SIGKILL): wait for it, so no half-started process outlives us.
+                    let outcome = tokio::time::timeout(ABORT_WAIT, u.pending.outcome()).await;
+                    if let Ok(Ok(t)) = &outcome {
+                        // It accepted just before the stop: it serves on, and is
+                        // stopped by the same signal under a service manager.
+                        warn!(
+                            new_pid = t.new_pid,
+                            "the new process accepted just before the stop; it keeps running"
+                        );
+                    }
                     if let Some(reply) = u.reply {
                         let _ =
                             reply.send(Err("called off: the running process is stopping".into()));
@@ -215,7 +229,6 @@ impl Server {
     fn handed_over(&mut self, t: &Takeover, u: Upgrading) {
         let _ = self.shared.handed_over_to.set(t.new_pid);
         self.shared.metrics.upgrades_ok.increment(1);
-        self.forget_pid_file();
         let open = self.tracker.len();
         let old_pid = std::process::id();
         info!(
