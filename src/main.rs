@@ -238,6 +238,9 @@ fn check(path: &Path) -> ExitCode {
     match Config::from_file(path) {
         Ok(cfg) => {
             print!("{}", ringlb::cli::check::summary(&cfg));
+            if let Some(line) = ringlb::cli::running::running_instance(&cfg) {
+                println!("{line}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => print_config_error(&e),

@@ -3,6 +3,7 @@
 //! [`check`] (validate and summarise) and [`which`] (where client IPs go).
 
 pub mod check;
+pub mod running;
 pub mod which;
 
 use std::path::PathBuf;
