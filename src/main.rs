@@ -10,7 +10,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use ringlb::cli::which;
+use ringlb::cli::config_path::{self, ConfigChoice, Origin};
+use ringlb::cli::{docs, which};
 use ringlb::cli::{Cli, Command, LogFormat, DEMO_CONFIG_PATH};
 use ringlb::Config;
 
@@ -22,7 +23,9 @@ fn main() -> ExitCode {
         Command::Check { .. }
         | Command::Which { .. }
         | Command::Reload { .. }
-        | Command::Node { .. } => "error",
+        | Command::Node { .. }
+        | Command::Completions { .. }
+        | Command::Manpage { .. } => "error",
     };
     if let Err(e) = init_tracing(cli.log_format, cli.log_level.as_deref(), default_level) {
         eprintln!("ringlb: {e:#}");
@@ -55,7 +58,7 @@ fn init_tracing(format: LogFormat, level: Option<&str>, default_level: &str) -> 
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Check { config } => Ok(check(&config)),
+        Command::Check { config } => Ok(check(&config_path::from_environment(config.as_deref()))),
         Command::Which {
             config,
             pool,
@@ -63,9 +66,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             probe,
             ips,
         } => {
-            let cfg = match Config::from_file(&config) {
+            let cfg = match load(&config_path::from_environment(config.as_deref())) {
                 Ok(c) => c,
-                Err(e) => return Ok(print_config_error(&e)),
+                Err(code) => return Ok(code),
             };
             let out = which::command(
                 &cfg,
@@ -79,9 +82,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config } => {
-            let cfg = match Config::from_file(&config) {
+            let choice = config_path::from_environment(config.as_deref());
+            if choice.origin != Origin::Flag {
+                tracing::info!(config = %choice.path.display(), "{}", choice.reason());
+            }
+            let cfg = match load(&choice) {
                 Ok(c) => c,
-                Err(e) => return Ok(print_config_error(&e)),
+                Err(code) => return Ok(code),
             };
             ringlb::control::run_process(cfg)?;
             Ok(ExitCode::SUCCESS)
@@ -93,13 +100,30 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             node,
             config,
             admin,
-        } => Ok(node_command(action, &pool, &node, &config, admin)),
+        } => {
+            let choice = config_path::from_environment(config.as_deref());
+            Ok(node_command(action, &pool, &node, &choice, admin))
+        }
         Command::Demo { config } => {
             let cfg = match ringlb::demo::load(config.as_deref(), Path::new(DEMO_CONFIG_PATH)) {
                 Ok(c) => c,
                 Err(e) => return Ok(print_config_error(&e)),
             };
             ringlb::demo::run_process(cfg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            docs::completions(shell, &mut std::io::stdout().lock()).context("stdout")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpage { out: None } => {
+            docs::manpage(&mut std::io::stdout().lock()).context("stdout")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpage { out: Some(dir) } => {
+            for page in docs::manpages_to(&dir)? {
+                println!("{}", page.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -110,7 +134,7 @@ fn node_command(
     action: ringlb::cli::NodeAction,
     pool: &str,
     node: &str,
-    config: &Path,
+    config: &ConfigChoice,
     admin: Option<std::net::SocketAddr>,
 ) -> ExitCode {
     use ringlb::admin::NodeCommandError;
@@ -121,12 +145,12 @@ fn node_command(
         NodeAction::Enable => AdminState::Enabled,
         NodeAction::Disable => AdminState::Disabled,
     };
-    match ringlb::admin::node_command(state, pool, node, config, admin) {
+    match ringlb::admin::node_command(state, pool, node, &config.path, admin) {
         Ok(change) => {
             println!("{change}");
             ExitCode::SUCCESS
         }
-        Err(NodeCommandError::Config(e)) => print_config_error(&e),
+        Err(NodeCommandError::Config(e)) => print_config_error_of(&e, config),
         Err(e @ NodeCommandError::Refused { .. }) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -139,9 +163,10 @@ fn node_command(
 }
 
 fn reload(pid_file: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let choice = config_path::for_signal(pid_file.as_deref(), config.as_deref());
     let mut pid_file = pid_file;
-    if let Some(path) = &config {
-        match Config::from_file(path) {
+    if let Some(choice) = &choice {
+        match Config::from_file(&choice.path) {
             Ok(cfg) => {
                 if pid_file.is_none() {
                     pid_file = cfg.pid_file.clone();
@@ -149,26 +174,44 @@ fn reload(pid_file: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<
             }
             Err(e) => {
                 eprintln!("not reloading: the config has errors");
-                return Ok(print_config_error(&e));
+                return Ok(print_config_error_of(&e, choice));
             }
         }
     }
     let Some(pid_file) = pid_file else {
-        anyhow::bail!("no pid file: pass --pid-file, or --config with a pid_file key");
+        let why = choice
+            .map(|c| format!(" ({})", c.reason()))
+            .unwrap_or_default();
+        anyhow::bail!("no pid file: pass --pid-file, or a config with a pid_file key{why}");
     };
     let pid = ringlb::reload::signal::send_reload(&pid_file)?;
     println!("sent SIGHUP to ringlb (pid {pid}); the result is in its log, /status and ringlb_reloads_total");
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(path: &Path) -> ExitCode {
-    match Config::from_file(path) {
+fn check(choice: &ConfigChoice) -> ExitCode {
+    match load(choice) {
         Ok(cfg) => {
             print!("{}", ringlb::cli::check::summary(&cfg));
             ExitCode::SUCCESS
         }
-        Err(e) => print_config_error(&e),
+        Err(code) => code,
     }
+}
+
+/// The chosen config, or its errors printed (and the exit code to return).
+fn load(choice: &ConfigChoice) -> Result<Config, ExitCode> {
+    Config::from_file(&choice.path).map_err(|e| print_config_error_of(&e, choice))
+}
+
+/// [`print_config_error`], and for a file that cannot be read and was not
+/// named by --config, which rule of the search order chose it.
+fn print_config_error_of(e: &ringlb::ConfigError, choice: &ConfigChoice) -> ExitCode {
+    let code = print_config_error(e);
+    if matches!(e, ringlb::ConfigError::Io { .. }) && choice.origin != Origin::Flag {
+        eprintln!("note: {}", choice.reason());
+    }
+    code
 }
 
 fn print_config_error(e: &ringlb::ConfigError) -> ExitCode {
