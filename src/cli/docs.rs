@@ -95,7 +95,7 @@ The config of a source checkout, used when it exists in the working directory
 The pid file of the packaged config (\fBpid_file\fR), read by \fBringlb reload\fR and
 \fBringlb upgrade\fR.
 .TP
-\fI/lib/systemd/system/ringlb.service\fR
+\fI/usr/lib/systemd/system/ringlb.service\fR
 The systemd unit of the Debian package.
 .SH ENVIRONMENT
 .TP
