@@ -84,7 +84,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run { config } => {
             let choice = config_path::from_environment(config.as_deref());
             if choice.origin != Origin::Flag {
-                tracing::info!(config = %choice.path.display(), "{}", choice.reason());
+                tracing::info!("{}", choice.reason());
             }
             let cfg = match load(&choice) {
                 Ok(c) => c,
