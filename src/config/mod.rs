@@ -38,7 +38,8 @@ pub use raw::{
     RawAdmin, RawConfig, RawHealth, RawKeepalive, RawKeepaliveParams, RawListener, RawNode, RawPool,
 };
 
-/// Default path used by `ringlb run` when `--config` is not given.
+/// The working directory's config: the third step of the search order in
+/// `cli::config_path` (after `--config` and `$RINGLB_CONFIG`).
 pub const DEFAULT_CONFIG_PATH: &str = "config/ringlb.toml";
 
 // ---------------------------------------------------------------------------
