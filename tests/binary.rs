@@ -113,6 +113,39 @@ fn run_with_a_bad_config_names_the_problem_and_exits_one() {
     );
 }
 
+/// A bad `--log-level` is refused with exit 2 and one line naming the flag, the
+/// value and what is wrong, once (it used to print the filter's error twice).
+#[test]
+fn a_bad_log_level_is_one_clear_line_and_exit_two() {
+    for (level, why) in [
+        ("ringlb=nope", "expected one of \"off\", \"error\""),
+        ("foo=bar=baz", "expected one of \"off\", \"error\""),
+        ("[", "invalid filter directive"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+            .args([
+                "--log-level",
+                level,
+                "check",
+                "--config",
+                "config/demo.toml",
+            ])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{level}: {err}");
+        assert!(out.stdout.is_empty(), "{level}: nothing checked");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{level}: not one line:\n{err}");
+        assert!(
+            lines[0].starts_with(&format!("ringlb: --log-level {level:?}: ")),
+            "{level}: {err}"
+        );
+        assert_eq!(lines[0].matches(why).count(), 1, "{level}: {err}");
+    }
+}
+
 #[test]
 fn run_reports_a_busy_port() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
