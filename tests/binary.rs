@@ -208,6 +208,17 @@ async fn demo_serves_http_and_greets_nc_users_through_the_real_balancer() {
     let addr: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
     wait_for(&out, "curl", &mut log);
     wait_for(&out, "Ctrl-C", &mut log);
+    // The nc hint is the README's (`nc -N`), and names the package that has it.
+    let nc = format!("nc -N {} {}", addr.ip(), addr.port());
+    assert!(log.iter().any(|l| l.trim() == nc), "{}", log.join("\n"));
+    assert!(
+        log.iter().any(|l| l.contains("package netcat-openbsd")),
+        "{}",
+        log.join("\n")
+    );
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    assert!(readme.contains("nc -N 127.0.0.1 7070"));
+    assert!(readme.contains("`netcat-openbsd`"));
 
     // HTTP through the balancer.
     let mut s = connect_from(client_ip(7), addr).await.unwrap();

@@ -149,8 +149,9 @@ fn instructions(server: &Server, backends: &[Backend]) -> String {
     let exe = std::env::args().next().unwrap_or_else(|| "ringlb".into());
     let tries = [
         (
-            format!("nc {ip} {port}"),
-            "greeted by the node your IP maps to; type a line, it echoes",
+            format!("nc -N {ip} {port}"),
+            "greeted by the node your IP maps to; type a line, it echoes (nc -N is OpenBSD netcat: \
+             package netcat-openbsd on Debian/Ubuntu)",
         ),
         (
             format!("curl -s http://{addr}/"),
