@@ -172,20 +172,9 @@ fn run_reports_a_busy_port() {
 async fn demo_serves_http_and_greets_nc_users_through_the_real_balancer() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("demo.toml");
-    let mut text = std::fs::read_to_string("config/demo.toml").unwrap();
-    // The listener and the admin endpoint on port 0 (the demo prints the
-    // listener's address). The demo backends listen on their node addresses,
-    // which the config must name: ports reserved outside the ephemeral range,
-    // held until just before the demo binds them.
-    for port in ["7070", "7080"] {
-        text = text.replace(&format!(":{port}\""), ":0\"");
-    }
-    let mut reserved = Vec::new();
-    for port in ["7071", "7072", "7073"] {
-        let r = reserve_port();
-        text = text.replace(&format!(":{port}\""), &format!(":{}\"", r.port()));
-        reserved.push(r);
-    }
+    // The listener on port 0 (the demo prints its address), the backends on
+    // reserved ports, held until just before the demo binds them.
+    let (text, mut reserved) = demo_text_on_free_ports();
     std::fs::write(&path, &text).unwrap();
     reserved.iter_mut().for_each(|r| {
         r.release();
