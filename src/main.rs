@@ -6,7 +6,6 @@ use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -43,7 +42,9 @@ fn main() -> ExitCode {
 
 fn init_tracing(format: LogFormat, level: Option<&str>, default_level: &str) -> anyhow::Result<()> {
     let filter = match level {
-        Some(l) => EnvFilter::try_new(l).with_context(|| format!("--log-level {l:?}"))?,
+        // The filter's error already carries its cause in its text: one line,
+        // not `{e:#}`'s chain, which would repeat it.
+        Some(l) => EnvFilter::try_new(l).map_err(|e| anyhow::anyhow!("--log-level {l:?}: {e}"))?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
     };
     let builder = tracing_subscriber::fmt()
