@@ -82,7 +82,11 @@ impl Server {
                             self.handed_over(&t, u);
                             break End::HandedOver;
                         }
-                        Err(e) => self.upgrade_failed(&e.to_string(), u).await,
+                        Err(e) => {
+                            if !self.upgrade_failed(&e.to_string(), u, &shutdown).await {
+                                break End::Stop;
+                            }
+                        }
                     }
                 }
                 Some(req) = async { upgrades.as_mut().expect("guarded").recv().await },
@@ -105,7 +109,11 @@ impl Server {
                             u.reload_queued = true;
                             info!("reload requested during an upgrade: queued (the new process gets it once it accepts; this one applies it if the upgrade fails)");
                         }
-                        None => self.reload().await,
+                        None => {
+                            if !self.reload(&shutdown).await {
+                                break End::Stop;
+                            }
+                        }
                     }
                 }
             }
@@ -155,10 +163,29 @@ impl Server {
         )
     }
 
-    async fn reload(&mut self) {
+    /// Reload the config file: read on a blocking thread (node host names are
+    /// resolved then), so a stop signal meanwhile is not kept waiting; the reload
+    /// is then dropped and `false` returned.
+    async fn reload(&mut self, shutdown: &CancellationToken) -> bool {
         notify::reloading("reloading the configuration");
-        reload::apply(self).await;
+        let path = self.shared.config.load().source.clone();
+        let read = tokio::task::spawn_blocking(move || Config::from_file(&path));
+        let read = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                info!("stop signal while the config file was being read: the reload is dropped");
+                return false;
+            }
+            r = read => r,
+        };
+        match read {
+            Ok(read) => reload::apply_read(self, read).await,
+            Err(e) => {
+                error!(error = %e, "reading the config file failed on its thread; reload not applied")
+            }
+        }
         notify::ready(&self.status_line());
+        true
     }
 
     /// Start an upgrade, or refuse it (the reply says why).
@@ -255,7 +282,14 @@ impl Server {
         }
     }
 
-    async fn upgrade_failed(&mut self, why: &str, u: Upgrading) {
+    /// Log and answer a failed upgrade, then apply a reload queued during it;
+    /// `false` if a stop came meanwhile.
+    async fn upgrade_failed(
+        &mut self,
+        why: &str,
+        u: Upgrading,
+        shutdown: &CancellationToken,
+    ) -> bool {
         self.shared.metrics.upgrades_failed.increment(1);
         error!(
             by = u.by,
@@ -268,8 +302,9 @@ impl Server {
         }
         if u.reload_queued {
             info!("applying the reload queued during the failed upgrade");
-            self.reload().await;
+            return self.reload(shutdown).await;
         }
+        true
     }
 }
 

@@ -18,7 +18,7 @@ use super::{AdminState, HealthKind, OnNodeDown, ProxyProtocol, WhenAllDown};
 pub struct RawConfig {
     #[serde(default, deserialize_with = "super::duration::option")]
     pub shutdown_grace: Option<Duration>,
-    #[serde(default, with = "humantime_serde::option")]
+    #[serde(default, deserialize_with = "super::duration::option")]
     pub upgrade_timeout: Option<Duration>,
     pub pid_file: Option<PathBuf>,
     pub workers: Option<usize>,
