@@ -79,6 +79,11 @@ impl Server {
                     let u = upgrading.take().expect("guarded");
                     match outcome {
                         Ok(t) => {
+                            // Before anyone is told: from the answer on, the
+                            // admin endpoint answers from the new process only.
+                            if let Some(a) = self.admin.take() {
+                                a.stop().await;
+                            }
                             self.handed_over(&t, u);
                             break End::HandedOver;
                         }
