@@ -123,17 +123,21 @@ impl Server {
                 }
             }
         };
-        // No more upgrade requests: a late one is answered at once.
+        // No more upgrade requests: a late one (a signal, or `ringlb upgrade` on
+        // the control socket, which stays open through the drain) is answered
+        // at once with the reason.
         drop(upgrades);
-        if let Some(c) = control {
-            c.stop().await;
-        }
         match end {
             End::Stop => {
                 if let Some(mut u) = upgrading.take() {
                     u.pending.abort();
                     let child = u.pending.child_pid();
                     warn!(new_pid = ?child, "stopping during an upgrade: the upgrade is called off");
+                    // Whoever asked learns it now, before anything is awaited.
+                    if let Some(reply) = u.reply.take() {
+                        let _ =
+                            reply.send(Err("called off: the running process is stopping".into()));
+                    }
                     // The upgrade thread stops the new process (SIGTERM, then
                     // SIGKILL): wait for it, so no half-started process outlives us.
                     let outcome = tokio::time::timeout(ABORT_WAIT, u.pending.outcome()).await;
@@ -145,16 +149,16 @@ impl Server {
                             "the new process accepted just before the stop; it keeps running"
                         );
                     }
-                    if let Some(reply) = u.reply {
-                        let _ =
-                            reply.send(Err("called off: the running process is stopping".into()));
-                    }
                 }
                 notify::stopping("stopping: draining open connections");
             }
             End::HandedOver => {}
         }
-        shutdown::drain(self).await
+        let report = shutdown::drain(self).await;
+        if let Some(c) = control {
+            c.stop().await;
+        }
+        report
     }
 
     fn status_line(&self) -> String {
