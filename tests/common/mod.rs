@@ -10,12 +10,15 @@
 //! - One [`read_line`], one [`http_get`] / [`http_request`].
 //! - Tests that need root or a tool: [`require_root`] / [`needs`]: a skip
 //!   prints why, and fails instead under `REQUIRE_ROOT=1` / `REQUIRE_NGINX=1`.
+//! - The load lab of the upgrade tests (echo streams, a short-connection loop,
+//!   descriptors and children from /proc): [`upgrade_lab`].
 //!
 //! These helpers must not: sleep for a fixed time to "let something happen", pick
 //! a port with bind-then-close, or pass a test that did not run when CI asks for it.
 #![allow(dead_code)]
 
 pub mod bench_bin;
+pub mod upgrade_lab;
 
 use std::future::Future;
 use std::io::BufRead as _;
