@@ -369,6 +369,13 @@ async fn sigusr2_upgrades_under_load() {
     streams.wait_opened(60).await;
     short.wait_progress(0, 100).await;
     let p0 = lab.pid0();
+    // Before its handler is installed, SIGUSR2 would kill the process.
+    eventually(
+        Duration::from_secs(10),
+        "SIGUSR2 is caught",
+        || async move { catches(p0, &[Signal::SIGUSR2]) },
+    )
+    .await;
     signal(p0, Signal::SIGUSR2);
     let pid_file = lab.pid_file.clone();
     eventually(UPGRADE_WAIT, "the pid file names a new process", || {
@@ -540,16 +547,25 @@ async fn start_held_upgrade(lab: &Lab, held: &Path) -> (u32, tokio::task::JoinHa
         .arg(held);
     let upgrade = tokio::task::spawn_blocking(move || run_bounded(cmd, UPGRADE_WAIT));
     let p0 = lab.pid0();
-    let child = eventually_some(
+    let started = eventually_some(
         Duration::from_secs(10),
         "the old process starts the new",
         || {
-            let c = children(p0);
-            async move { c.first().copied() }
+            let r = match children(p0).first() {
+                Some(&c) => Some(Some(c)),
+                None => upgrade.is_finished().then_some(None),
+            };
+            async move { r }
         },
     )
     .await;
-    (child, upgrade)
+    match started {
+        Some(child) => (child, upgrade),
+        None => panic!(
+            "ringlb upgrade ended before a new process started: {:?}",
+            upgrade.await.unwrap()
+        ),
+    }
 }
 
 /// `ringlb reload --pid-file P` (sends SIGHUP to the pid in the pid file).
@@ -682,7 +698,7 @@ fn node_status<'a>(st: &'a Value, node: &str) -> &'a Value {
 /// client moves, and the new `/status` shows both states.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_states_carry_over_to_the_new_process() {
-    let mut lab = Lab::start_with(4, "", |f| Some(f.http_health("100ms", "1s", 1, 1))).await;
+    let mut lab = Lab::start_with(4, "", |f| Some(f.http_health("100ms", "50ms", 1, 1))).await;
     let admin = lab.admin;
     eventually(
         Duration::from_secs(10),

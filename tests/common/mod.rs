@@ -536,6 +536,11 @@ pub fn log_addr(line: &str) -> Option<SocketAddr> {
 /// piped stderr, stdout discarded. `RINGLB_WORKERS` is removed, so the config's
 /// `workers` key decides.
 pub fn spawn_ringlb_json(config: &std::path::Path) -> Kill {
+    spawn_ringlb_json_with(config, &[])
+}
+
+/// [`spawn_ringlb_json`] with extra environment variables (e.g. `NOTIFY_SOCKET`).
+pub fn spawn_ringlb_json_with(config: &std::path::Path, env: &[(&str, &str)]) -> Kill {
     Kill(
         std::process::Command::new(env!("CARGO_BIN_EXE_ringlb"))
             .args([
@@ -548,6 +553,7 @@ pub fn spawn_ringlb_json(config: &std::path::Path) -> Kill {
             ])
             .arg(config)
             .env_remove("RINGLB_WORKERS")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()

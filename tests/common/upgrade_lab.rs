@@ -888,6 +888,21 @@ pub fn cmdline(pid: u32) -> String {
         .unwrap_or_default()
 }
 
+/// Whether `pid` catches every one of `signals` (`SigCgt` in /proc/PID/status).
+pub fn catches(pid: u32, signals: &[nix::sys::signal::Signal]) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let Some(mask) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+    else {
+        return false;
+    };
+    signals.iter().all(|&s| mask & (1 << (s as i32 - 1)) != 0)
+}
+
 /// Make this test process the reaper of its orphaned descendants: a process
 /// started by a ringlb child (an upgrade's new process) becomes this process's
 /// child when its parent exits, so the test can wait for its exit status.
