@@ -8,12 +8,13 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::admission::ListenerShared;
 use crate::config::Config;
@@ -30,6 +31,42 @@ pub struct ReloadRecord {
     pub message: String,
     /// Config generation after this reload.
     pub generation: u64,
+}
+
+/// The process this one took over from in a binary upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Predecessor {
+    pub pid: u32,
+    /// When this process took over (it started accepting).
+    pub at: SystemTime,
+    /// From the new process's first word to the old one until it accepted.
+    pub takeover_ms: u64,
+}
+
+/// A finished upgrade, as the old process saw it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UpgradeDone {
+    pub old_pid: u32,
+    pub new_pid: u32,
+    /// From starting the new binary until it accepted.
+    pub took_ms: u64,
+    /// Connections the old process still forwards (it drains them).
+    pub open_connections: usize,
+}
+
+/// The answer to an [`UpgradeRequest`]: done, or why not (the old process keeps
+/// serving).
+pub type UpgradeReply = Result<UpgradeDone, String>;
+
+/// A request for a binary upgrade (`ringlb upgrade`, SIGUSR2).
+#[derive(Debug)]
+pub struct UpgradeRequest {
+    /// The binary to start; `None`: the one this process was started from.
+    pub binary: Option<PathBuf>,
+    /// Who asked, for the log.
+    pub by: &'static str,
+    /// Where the outcome goes (`None`: only logged).
+    pub reply: Option<oneshot::Sender<UpgradeReply>>,
 }
 
 /// A listener as the status output sees it.
@@ -52,6 +89,14 @@ pub(crate) struct Shared {
     pub(crate) last_reload: Mutex<Option<ReloadRecord>>,
     pub(crate) reload_requested: Notify,
     pub(crate) started: SystemTime,
+    /// This process's id (fixed in tests).
+    pub(crate) pid: u32,
+    /// Set once, when this process took over from an older one.
+    pub(crate) upgraded_from: OnceLock<Predecessor>,
+    /// Set once, when this process handed over to a newer one (it drains).
+    pub(crate) handed_over_to: OnceLock<u32>,
+    /// Upgrade requests, read by the control loop.
+    pub(crate) upgrades: mpsc::UnboundedSender<UpgradeRequest>,
     /// One per data-plane runtime (one for the runtime `run` is called on).
     pub(crate) workers: Vec<Arc<WorkerLoad>>,
     pub(crate) metrics: ServerMetrics,
@@ -122,8 +167,47 @@ impl Handle {
         self.shared.started
     }
 
+    /// Ask for a binary upgrade. The outcome goes to `request.reply`; a server
+    /// that no longer takes requests (stopping, or it handed over already) answers
+    /// at once with the reason.
+    pub fn upgrade(&self, request: UpgradeRequest) {
+        if let Some(pid) = self.shared.handed_over_to.get() {
+            let reason = format!(
+                "this process (pid {}) has handed over to pid {pid} and is draining; ask pid {pid}",
+                std::process::id()
+            );
+            return refuse_upgrade(request, reason);
+        }
+        if let Err(mpsc::error::SendError(r)) = self.shared.upgrades.send(request) {
+            refuse_upgrade(r, "this process is shutting down".into());
+        }
+    }
+
+    /// The id of the process serving.
+    pub fn pid(&self) -> u32 {
+        self.shared.pid
+    }
+
+    /// The process this one took over from, if it was started by an upgrade.
+    pub fn upgraded_from(&self) -> Option<Predecessor> {
+        self.shared.upgraded_from.get().copied()
+    }
+
+    /// The process this one handed over to, if it did.
+    pub fn handed_over_to(&self) -> Option<u32> {
+        self.shared.handed_over_to.get().copied()
+    }
+
     /// Each worker's connections.
     pub fn workers(&self) -> &[Arc<WorkerLoad>] {
         &self.shared.workers
+    }
+}
+
+/// Answer an upgrade request with a refusal, and log it.
+pub(crate) fn refuse_upgrade(request: UpgradeRequest, reason: String) {
+    tracing::warn!(by = request.by, "upgrade refused: {reason}");
+    if let Some(reply) = request.reply {
+        let _ = reply.send(Err(reason));
     }
 }

@@ -31,6 +31,10 @@
 //!
 //!  stop: shutdown::signals ─▶ control loop ends ─▶ shutdown::drain
 //!        (stop accepting, connections finish within shutdown_grace, rest closed)
+//!
+//!  upgrade (ringlb upgrade, SIGUSR2) ─▶ upgrade::handover: new binary gets every
+//!        listening socket (SCM_RIGHTS) and node state ─▶ upgrade::takeover: it
+//!        prepares, accepts ─▶ the old process stops accepting and drains
 //! ```
 //!
 //! # Module map
@@ -90,8 +94,13 @@
 //!   `ringlb reload` client ([`reload::signal`]).
 //! - [`shutdown`]: process signals and the drain (stop accepting, grace, close and
 //!   count the rest).
-//! - [`control`]: [`Server::run`], the control loop (reloads one at a time until
-//!   stopped, then the drain), and [`control::run_process`], `ringlb run` whole.
+//! - [`upgrade`]: binary upgrades: the handover channel (listening sockets passed
+//!   with `SCM_RIGHTS`, node states), the old process's side ([`upgrade::handover`]),
+//!   the new one's ([`upgrade::takeover`]) and the control socket `ringlb upgrade`
+//!   talks to. Never touches a running server's parts; the control loop does.
+//! - [`control`]: [`Server::run`], the control loop (reloads and upgrades one at a
+//!   time until stopped or handed over, then the drain), and
+//!   [`control::run_process`], `ringlb run` whole.
 //!
 //! **Front ends**
 //! - [`cli`]: the command line (clap) and the offline commands, [`cli::check`] and
@@ -123,6 +132,7 @@ pub mod ring;
 pub mod server;
 pub mod shutdown;
 pub mod sys;
+pub mod upgrade;
 pub mod workers;
 
 pub use config::Config;

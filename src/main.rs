@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Command::Check { .. }
         | Command::Which { .. }
         | Command::Reload { .. }
+        | Command::Upgrade { .. }
         | Command::Node { .. } => "error",
     };
     if let Err(e) = init_tracing(cli.log_format, cli.log_level.as_deref(), default_level) {
@@ -79,14 +80,31 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config } => {
+            // Started by an upgrade: the handover comes first, so that a config
+            // error reaches the old process (and `ringlb upgrade`) too.
+            let incoming = ringlb::upgrade::takeover::from_env()
+                .context("taking over from the old process")?;
             let cfg = match Config::from_file(&config) {
                 Ok(c) => c,
-                Err(e) => return Ok(print_config_error(&e)),
+                Err(e) => {
+                    if let Some(i) = &incoming {
+                        i.fail(&format!(
+                            "the new process refused the config: {}",
+                            e.messages().join("; ")
+                        ));
+                    }
+                    return Ok(print_config_error(&e));
+                }
             };
-            ringlb::control::run_process(cfg)?;
+            ringlb::control::run_process(cfg, incoming)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload { pid_file, config } => reload(pid_file, config),
+        Command::Upgrade {
+            pid_file,
+            config,
+            binary,
+        } => upgrade(pid_file, config, binary),
         Command::Node {
             action,
             pool,
@@ -138,9 +156,15 @@ fn node_command(
     }
 }
 
-fn reload(pid_file: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+/// The pid file `ringlb reload` and `ringlb upgrade` use: `--pid-file`, else the
+/// `pid_file` of `--config` (which must be valid: `Err` carries the exit code).
+fn pid_file_of(
+    pid_file: Option<PathBuf>,
+    config: Option<&Path>,
+    doing: &str,
+) -> anyhow::Result<Result<PathBuf, ExitCode>> {
     let mut pid_file = pid_file;
-    if let Some(path) = &config {
+    if let Some(path) = config {
         match Config::from_file(path) {
             Ok(cfg) => {
                 if pid_file.is_none() {
@@ -148,17 +172,66 @@ fn reload(pid_file: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<
                 }
             }
             Err(e) => {
-                eprintln!("not reloading: the config has errors");
-                return Ok(print_config_error(&e));
+                eprintln!("not {doing}: the config has errors");
+                return Ok(Err(print_config_error(&e)));
             }
         }
     }
-    let Some(pid_file) = pid_file else {
-        anyhow::bail!("no pid file: pass --pid-file, or --config with a pid_file key");
+    match pid_file {
+        Some(p) => Ok(Ok(p)),
+        None => anyhow::bail!("no pid file: pass --pid-file, or --config with a pid_file key"),
+    }
+}
+
+fn reload(pid_file: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let pid_file = match pid_file_of(pid_file, config.as_deref(), "reloading")? {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
     };
     let pid = ringlb::reload::signal::send_reload(&pid_file)?;
     println!("sent SIGHUP to ringlb (pid {pid}); the result is in its log, /status and ringlb_reloads_total");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ringlb upgrade`: ask the running process for an upgrade and wait for it.
+fn upgrade(
+    pid_file: Option<PathBuf>,
+    config: Option<PathBuf>,
+    binary: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let pid_file = match pid_file_of(pid_file, config.as_deref(), "upgrading")? {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let pid = ringlb::reload::signal::read_pid(&pid_file)?;
+    let binary = match binary {
+        // The running process may have another working directory.
+        Some(b) => {
+            Some(std::path::absolute(&b).with_context(|| format!("--binary {}", b.display()))?)
+        }
+        None => None,
+    };
+    match ringlb::upgrade::control::request_upgrade(pid as u32, binary) {
+        Ok(d) => {
+            println!(
+                "upgraded: pid {} -> pid {} in {} ms; pid {} drains {} open connection{}",
+                d.old_pid,
+                d.new_pid,
+                d.took_ms,
+                d.old_pid,
+                d.open_connections,
+                if d.open_connections == 1 { "" } else { "s" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!(
+                "ringlb: upgrade failed: {}",
+                ringlb::server::error_chain(&e)
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn check(path: &Path) -> ExitCode {

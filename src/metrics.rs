@@ -23,6 +23,14 @@ pub const PROBES: &str = "ringlb_probes_total";
 pub const PROBE_DURATION: &str = "ringlb_probe_duration_seconds";
 pub const RELOADS: &str = "ringlb_reloads_total";
 pub const CONFIG_GENERATION: &str = "ringlb_config_generation";
+/// When this process started (unix seconds).
+pub const PROCESS_START_TIME: &str = "ringlb_process_start_time_seconds";
+/// The pid this process took over from in a binary upgrade (0: started fresh).
+pub const UPGRADE_PREDECESSOR_PID: &str = "ringlb_upgrade_predecessor_pid";
+/// When this process took over from its predecessor (unix seconds; 0: started fresh).
+pub const UPGRADE_TAKEOVER_TIMESTAMP: &str = "ringlb_upgrade_takeover_timestamp_seconds";
+/// Binary upgrades this process started, by `result` (`ok`, `failed`).
+pub const UPGRADES: &str = "ringlb_upgrades_total";
 pub const ADMIN_UNAUTHORIZED: &str = "ringlb_admin_unauthorized_total";
 pub const WORKER_CONNECTIONS_ACTIVE: &str = "ringlb_worker_connections_active";
 pub const WORKER_CONNECTIONS_ACCEPTED: &str = "ringlb_worker_connections_accepted_total";
@@ -223,6 +231,11 @@ pub struct ServerMetrics {
     pub reloads_ok: Counter,
     pub reloads_failed: Counter,
     pub generation: Gauge,
+    pub process_start_time: Gauge,
+    pub predecessor_pid: Gauge,
+    pub takeover_timestamp: Gauge,
+    pub upgrades_ok: Counter,
+    pub upgrades_failed: Counter,
 }
 
 impl ServerMetrics {
@@ -231,6 +244,11 @@ impl ServerMetrics {
             reloads_ok: counter!(RELOADS, L_RESULT => "ok"),
             reloads_failed: counter!(RELOADS, L_RESULT => "failed"),
             generation: gauge!(CONFIG_GENERATION),
+            process_start_time: gauge!(PROCESS_START_TIME),
+            predecessor_pid: gauge!(UPGRADE_PREDECESSOR_PID),
+            takeover_timestamp: gauge!(UPGRADE_TAKEOVER_TIMESTAMP),
+            upgrades_ok: counter!(UPGRADES, L_RESULT => "ok"),
+            upgrades_failed: counter!(UPGRADES, L_RESULT => "failed"),
         }
     }
 }

@@ -8,15 +8,16 @@
 //! other than the pid file.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,8 +28,10 @@ use crate::admission::{ListenerShared, ListenerState};
 use crate::config::{Config, ListenerConfig};
 use crate::error::Error;
 use crate::handle::Shared;
-pub use crate::handle::{Handle, ListenerView, ReloadRecord};
-use crate::listener::{self, AcceptErrors, AcceptLoop, BoundListener};
+pub use crate::handle::{
+    Handle, ListenerView, Predecessor, ReloadRecord, UpgradeDone, UpgradeReply, UpgradeRequest,
+};
+use crate::listener::{self, AcceptErrors, AcceptLoop, BoundListener, Inherited};
 use crate::metrics::ServerMetrics;
 use crate::pool::Pool;
 use crate::prober::Prober;
@@ -76,6 +79,33 @@ pub struct Server {
     /// Asks the shutdown to close what is left now (a second stop signal).
     pub(crate) close_now: CancellationToken,
     pub(crate) probe_stop: CancellationToken,
+    /// Upgrade requests ([`Handle::upgrade`]); the control loop takes it.
+    pub(crate) upgrade_rx: Option<mpsc::UnboundedReceiver<UpgradeRequest>>,
+    /// How this process was started, so an upgrade can start the next one the
+    /// same way; `None` for a server embedded in another program (no upgrades).
+    pub(crate) relaunch: Option<Relaunch>,
+    /// The parts have been started ([`Server::start`] ran).
+    pub(crate) started: bool,
+}
+
+/// The command line that started this process: the binary (as it was at start:
+/// the path, not `/proc/self/exe`, so a binary replaced on disk is the one the
+/// upgrade starts) and its arguments.
+#[derive(Debug, Clone)]
+pub struct Relaunch {
+    pub binary: PathBuf,
+    pub args: Vec<OsString>,
+}
+
+impl Relaunch {
+    /// This process's own command line.
+    pub fn this_process() -> Option<Relaunch> {
+        let binary = std::env::current_exe().ok()?;
+        Some(Relaunch {
+            binary,
+            args: std::env::args_os().skip(1).collect(),
+        })
+    }
 }
 
 impl std::fmt::Debug for Server {
@@ -101,6 +131,17 @@ impl Server {
     /// called on keeps only the control work (health probes, admin endpoint,
     /// reloads). Empty: like `bind`. The runtimes must outlive `run`.
     pub fn bind_on(config: Config, data_plane: &[tokio::runtime::Handle]) -> Result<Server, Error> {
+        Server::bind_inheriting(config, data_plane, &mut Inherited::default())
+    }
+
+    /// [`bind_on`](Server::bind_on), taking the listening sockets (and the admin
+    /// socket) a previous process handed over where the config keeps their
+    /// `listen` address (see [`Inherited::take`]); the others are bound anew.
+    pub fn bind_inheriting(
+        config: Config,
+        data_plane: &[tokio::runtime::Handle],
+        inherited: &mut Inherited,
+    ) -> Result<Server, Error> {
         if config.admin.is_some() {
             crate::metrics::install_prometheus();
         }
@@ -112,15 +153,24 @@ impl Server {
             .collect();
         let mut listeners = Vec::new();
         for lc in &config.listeners {
-            let bound = listener::bind(lc, data_plane.len().max(1))?;
+            let bound = match inherited.take(lc) {
+                Some(sockets) => listener::adopt(lc, sockets)?,
+                None => listener::bind(lc, data_plane.len().max(1))?,
+            };
             listeners.push(running(bound, &pools, &hard_stop));
         }
         let pending_admin = match &config.admin {
-            Some(a) => Some(admin::bind(a.listen)?),
+            Some(a) => match inherited.take_admin(a.listen) {
+                Some(s) => Some(admin::adopt(a.listen, s)?),
+                None => Some(admin::bind(a.listen)?),
+            },
             None => None,
         };
         let metrics = ServerMetrics::new();
         metrics.generation.set(1.0);
+        let started = SystemTime::now();
+        metrics.process_start_time.set(unix_seconds(started));
+        let (upgrades, upgrade_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(config.clone()),
             pools: ArcSwap::from_pointee(pools),
@@ -130,7 +180,11 @@ impl Server {
             reloads_failed: AtomicU64::new(0),
             last_reload: Mutex::new(None),
             reload_requested: Notify::new(),
-            started: SystemTime::now(),
+            started,
+            pid: std::process::id(),
+            upgraded_from: OnceLock::new(),
+            handed_over_to: OnceLock::new(),
+            upgrades,
             workers: (0..data_plane.len().max(1))
                 .map(|i| Arc::new(WorkerLoad::new(i)))
                 .collect(),
@@ -148,6 +202,9 @@ impl Server {
             hard_stop,
             close_now: CancellationToken::new(),
             probe_stop: CancellationToken::new(),
+            upgrade_rx: Some(upgrade_rx),
+            relaunch: None,
+            started: false,
         };
         server.publish_listeners();
         Ok(server)
@@ -225,7 +282,17 @@ impl Server {
         } else {
             &self.data_plane[..]
         };
-        for ((rt, socket), worker) in runtimes.iter().zip(&r.sockets).zip(&self.shared.workers) {
+        // One accept loop per runtime and per socket: normally one socket per
+        // worker; sockets taken over from a process with another worker count are
+        // shared out (a worker may serve two, two workers may share one), and none
+        // is closed, so nothing queued on any of them is lost.
+        let loops = runtimes.len().max(r.sockets.len());
+        for i in 0..loops {
+            let (rt, socket) = (
+                &runtimes[i % runtimes.len()],
+                &r.sockets[i % r.sockets.len()],
+            );
+            let worker = &self.shared.workers[i % runtimes.len()];
             let socket = match socket.try_clone() {
                 Ok(s) => s,
                 Err(e) => {
@@ -251,6 +318,9 @@ impl Server {
     /// Start every part: the accept loops, one prober per pool, the admin
     /// endpoint, and the pid file (if not written yet).
     pub(crate) fn start(&mut self) {
+        if std::mem::replace(&mut self.started, true) {
+            return;
+        }
         for i in 0..self.listeners.len() {
             self.start_listener(i);
         }
@@ -287,22 +357,61 @@ impl Server {
     }
 
     /// Write our pid to `path` (removing the previous file), or remove it (`None`).
+    /// The file is written whole (a temporary file renamed over it), so a reader
+    /// never sees half a pid, and removed only while it still names this process:
+    /// a newer process (an upgrade, or a restart that overlapped the drain) may
+    /// have written its own pid there meanwhile.
     pub(crate) fn set_pid_file(&mut self, path: Option<PathBuf>) {
         if self.pid_file == path {
             return;
         }
         if let Some(old) = self.pid_file.take() {
-            if let Err(e) = std::fs::remove_file(&old) {
-                warn!(file = %old.display(), error = %e, "cannot remove pid file");
-            }
+            remove_pid_file(&old);
         }
         if let Some(p) = path {
-            match std::fs::write(&p, format!("{}\n", std::process::id())) {
+            match write_pid_file(&p) {
                 Ok(()) => self.pid_file = Some(p),
                 Err(e) => error!(file = %p.display(), error = %e, "cannot write pid file"),
             }
         }
     }
+
+    /// Stop owning the pid file without touching it (a newer process owns it now).
+    pub(crate) fn forget_pid_file(&mut self) {
+        self.pid_file = None;
+    }
+}
+
+fn write_pid_file(path: &std::path::Path) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+fn remove_pid_file(path: &std::path::Path) {
+    let ours = std::process::id().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim() == ours => {
+            if let Err(e) = std::fs::remove_file(path) {
+                warn!(file = %path.display(), error = %e, "cannot remove pid file");
+            }
+        }
+        Ok(text) => info!(file = %path.display(), pid = %text.trim(),
+            "pid file names another process now; left in place"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => warn!(file = %path.display(), error = %e, "cannot read pid file"),
+    }
+}
+
+/// Seconds since the Unix epoch, for gauges.
+pub(crate) fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// Wait for a listener's accept loops to end (its `stop` is cancelled): they
@@ -334,7 +443,7 @@ pub(crate) fn running(
 }
 
 /// An error and its sources on one line.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {

@@ -17,6 +17,7 @@ mod serve;
 pub mod status;
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -51,11 +52,19 @@ fn action_state(verb: &str) -> Option<AdminState> {
 #[derive(Debug)]
 pub struct AdminServer {
     pub local_addr: SocketAddr,
+    /// The listening socket, for a binary upgrade to hand over (a second
+    /// descriptor of the socket the server task accepts on).
+    socket: Option<OwnedFd>,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
 
 impl AdminServer {
+    /// The listening socket (to hand over in an upgrade).
+    pub fn socket(&self) -> Option<BorrowedFd<'_>> {
+        self.socket.as_ref().map(|s| s.as_fd())
+    }
+
     /// Stop accepting and wait for in-flight requests.
     pub async fn stop(self) {
         self.stop.cancel();
@@ -71,8 +80,20 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
         source,
     };
     let std = std::net::TcpListener::bind(addr).map_err(err)?;
-    std.set_nonblocking(true).map_err(err)?;
-    TcpListener::from_std(std).map_err(err)
+    adopt(addr, std)
+}
+
+/// Serve on an admin socket bound elsewhere (handed over by the previous process
+/// in an upgrade; `listen` is the configured address). Must run inside a tokio
+/// runtime.
+pub fn adopt(listen: SocketAddr, socket: std::net::TcpListener) -> Result<TcpListener, Error> {
+    let err = |source| Error::Bind {
+        listener: "admin".into(),
+        addr: listen,
+        source,
+    };
+    socket.set_nonblocking(true).map_err(err)?;
+    TcpListener::from_std(socket).map_err(err)
 }
 
 /// Serve on a bound admin socket until stopped.
@@ -92,10 +113,18 @@ pub fn spawn(listener: TcpListener, handle: Handle) -> AdminServer {
         warn!(addr = %local_addr,
             "ADMIN ENDPOINT IS NOT ON LOOPBACK AND HAS NO TOKEN: anyone who can reach this address can read /metrics and /status");
     }
+    let socket = match listener.as_fd().try_clone_to_owned() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(error = %e, "cannot keep a descriptor of the admin socket: an upgrade will bind it anew");
+            None
+        }
+    };
     let stop = CancellationToken::new();
     let task = tokio::spawn(serve::serve(listener, handle, stop.clone()));
     AdminServer {
         local_addr,
+        socket,
         stop,
         task,
     }

@@ -39,6 +39,29 @@ th{{background:#f0f0f0}} td.num{{text-align:right;font-variant-numeric:tabular-n
         st.reloads.ok,
         st.reloads.failed,
     );
+    let p = &st.process;
+    let _ = write!(
+        h,
+        r#"<p id="process" class="meta">pid {} &middot; version {}"#,
+        p.pid,
+        esc(&p.version)
+    );
+    if let Some(u) = &p.upgraded_from {
+        let _ = write!(
+            h,
+            " &middot; took over from pid {} at {} ({} ms)",
+            u.pid,
+            fmt_time(u.at),
+            u.takeover_ms
+        );
+    }
+    if let Some(n) = p.handed_over_to {
+        let _ = write!(
+            h,
+            r#" &middot; <span class="bad">handed over to pid {n}; draining</span>"#
+        );
+    }
+    h.push_str("</p>\n");
     if let Some(r) = &st.last_reload {
         let _ = writeln!(
             h,

@@ -33,11 +33,46 @@ pub struct Status {
     pub generation: u64,
     #[serde(serialize_with = "rfc3339")]
     pub started: SystemTime,
+    /// This process: its pid, version, start, and the upgrade it came from.
+    pub process: ProcessStatus,
     pub reloads: ReloadCounts,
     pub last_reload: Option<LastReload>,
     pub listeners: Vec<ListenerStatus>,
     pub pools: Vec<PoolStatus>,
     pub workers: Vec<WorkerStatus>,
+}
+
+/// The process answering.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProcessStatus {
+    pub pid: u32,
+    pub version: String,
+    #[serde(serialize_with = "rfc3339")]
+    pub started: SystemTime,
+    pub started_unix: u64,
+    /// The process this one took over from in a binary upgrade (`null`: started
+    /// fresh).
+    pub upgraded_from: Option<UpgradedFrom>,
+    /// The process this one handed over to (it only drains now).
+    pub handed_over_to: Option<u32>,
+}
+
+/// The predecessor of an upgraded process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpgradedFrom {
+    pub pid: u32,
+    /// When this process took over.
+    #[serde(serialize_with = "rfc3339")]
+    pub at: SystemTime,
+    pub at_unix: u64,
+    /// From this process's first word to the old one until it accepted.
+    pub takeover_ms: u64,
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Reloads applied and refused since the start.
@@ -183,6 +218,19 @@ pub fn status(handle: &Handle) -> Status {
         config: config.source.clone(),
         generation: handle.generation(),
         started: handle.started(),
+        process: ProcessStatus {
+            pid: handle.pid(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started: handle.started(),
+            started_unix: unix_secs(handle.started()),
+            upgraded_from: handle.upgraded_from().map(|p| UpgradedFrom {
+                pid: p.pid,
+                at: p.at,
+                at_unix: unix_secs(p.at),
+                takeover_ms: p.takeover_ms,
+            }),
+            handed_over_to: handle.handed_over_to(),
+        },
         reloads: ReloadCounts { ok, failed },
         last_reload: handle.last_reload().map(LastReload::from),
         listeners: handle.listeners().iter().map(ListenerStatus::of).collect(),
@@ -490,6 +538,14 @@ addr = "10.0.1.1:5432"
                 })),
                 reload_requested: Notify::new(),
                 started: at - Duration::from_secs(3600),
+                pid: 4242,
+                upgraded_from: std::sync::OnceLock::from(crate::handle::Predecessor {
+                    pid: 4200,
+                    at: at - Duration::from_secs(3600),
+                    takeover_ms: 12,
+                }),
+                handed_over_to: std::sync::OnceLock::new(),
+                upgrades: tokio::sync::mpsc::unbounded_channel().0,
                 workers,
                 metrics: ServerMetrics::new(),
             }),
@@ -536,6 +592,17 @@ addr = "10.0.1.1:5432"
             (".config", "string"),
             (".generation", "integer"),
             (".started", "string"),
+            (".process", "object"),
+            (".process.pid", "integer"),
+            (".process.version", "string"),
+            (".process.started", "string"),
+            (".process.started_unix", "integer"),
+            (".process.upgraded_from", "object"),
+            (".process.upgraded_from.pid", "integer"),
+            (".process.upgraded_from.at", "string"),
+            (".process.upgraded_from.at_unix", "integer"),
+            (".process.upgraded_from.takeover_ms", "integer"),
+            (".process.handed_over_to", "null"),
             (".reloads", "object"),
             (".reloads.ok", "integer"),
             (".reloads.failed", "integer"),

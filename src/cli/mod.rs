@@ -97,6 +97,24 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Upgrade a running ringlb to a new binary without dropping a connection: it
+    /// starts the new binary, hands it every listening socket and node state, and
+    /// drains once the new one accepts. Exits non-zero, with the reason, if the new
+    /// process fails (the running one keeps serving). SIGUSR2 does the same.
+    Upgrade {
+        /// Pid file of the running instance (default: `pid_file` of --config).
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        /// Config file to check first (nothing is asked if it is invalid) and to
+        /// find `pid_file` in. The new process reads the file the running one was
+        /// started with.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The binary to start (default: the path the running process was started
+        /// from, as it is on disk now).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+    },
     /// Drain, enable or disable a node of a running instance (through its admin
     /// endpoint, found with its token in --config).
     Node {

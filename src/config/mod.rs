@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 
@@ -126,7 +126,7 @@ impl ProxyProtocol {
 }
 
 /// What the operator wants of a node, independent of its health.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum AdminState {
     /// In service when healthy.
@@ -167,6 +167,8 @@ pub struct Config {
     /// Where it was read from (`<inline>` for strings).
     pub source: PathBuf,
     pub shutdown_grace: Duration,
+    /// How long the new process of a binary upgrade gets to be ready.
+    pub upgrade_timeout: Duration,
     /// Write the process id here while running (for `ringlb reload`).
     pub pid_file: Option<PathBuf>,
     /// Runtime worker threads (`None`: one per core). `RINGLB_WORKERS` overrides.

@@ -18,6 +18,8 @@ use super::{AdminState, HealthKind, OnNodeDown, ProxyProtocol, WhenAllDown};
 pub struct RawConfig {
     #[serde(default, with = "humantime_serde::option")]
     pub shutdown_grace: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub upgrade_timeout: Option<Duration>,
     pub pid_file: Option<PathBuf>,
     pub workers: Option<usize>,
     pub user: Option<String>,

@@ -38,6 +38,12 @@ impl RawConfig {
             defaults::SHUTDOWN_GRACE,
             limits::SHUTDOWN_GRACE,
         );
+        let upgrade_timeout = p.duration(
+            "upgrade_timeout",
+            self.upgrade_timeout,
+            defaults::UPGRADE_TIMEOUT,
+            limits::UPGRADE_TIMEOUT,
+        );
         if self.listener.is_empty() {
             p.push("listener", "at least one [[listener]] is required");
         }
@@ -59,6 +65,7 @@ impl RawConfig {
             Ok(Config {
                 source: source.to_path_buf(),
                 shutdown_grace,
+                upgrade_timeout,
                 pid_file: self.pid_file,
                 workers: self.workers,
                 user: self.user,

@@ -1,12 +1,15 @@
 //! Listening sockets (socket2: SO_REUSEADDR, SO_REUSEPORT groups, backlog, explicit
 //! IPV6_V6ONLY, keepalive inherited by accepted sockets), and in [`accept`] the
-//! accept loop. Who may connect is [`admission`](crate::admission)'s decision;
+//! accept loop; in [`inherited`] the sockets a previous process handed over in an
+//! upgrade. Who may connect is [`admission`](crate::admission)'s decision;
 //! what a connection does is the handler's (the proxy): this module names neither
 //! the pool nor the proxy.
 
 pub mod accept;
+pub mod inherited;
 
 pub use accept::{AcceptErrors, AcceptLoop};
+pub use inherited::{adopt, Inherited, InheritedListener};
 
 use std::io;
 use std::net::SocketAddr;

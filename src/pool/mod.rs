@@ -10,6 +10,8 @@
 //!   building of a new snapshot.
 //! * `reconfigure`: a reload's node diff applied to the live pool ([`PoolChange`]).
 //! * `settings`: [`PoolSettings`], what connections and probes read.
+//! * `takeover`: node states handed to the next process in a binary upgrade
+//!   ([`NodeRecord`], [`Pool::take_over`]).
 //!
 //! The pool depends on [`crate::health::state`] (the hysteresis it applies) and on
 //! nothing else of `health`: the probes report into the pool, never the reverse.
@@ -29,11 +31,13 @@ mod node;
 mod reconfigure;
 mod settings;
 mod snapshot;
+mod takeover;
 
 pub use node::Node;
 pub use reconfigure::PoolChange;
 pub use settings::PoolSettings;
 pub use snapshot::{PoolSnapshot, Selection};
+pub use takeover::{NodeRecord, TakeOver};
 
 use snapshot::build_snapshot;
 

@@ -129,6 +129,11 @@ impl Node {
         before
     }
 
+    /// The state the config file gave this node at the last load or reload.
+    pub fn config_state(&self) -> AdminState {
+        state_from_u8(self.config_state.load(Ordering::Acquire))
+    }
+
     /// A (re)load gave `state` for this node: it applies only if the file's state
     /// changed since the last load, so a state set through the admin endpoint
     /// survives unrelated reloads. Returns true if the operator's state changed.

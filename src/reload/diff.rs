@@ -26,6 +26,7 @@ pub struct ConfigDiff {
     pub admin_changed: bool,
     pub pid_file_changed: bool,
     pub shutdown_grace_changed: bool,
+    pub upgrade_timeout_changed: bool,
     /// `workers` applies at the next start only.
     pub workers_changed: bool,
     /// `user`/`group` apply at the next start only (the process has no root left).
@@ -126,6 +127,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     d.admin_changed = old.admin != new.admin;
     d.pid_file_changed = old.pid_file != new.pid_file;
     d.shutdown_grace_changed = old.shutdown_grace != new.shutdown_grace;
+    d.upgrade_timeout_changed = old.upgrade_timeout != new.upgrade_timeout;
     d.workers_changed = old.workers != new.workers;
     d.privileges_changed = old.user != new.user || old.group != new.group;
     d
@@ -302,6 +304,13 @@ pub fn summary(
             "shutdown_grace {} -> {}",
             fmt_duration(old.shutdown_grace),
             fmt_duration(new.shutdown_grace)
+        ));
+    }
+    if d.upgrade_timeout_changed {
+        parts.push(format!(
+            "upgrade_timeout {} -> {}",
+            fmt_duration(old.upgrade_timeout),
+            fmt_duration(new.upgrade_timeout)
         ));
     }
     if d.workers_changed {

@@ -22,8 +22,8 @@ pub enum SignalError {
     },
 }
 
-/// Send SIGHUP to the process named in `pid_file`; returns its pid.
-pub fn send_reload(pid_file: &Path) -> Result<i32, SignalError> {
+/// The pid in `pid_file` (a positive number, whitespace around it allowed).
+pub fn read_pid(pid_file: &Path) -> Result<i32, SignalError> {
     let text = std::fs::read_to_string(pid_file).map_err(|source| SignalError::Read {
         path: pid_file.to_path_buf(),
         source,
@@ -37,6 +37,12 @@ pub fn send_reload(pid_file: &Path) -> Result<i32, SignalError> {
                 path: pid_file.to_path_buf(),
                 text: text.trim().to_string(),
             })?;
+    Ok(pid)
+}
+
+/// Send SIGHUP to the process named in `pid_file`; returns its pid.
+pub fn send_reload(pid_file: &Path) -> Result<i32, SignalError> {
+    let pid = read_pid(pid_file)?;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGHUP,

@@ -12,6 +12,8 @@ use crate::server::{stop_accepting, Server};
 /// How long connections get to finish after being told to close at the end of the
 /// grace period (they close at once; this only bounds a pathological case).
 const HARD_STOP_WAIT: Duration = Duration::from_secs(5);
+/// How often the drain logs how many connections are still open.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// What shutdown did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +27,17 @@ pub struct ShutdownReport {
 /// Stop accepting, then drain: accept loops take what is queued and end, the
 /// listening sockets close, probes stop; open connections get `shutdown_grace` to
 /// finish (or until `close_now`), then the rest are told to close and counted.
+///
+/// After an upgrade handed over, the same, except that the listening sockets stay
+/// open in the new process (which accepts from the same queues), and the admin
+/// endpoint stops first, so it answers from the new process only.
 pub async fn drain(mut server: Server) -> ShutdownReport {
+    let handed_over = server.shared.handed_over_to.get().copied();
+    if handed_over.is_some() {
+        if let Some(a) = server.admin.take() {
+            a.stop().await;
+        }
+    }
     for r in &server.listeners {
         r.stop.cancel();
     }
@@ -46,17 +58,30 @@ pub async fn drain(mut server: Server) -> ShutdownReport {
     let open_at_shutdown = tracker.len();
     let grace = server.shared.config.load().shutdown_grace;
     if open_at_shutdown > 0 {
-        info!(
-            open = open_at_shutdown,
-            grace = %fmt_duration(grace),
-            "stopped accepting; draining open connections"
-        );
+        match handed_over {
+            Some(pid) => info!(
+                open = open_at_shutdown,
+                grace = %fmt_duration(grace),
+                new_pid = pid,
+                "handed over to pid {pid}; draining open connections"
+            ),
+            None => info!(
+                open = open_at_shutdown,
+                grace = %fmt_duration(grace),
+                "stopped accepting; draining open connections"
+            ),
+        }
     }
     let drained = tokio::time::timeout(grace, async {
-        tokio::select! {
-            biased;
-            _ = close_now.cancelled() => false,
-            _ = tracker.wait() => true,
+        let mut progress = tokio::time::interval(PROGRESS_EVERY);
+        progress.tick().await;
+        loop {
+            tokio::select! {
+                biased;
+                _ = close_now.cancelled() => return false,
+                _ = tracker.wait() => return true,
+                _ = progress.tick() => info!(open = tracker.len(), "draining: connections still open"),
+            }
         }
     })
     .await

@@ -6,15 +6,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::error::Error;
-use crate::handle::Handle;
+use crate::handle::{Handle, UpgradeRequest};
 
 /// SIGTERM/SIGINT: stop accepting and drain (first), close everything (second).
 /// SIGHUP: reload the config (the demo has nothing to reload: logged and ignored).
-/// SIGTERM, SIGINT and SIGHUP, caught from the moment this exists.
+/// SIGUSR2: upgrade to the binary at the path this process was started from.
+/// SIGTERM, SIGINT, SIGHUP and SIGUSR2, caught from the moment this exists.
 pub struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -31,14 +33,15 @@ impl Signals {
             term: install(SignalKind::terminate(), "SIGTERM")?,
             int: install(SignalKind::interrupt(), "SIGINT")?,
             hup: install(SignalKind::hangup(), "SIGHUP")?,
+            usr2: install(SignalKind::user_defined2(), "SIGUSR2")?,
         })
     }
 }
 
 /// React to signals until the process ends: the first stop signal cancels
 /// `shutdown` (the drain starts), a second one cancels `hard_stop` (close what is
-/// left now); SIGHUP asks `server` for a reload (ignored during the drain, and by
-/// the demo, which passes `None`).
+/// left now); SIGHUP asks `server` for a reload and SIGUSR2 for an upgrade (both
+/// ignored during the drain, and by the demo, which passes `None`).
 pub async fn handle_signals(
     signals: Signals,
     shutdown: CancellationToken,
@@ -49,6 +52,7 @@ pub async fn handle_signals(
         mut term,
         mut int,
         mut hup,
+        mut usr2,
     } = signals;
     loop {
         let name = tokio::select! {
@@ -64,6 +68,19 @@ pub async fn handle_signals(
                         h.reload();
                     }
                     None => warn!("SIGHUP received: the demo does not reload; ignored"),
+                }
+                continue;
+            }
+            _ = usr2.recv() => {
+                match &server {
+                    Some(_) if shutdown.is_cancelled() => {
+                        warn!("SIGUSR2 received while shutting down: no upgrade");
+                    }
+                    Some(h) => {
+                        info!("SIGUSR2 received: upgrading to the binary this process was started from");
+                        h.upgrade(UpgradeRequest { binary: None, by: "SIGUSR2", reply: None });
+                    }
+                    None => warn!("SIGUSR2 received: the demo does not upgrade; ignored"),
                 }
                 continue;
             }
