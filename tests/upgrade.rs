@@ -165,6 +165,28 @@ impl Lab {
             "/status process: {}",
             st["process"]
         );
+        assert!(
+            st["process"]["upgraded_from"]["takeover_ms"].is_u64(),
+            "/status process: {}",
+            st["process"]
+        );
+        let metrics = http_get(self.admin, "/metrics").await.unwrap();
+        let gauge = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no {name} in /metrics"))
+        };
+        assert_eq!(gauge("ringlb_upgrade_predecessor_pid"), f64::from(prev));
+        let at = gauge("ringlb_upgrade_takeover_timestamp_seconds");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            (now - 600.0..=now + 1.0).contains(&at),
+            "takeover at {at}, now {now}"
+        );
         new
     }
 
@@ -335,6 +357,19 @@ async fn five_upgrades_under_load_lose_nothing() {
     let (ok, opened) = (short.ok(), streams.opened());
     short.wait_progress(ok, 150).await;
     streams.wait_opened(opened + 30).await;
+    // The first process logs what it still drains (every 5 s): its 100 long
+    // streams are the only 100 connections any process has open so long.
+    let line = lab
+        .lb
+        .wait_for_line("the first process's drain progress", |l| {
+            l.contains("draining: connections still open")
+                && l.split("\"open\":")
+                    .nth(1)
+                    .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|n| n >= 100)
+        });
+    println!("draining: {line}");
 
     let short = short.stop().await;
     let report = streams.finish().await;
@@ -854,6 +889,46 @@ async fn sigterm_to_both_during_the_drain_ends_both_cleanly() {
         Some(WaitStatus::Exited(Pid::from_raw(p1 as i32), 0)),
         "the new process's exit"
     );
+    lab.assert_no_panic();
+}
+
+/// The old process, draining after the handover, refuses another upgrade: on
+/// SIGUSR2 it starts nothing (and logs why), `ringlb upgrade` aimed at it
+/// fails saying it handed over to the new pid; its connection keeps flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_old_process_refuses_another_upgrade() {
+    let mut lab = Lab::start(1, "").await;
+    let mut a = hold(&lab, 1).await;
+    let p0 = lab.pid0();
+    let p1 = lab.upgrade_ok(p0, &[]).await;
+    lab.lb
+        .wait_for(&format!("handed over to pid {p1}; draining"));
+    signal(p0, Signal::SIGUSR2);
+    let refused = lab.lb.wait_for_line("SIGUSR2 refused", |l| {
+        l.contains("SIGUSR2") && (l.contains("no upgrade") || l.contains("handed over"))
+    });
+    println!("SIGUSR2 to the draining process: {refused}");
+    let old_pid_file = lab.dir.path().join("old.pid");
+    std::fs::write(&old_pid_file, format!("{p0}\n")).unwrap();
+    let mut cmd = Command::new(RINGLB);
+    cmd.arg("upgrade").arg("--pid-file").arg(&old_pid_file);
+    let out = tokio::task::spawn_blocking(move || run_bounded(cmd, UPGRADE_WAIT))
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    println!("ringlb upgrade to the draining process: {}", stderr.trim());
+    assert!(children(p0).iter().all(|&c| c == p1), "{:?}", children(p0));
+    echo_ok(&mut a, 5000, false).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stderr.contains(&format!("handed over to pid {p1}")),
+        "the refusal does not say the process handed over to {p1}: {stderr:?}"
+    );
+    echo_ok(&mut a, 500, true).await;
+    expect_eof(&mut a).await.unwrap();
+    assert!(p0_exit(&mut lab, Duration::from_secs(15)).await.success());
+    signal(p1, Signal::SIGTERM);
+    assert_exits(&mut lab, p1, Duration::from_secs(15)).await;
     lab.assert_no_panic();
 }
 
