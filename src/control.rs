@@ -29,6 +29,9 @@ use crate::sys::notify;
 use crate::upgrade::{self, Incoming, Pending, Takeover};
 use crate::workers::Workers;
 
+/// How long a stop waits for a called-off upgrade to stop the new process.
+const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How the control loop ended.
 enum End {
     Stop,
@@ -76,10 +79,19 @@ impl Server {
                     let u = upgrading.take().expect("guarded");
                     match outcome {
                         Ok(t) => {
+                            // Before anyone is told: from the answer on, the
+                            // admin endpoint answers from the new process only.
+                            if let Some(a) = self.admin.take() {
+                                a.stop().await;
+                            }
                             self.handed_over(&t, u);
                             break End::HandedOver;
                         }
-                        Err(e) => self.upgrade_failed(&e.to_string(), u).await,
+                        Err(e) => {
+                            if !self.upgrade_failed(&e.to_string(), u, &shutdown).await {
+                                break End::Stop;
+                            }
+                        }
                     }
                 }
                 Some(req) = async { upgrades.as_mut().expect("guarded").recv().await },
@@ -102,7 +114,11 @@ impl Server {
                             u.reload_queued = true;
                             info!("reload requested during an upgrade: queued (the new process gets it once it accepts; this one applies it if the upgrade fails)");
                         }
-                        None => self.reload().await,
+                        None => {
+                            if !self.reload(&shutdown).await {
+                                break End::Stop;
+                            }
+                        }
                     }
                 }
             }
@@ -114,10 +130,21 @@ impl Server {
         }
         match end {
             End::Stop => {
-                if let Some(u) = upgrading.take() {
+                if let Some(mut u) = upgrading.take() {
                     u.pending.abort();
                     let child = u.pending.child_pid();
                     warn!(new_pid = ?child, "stopping during an upgrade: the upgrade is called off");
+                    // The upgrade thread stops the new process (SIGTERM, then
+                    // SIGKILL): wait for it, so no half-started process outlives us.
+                    let outcome = tokio::time::timeout(ABORT_WAIT, u.pending.outcome()).await;
+                    if let Ok(Ok(t)) = &outcome {
+                        // It accepted just before the stop: it serves on, and is
+                        // stopped by the same signal under a service manager.
+                        warn!(
+                            new_pid = t.new_pid,
+                            "the new process accepted just before the stop; it keeps running"
+                        );
+                    }
                     if let Some(reply) = u.reply {
                         let _ =
                             reply.send(Err("called off: the running process is stopping".into()));
@@ -141,10 +168,29 @@ impl Server {
         )
     }
 
-    async fn reload(&mut self) {
+    /// Reload the config file: read on a blocking thread (node host names are
+    /// resolved then), so a stop signal meanwhile is not kept waiting; the reload
+    /// is then dropped and `false` returned.
+    async fn reload(&mut self, shutdown: &CancellationToken) -> bool {
         notify::reloading("reloading the configuration");
-        reload::apply(self).await;
+        let path = self.shared.config.load().source.clone();
+        let read = tokio::task::spawn_blocking(move || Config::from_file(&path));
+        let read = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                info!("stop signal while the config file was being read: the reload is dropped");
+                return false;
+            }
+            r = read => r,
+        };
+        match read {
+            Ok(read) => reload::apply_read(self, read).await,
+            Err(e) => {
+                error!(error = %e, "reading the config file failed on its thread; reload not applied")
+            }
+        }
         notify::ready(&self.status_line());
+        true
     }
 
     /// Start an upgrade, or refuse it (the reply says why).
@@ -215,7 +261,6 @@ impl Server {
     fn handed_over(&mut self, t: &Takeover, u: Upgrading) {
         let _ = self.shared.handed_over_to.set(t.new_pid);
         self.shared.metrics.upgrades_ok.increment(1);
-        self.forget_pid_file();
         let open = self.tracker.len();
         let old_pid = std::process::id();
         info!(
@@ -242,7 +287,14 @@ impl Server {
         }
     }
 
-    async fn upgrade_failed(&mut self, why: &str, u: Upgrading) {
+    /// Log and answer a failed upgrade, then apply a reload queued during it;
+    /// `false` if a stop came meanwhile.
+    async fn upgrade_failed(
+        &mut self,
+        why: &str,
+        u: Upgrading,
+        shutdown: &CancellationToken,
+    ) -> bool {
         self.shared.metrics.upgrades_failed.increment(1);
         error!(
             by = u.by,
@@ -255,8 +307,9 @@ impl Server {
         }
         if u.reload_queued {
             info!("applying the reload queued during the failed upgrade");
-            self.reload().await;
+            return self.reload(shutdown).await;
         }
+        true
     }
 }
 

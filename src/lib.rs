@@ -104,7 +104,9 @@
 //!
 //! **Front ends**
 //! - [`cli`]: the command line (clap) and the offline commands, [`cli::check`] and
-//!   [`cli::which`], which answer from a config file without a running balancer.
+//!   [`cli::which`], which answer from a config file without a running balancer;
+//!   [`cli::config_path`], the config search order (pure), and [`cli::docs`], the
+//!   completions and man pages generated from the clap definitions.
 //! - [`demo`]: `ringlb demo`, and [`demo::backend`], the small self-naming
 //!   backends that the demo and the tests use.
 //!

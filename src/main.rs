@@ -10,7 +10,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use ringlb::cli::which;
+use ringlb::cli::config_path::{self, ConfigChoice, Origin};
+use ringlb::cli::{docs, which};
 use ringlb::cli::{Cli, Command, LogFormat, DEMO_CONFIG_PATH};
 use ringlb::Config;
 
@@ -23,7 +24,9 @@ fn main() -> ExitCode {
         | Command::Which { .. }
         | Command::Reload { .. }
         | Command::Upgrade { .. }
-        | Command::Node { .. } => "error",
+        | Command::Node { .. }
+        | Command::Completions { .. }
+        | Command::Manpage { .. } => "error",
     };
     if let Err(e) = init_tracing(cli.log_format, cli.log_level.as_deref(), default_level) {
         eprintln!("ringlb: {e:#}");
@@ -40,7 +43,9 @@ fn main() -> ExitCode {
 
 fn init_tracing(format: LogFormat, level: Option<&str>, default_level: &str) -> anyhow::Result<()> {
     let filter = match level {
-        Some(l) => EnvFilter::try_new(l).with_context(|| format!("--log-level {l:?}"))?,
+        // The filter's error already carries its cause in its text: one line,
+        // not `{e:#}`'s chain, which would repeat it.
+        Some(l) => EnvFilter::try_new(l).map_err(|e| anyhow::anyhow!("--log-level {l:?}: {e}"))?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
     };
     let builder = tracing_subscriber::fmt()
@@ -56,7 +61,7 @@ fn init_tracing(format: LogFormat, level: Option<&str>, default_level: &str) -> 
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Check { config } => Ok(check(&config)),
+        Command::Check { config } => Ok(check(&config_path::from_environment(config.as_deref()))),
         Command::Which {
             config,
             pool,
@@ -64,9 +69,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             probe,
             ips,
         } => {
-            let cfg = match Config::from_file(&config) {
+            let cfg = match load(&config_path::from_environment(config.as_deref())) {
                 Ok(c) => c,
-                Err(e) => return Ok(print_config_error(&e)),
+                Err(code) => return Ok(code),
             };
             let out = which::command(
                 &cfg,
@@ -84,7 +89,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             // error reaches the old process (and `ringlb upgrade`) too.
             let incoming = ringlb::upgrade::takeover::from_env()
                 .context("taking over from the old process")?;
-            let cfg = match Config::from_file(&config) {
+            let choice = config_path::from_environment(config.as_deref());
+            if choice.origin != Origin::Flag {
+                tracing::info!("{}", choice.reason());
+            }
+            let cfg = match Config::from_file(&choice.path) {
                 Ok(c) => c,
                 Err(e) => {
                     if let Some(i) = &incoming {
@@ -93,7 +102,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                             e.messages().join("; ")
                         ));
                     }
-                    return Ok(print_config_error(&e));
+                    return Ok(print_config_error_of(&e, &choice));
                 }
             };
             ringlb::control::run_process(cfg, incoming)?;
@@ -111,13 +120,30 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             node,
             config,
             admin,
-        } => Ok(node_command(action, &pool, &node, &config, admin)),
+        } => {
+            let choice = config_path::from_environment(config.as_deref());
+            Ok(node_command(action, &pool, &node, &choice, admin))
+        }
         Command::Demo { config } => {
             let cfg = match ringlb::demo::load(config.as_deref(), Path::new(DEMO_CONFIG_PATH)) {
                 Ok(c) => c,
                 Err(e) => return Ok(print_config_error(&e)),
             };
             ringlb::demo::run_process(cfg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            docs::completions(shell, &mut std::io::stdout().lock()).context("stdout")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpage { out: None } => {
+            docs::manpage(&mut std::io::stdout().lock()).context("stdout")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpage { out: Some(dir) } => {
+            for page in docs::manpages_to(&dir)? {
+                println!("{}", page.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -128,7 +154,7 @@ fn node_command(
     action: ringlb::cli::NodeAction,
     pool: &str,
     node: &str,
-    config: &Path,
+    config: &ConfigChoice,
     admin: Option<std::net::SocketAddr>,
 ) -> ExitCode {
     use ringlb::admin::NodeCommandError;
@@ -139,12 +165,12 @@ fn node_command(
         NodeAction::Enable => AdminState::Enabled,
         NodeAction::Disable => AdminState::Disabled,
     };
-    match ringlb::admin::node_command(state, pool, node, config, admin) {
+    match ringlb::admin::node_command(state, pool, node, &config.path, admin) {
         Ok(change) => {
             println!("{change}");
             ExitCode::SUCCESS
         }
-        Err(NodeCommandError::Config(e)) => print_config_error(&e),
+        Err(NodeCommandError::Config(e)) => print_config_error_of(&e, config),
         Err(e @ NodeCommandError::Refused { .. }) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -157,15 +183,17 @@ fn node_command(
 }
 
 /// The pid file `ringlb reload` and `ringlb upgrade` use: `--pid-file`, else the
-/// `pid_file` of `--config` (which must be valid: `Err` carries the exit code).
+/// `pid_file` of the config (`--config`, or the search order's choice when
+/// neither flag is given), which must be valid: `Err` carries the exit code.
 fn pid_file_of(
     pid_file: Option<PathBuf>,
-    config: Option<&Path>,
+    config: Option<PathBuf>,
     doing: &str,
 ) -> anyhow::Result<Result<PathBuf, ExitCode>> {
+    let choice = config_path::for_signal(pid_file.as_deref(), config.as_deref());
     let mut pid_file = pid_file;
-    if let Some(path) = config {
-        match Config::from_file(path) {
+    if let Some(choice) = &choice {
+        match Config::from_file(&choice.path) {
             Ok(cfg) => {
                 if pid_file.is_none() {
                     pid_file = cfg.pid_file.clone();
@@ -173,18 +201,23 @@ fn pid_file_of(
             }
             Err(e) => {
                 eprintln!("not {doing}: the config has errors");
-                return Ok(Err(print_config_error(&e)));
+                return Ok(Err(print_config_error_of(&e, choice)));
             }
         }
     }
     match pid_file {
         Some(p) => Ok(Ok(p)),
-        None => anyhow::bail!("no pid file: pass --pid-file, or --config with a pid_file key"),
+        None => {
+            let why = choice
+                .map(|c| format!(" ({})", c.reason()))
+                .unwrap_or_default();
+            anyhow::bail!("no pid file: pass --pid-file, or a config with a pid_file key{why}")
+        }
     }
 }
 
 fn reload(pid_file: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let pid_file = match pid_file_of(pid_file, config.as_deref(), "reloading")? {
+    let pid_file = match pid_file_of(pid_file, config, "reloading")? {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
@@ -199,7 +232,7 @@ fn upgrade(
     config: Option<PathBuf>,
     binary: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
-    let pid_file = match pid_file_of(pid_file, config.as_deref(), "upgrading")? {
+    let pid_file = match pid_file_of(pid_file, config, "upgrading")? {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
@@ -234,14 +267,32 @@ fn upgrade(
     }
 }
 
-fn check(path: &Path) -> ExitCode {
-    match Config::from_file(path) {
+fn check(choice: &ConfigChoice) -> ExitCode {
+    match load(choice) {
         Ok(cfg) => {
             print!("{}", ringlb::cli::check::summary(&cfg));
+            if let Some(line) = ringlb::cli::running::running_instance(&cfg) {
+                println!("{line}");
+            }
             ExitCode::SUCCESS
         }
-        Err(e) => print_config_error(&e),
+        Err(code) => code,
     }
+}
+
+/// The chosen config, or its errors printed (and the exit code to return).
+fn load(choice: &ConfigChoice) -> Result<Config, ExitCode> {
+    Config::from_file(&choice.path).map_err(|e| print_config_error_of(&e, choice))
+}
+
+/// [`print_config_error`], and for a file that cannot be read and was not
+/// named by --config, which rule of the search order chose it.
+fn print_config_error_of(e: &ringlb::ConfigError, choice: &ConfigChoice) -> ExitCode {
+    let code = print_config_error(e);
+    if matches!(e, ringlb::ConfigError::Io { .. }) && choice.origin != Origin::Flag {
+        eprintln!("note: {}", choice.reason());
+    }
+    code
 }
 
 fn print_config_error(e: &ringlb::ConfigError) -> ExitCode {

@@ -35,6 +35,60 @@ pub const ADMIN_UNAUTHORIZED: &str = "ringlb_admin_unauthorized_total";
 pub const WORKER_CONNECTIONS_ACTIVE: &str = "ringlb_worker_connections_active";
 pub const WORKER_CONNECTIONS_ACCEPTED: &str = "ringlb_worker_connections_accepted_total";
 
+/// What a metric is, for its `# TYPE` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric: name, kind and the text of its `# HELP` line (see
+/// [`describe_all`]). A metric name above that is missing here fails the unit
+/// test below; one recorded without a description fails `tests/admin.rs`.
+#[rustfmt::skip]
+pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
+    (CONNECTIONS_ACCEPTED, Kind::Counter, "Client connections accepted, per listener."),
+    (CONNECTIONS_REJECTED, Kind::Counter, "Client connections closed without being served, per listener and reason."),
+    (CONNECTIONS_ACTIVE, Kind::Gauge, "Open client connections, per listener."),
+    (CONNECTION_DURATION, Kind::Histogram, "How long served client connections lasted, in seconds, per listener."),
+    (ACCEPT_ERRORS, Kind::Counter, "Failed accept calls, per listener."),
+    (NODE_CONNECTIONS_ACTIVE, Kind::Gauge, "Open connections to a node."),
+    (CONNECT_ATTEMPTS, Kind::Counter, "Connects to a node tried."),
+    (CONNECT_FAILURES, Kind::Counter, "Connects to a node that failed, per reason."),
+    (BYTES, Kind::Counter, "Bytes forwarded, per node and direction, counted as they move."),
+    (RING_POINTS, Kind::Gauge, "Points a node has on the ring (0 while it is off the ring)."),
+    (NODE_UP, Kind::Gauge, "1 while a node is healthy (in service), 0 while it is down."),
+    (NODE_ADMIN_STATE, Kind::Gauge, "A node's operator state: 0 enabled, 1 drain, 2 disabled."),
+    (NODE_TRANSITIONS, Kind::Counter, "Health state changes of a node, per direction (to up, to down)."),
+    (PROBES, Kind::Counter, "Health probes of a node, per result."),
+    (PROBE_DURATION, Kind::Histogram, "Health probe latency, in seconds, per node."),
+    (RELOADS, Kind::Counter, "Config reloads, per result (ok: applied, failed: refused)."),
+    (CONFIG_GENERATION, Kind::Gauge, "Config generation: 1 at start, +1 per applied reload."),
+    (PROCESS_START_TIME, Kind::Gauge, "When this process started (unix seconds)."),
+    (UPGRADE_PREDECESSOR_PID, Kind::Gauge, "The pid this process took over from in a binary upgrade; 0 when started fresh."),
+    (UPGRADE_TAKEOVER_TIMESTAMP, Kind::Gauge, "When this process took over from its predecessor (unix seconds); 0 when started fresh."),
+    (UPGRADES, Kind::Counter, "Binary upgrades this process started, by result (ok: the new process accepts; failed: this one keeps serving)."),
+    (ADMIN_UNAUTHORIZED, Kind::Counter, "Admin requests refused for a missing or wrong bearer token."),
+    (WORKER_CONNECTIONS_ACTIVE, Kind::Gauge, "Open client connections, per worker thread."),
+    (WORKER_CONNECTIONS_ACCEPTED, Kind::Counter, "Client connections admitted, per worker thread."),
+];
+
+/// Describe every metric of [`DESCRIPTIONS`] to the installed recorder, so the
+/// exporter prints a `# HELP` line for each. Called once, by
+/// [`install_prometheus`].
+fn describe_all() {
+    for &(name, kind, help) in DESCRIPTIONS {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+            Kind::Histogram => {
+                metrics::describe_histogram!(name, metrics::Unit::Seconds, help)
+            }
+        }
+    }
+}
+
 /// Count one admin request refused for a missing or wrong bearer token.
 pub fn admin_unauthorized() {
     counter!(ADMIN_UNAUTHORIZED).increment(1);
@@ -288,6 +342,7 @@ pub fn install_prometheus() -> Option<PrometheusHandle> {
                 .ok()?
                 .install_recorder()
                 .ok()
+                .inspect(|_| describe_all())
         })
         .clone()
 }
@@ -295,4 +350,31 @@ pub fn install_prometheus() -> Option<PrometheusHandle> {
 /// The installed Prometheus handle, if any.
 pub fn prometheus() -> Option<PrometheusHandle> {
     PROMETHEUS.get().cloned().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `ringlb_` name constant in this file has a description, once.
+    #[test]
+    fn every_metric_name_is_described_once() {
+        let src = include_str!("metrics.rs");
+        let names: Vec<&str> = src
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub const "))
+            .filter_map(|l| l.split_once(": &str = \""))
+            .map(|(_, v)| v.trim_end_matches("\";"))
+            .filter(|v| v.starts_with("ringlb_"))
+            .collect();
+        assert!(names.len() >= 20, "{names:?}");
+        for n in &names {
+            let count = DESCRIPTIONS.iter().filter(|(d, _, _)| d == n).count();
+            assert_eq!(count, 1, "{n} is described {count} times");
+        }
+        assert_eq!(DESCRIPTIONS.len(), names.len());
+        for (n, _, help) in DESCRIPTIONS {
+            assert!(!help.is_empty() && !help.contains('\n'), "{n}: {help:?}");
+        }
+    }
 }

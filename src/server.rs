@@ -98,12 +98,21 @@ pub struct Relaunch {
 }
 
 impl Relaunch {
-    /// This process's own command line.
+    /// This process's own command line. The binary is the path it was started
+    /// by (`argv[0]` made absolute, so a symlink such as `/usr/sbin/ringlb` stays
+    /// a symlink and follows a package upgrade), or, when it was found on `$PATH`,
+    /// the executable itself. Call it at start, before the working directory
+    /// or the file on disk can change.
     pub fn this_process() -> Option<Relaunch> {
-        let binary = std::env::current_exe().ok()?;
+        let mut args = std::env::args_os();
+        let argv0 = args.next();
+        let by_path = argv0
+            .filter(|a| a.as_encoded_bytes().contains(&b'/'))
+            .and_then(|a| std::path::absolute(a).ok());
+        let binary = by_path.or_else(|| std::env::current_exe().ok())?;
         Some(Relaunch {
             binary,
-            args: std::env::args_os().skip(1).collect(),
+            args: args.collect(),
         })
     }
 }
@@ -374,11 +383,6 @@ impl Server {
                 Err(e) => error!(file = %p.display(), error = %e, "cannot write pid file"),
             }
         }
-    }
-
-    /// Stop owning the pid file without touching it (a newer process owns it now).
-    pub(crate) fn forget_pid_file(&mut self) {
-        self.pid_file = None;
     }
 }
 

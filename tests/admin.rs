@@ -39,6 +39,31 @@ fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Every metric in `/metrics` (a `# TYPE` line) has a `# HELP` line with a
+/// description, before its `# TYPE` line (the exposition format's order).
+fn assert_every_type_has_help(m: &str) {
+    let lines: Vec<&str> = m.lines().collect();
+    let mut typed = 0;
+    for (i, l) in lines.iter().enumerate() {
+        let Some(rest) = l.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        typed += 1;
+        let name = rest.split(' ').next().unwrap();
+        let help = format!("# HELP {name} ");
+        let described = lines[..i]
+            .iter()
+            .rev()
+            .take_while(|p| p.starts_with('#'))
+            .any(|p| p.starts_with(&help) && p.len() > help.len());
+        assert!(
+            described,
+            "{name} has no # HELP line before its # TYPE:\n{m}"
+        );
+    }
+    assert!(typed >= 10, "only {typed} # TYPE lines:\n{m}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_status_and_page_show_traffic_health_and_reloads() {
     let fleet = Fleet::start(3).await;
@@ -105,6 +130,7 @@ async fn metrics_status_and_page_show_traffic_health_and_reloads() {
     let (st, head, m) = http(admin, "GET", "/metrics").await;
     assert_eq!(st, 200);
     assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    assert_every_type_has_help(&m);
     for (name, at_least) in [
         ("ringlb_connections_accepted_total{listener=\"lb\"}", 20.0),
         ("ringlb_config_generation", 2.0),

@@ -113,6 +113,39 @@ fn run_with_a_bad_config_names_the_problem_and_exits_one() {
     );
 }
 
+/// A bad `--log-level` is refused with exit 2 and one line naming the flag, the
+/// value and what is wrong, once (it used to print the filter's error twice).
+#[test]
+fn a_bad_log_level_is_one_clear_line_and_exit_two() {
+    for (level, why) in [
+        ("ringlb=nope", "expected one of \"off\", \"error\""),
+        ("foo=bar=baz", "expected one of \"off\", \"error\""),
+        ("[", "invalid filter directive"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+            .args([
+                "--log-level",
+                level,
+                "check",
+                "--config",
+                "config/demo.toml",
+            ])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{level}: {err}");
+        assert!(out.stdout.is_empty(), "{level}: nothing checked");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{level}: not one line:\n{err}");
+        assert!(
+            lines[0].starts_with(&format!("ringlb: --log-level {level:?}: ")),
+            "{level}: {err}"
+        );
+        assert_eq!(lines[0].matches(why).count(), 1, "{level}: {err}");
+    }
+}
+
 #[test]
 fn run_reports_a_busy_port() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -139,20 +172,9 @@ fn run_reports_a_busy_port() {
 async fn demo_serves_http_and_greets_nc_users_through_the_real_balancer() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("demo.toml");
-    let mut text = std::fs::read_to_string("config/demo.toml").unwrap();
-    // The listener and the admin endpoint on port 0 (the demo prints the
-    // listener's address). The demo backends listen on their node addresses,
-    // which the config must name: ports reserved outside the ephemeral range,
-    // held until just before the demo binds them.
-    for port in ["7070", "7080"] {
-        text = text.replace(&format!(":{port}\""), ":0\"");
-    }
-    let mut reserved = Vec::new();
-    for port in ["7071", "7072", "7073"] {
-        let r = reserve_port();
-        text = text.replace(&format!(":{port}\""), &format!(":{}\"", r.port()));
-        reserved.push(r);
-    }
+    // The listener on port 0 (the demo prints its address), the backends on
+    // reserved ports, held until just before the demo binds them.
+    let (text, mut reserved) = demo_text_on_free_ports();
     std::fs::write(&path, &text).unwrap();
     reserved.iter_mut().for_each(|r| {
         r.release();
@@ -175,6 +197,17 @@ async fn demo_serves_http_and_greets_nc_users_through_the_real_balancer() {
     let addr: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
     wait_for(&out, "curl", &mut log);
     wait_for(&out, "Ctrl-C", &mut log);
+    // The nc hint is the README's (`nc -N`), and names the package that has it.
+    let nc = format!("nc -N {} {}", addr.ip(), addr.port());
+    assert!(log.iter().any(|l| l.trim() == nc), "{}", log.join("\n"));
+    assert!(
+        log.iter().any(|l| l.contains("package netcat-openbsd")),
+        "{}",
+        log.join("\n")
+    );
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    assert!(readme.contains("nc -N 127.0.0.1 7070"));
+    assert!(readme.contains("`netcat-openbsd`"));
 
     // HTTP through the balancer.
     let mut s = connect_from(client_ip(7), addr).await.unwrap();

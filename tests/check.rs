@@ -300,6 +300,162 @@ fn which_prints_one_line_per_ip() {
     }
 }
 
+/// One `which` answer line, split into its fields:
+/// `IP -> NODE (ADDR)  then: A, B  [not tried (beyond connect_attempts = N): C, D]  [X is down]`.
+#[derive(Debug, PartialEq)]
+struct WhichLine {
+    ip: String,
+    node: String,
+    then: Vec<String>,
+    /// `N` and the names of the `[not tried ...]` field, when there is one.
+    not_tried: Option<(u32, Vec<String>)>,
+}
+
+fn names(list: &str) -> Vec<String> {
+    if list == "-" {
+        return Vec::new();
+    }
+    list.split(", ").map(str::to_string).collect()
+}
+
+fn which_line(line: &str) -> WhichLine {
+    let (ip, rest) = line.trim().split_once(" -> ").expect("arrow");
+    let mut fields = rest.split("  ");
+    let node = fields
+        .next()
+        .unwrap()
+        .split(" (")
+        .next()
+        .unwrap()
+        .to_string();
+    let then = fields.next().and_then(|f| f.strip_prefix("then: "));
+    let then = names(then.unwrap_or_else(|| panic!("no `then:` in {line:?}")));
+    let mut not_tried = None;
+    for f in fields {
+        if let Some(f) = f.strip_prefix("[not tried (beyond connect_attempts = ") {
+            let (n, list) = f.split_once("): ").expect("not tried list");
+            let list = list.strip_suffix(']').expect("closing bracket");
+            not_tried = Some((n.parse().unwrap(), names(list)));
+        } else {
+            assert!(f.ends_with(" is down]"), "unknown field {f:?} in {line:?}");
+        }
+    }
+    WhichLine {
+        ip: ip.trim().to_string(),
+        node,
+        then,
+        not_tried,
+    }
+}
+
+/// `which` marks where the balancer stops: the node and its `then:` list are
+/// the first `connect_attempts` of the order; the rest of the same order is
+/// listed as not tried, naming the setting. Checked against the full order
+/// (`connect_attempts` as large as the pool) for 100 client IPs.
+#[test]
+fn which_marks_the_nodes_beyond_connect_attempts_as_not_tried() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |attempts: u32| {
+        let mut text = format!(
+            "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n\
+             [pools.p]\nconnect_attempts = {attempts}\n"
+        );
+        for i in 1..=5 {
+            text.push_str(&format!(
+                "[[pools.p.nodes]]\nname = \"n{i}\"\naddr = \"192.0.2.{i}:80\"\n"
+            ));
+        }
+        let path = dir.path().join(format!("attempts{attempts}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ips: Vec<String> = (0..100)
+        .map(|i| format!("10.{}.{}.7", i / 10, i % 10))
+        .collect();
+    let answers = |attempts: u32| -> Vec<WhichLine> {
+        let path = config(attempts);
+        let mut args = vec!["which", "--config", path.to_str().unwrap()];
+        args.extend(ips.iter().map(String::as_str));
+        let out = ringlb(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<WhichLine> = stdout
+            .lines()
+            .filter(|l| l.contains(" -> "))
+            .map(which_line)
+            .collect();
+        assert_eq!(lines.len(), ips.len(), "{stdout}");
+        lines
+    };
+    let full = answers(16);
+    let mut nodes_seen = std::collections::BTreeSet::new();
+    for a in &full {
+        assert_eq!(a.then.len(), 4, "{a:?}");
+        assert_eq!(a.not_tried, None, "every node is tried: {a:?}");
+        nodes_seen.insert(a.node.clone());
+    }
+    assert!(
+        nodes_seen.len() >= 3,
+        "the IPs land on few nodes: {nodes_seen:?}"
+    );
+    for attempts in [1, 2, 4] {
+        for (a, f) in answers(attempts).iter().zip(&full) {
+            assert_eq!((&a.ip, &a.node), (&f.ip, &f.node));
+            let tried = attempts as usize - 1;
+            assert_eq!(a.then, f.then[..tried], "{attempts}: {a:?}");
+            let (n, rest) = a.not_tried.clone().unwrap_or_else(|| panic!("{a:?}"));
+            assert_eq!(n, attempts);
+            assert_eq!(rest, f.then[tried..], "{attempts}: {a:?} vs {f:?}");
+        }
+    }
+}
+
+/// The README's `which` examples are what the tool prints for
+/// `config/demo.toml`: as shipped, with `connect_attempts = 2`, and with demo-b
+/// off the ring (the `--probe` example, where demo-b is down; here it is
+/// disabled in the file, which takes it off the ring the same way).
+#[test]
+fn readme_which_examples_are_what_the_tool_prints() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let demo = std::fs::read_to_string(root().join("config/demo.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let which = |text: &str, ips: &[&str]| -> Vec<String> {
+        let path = dir.path().join("demo.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut args = vec!["which", "--config", path.to_str().unwrap()];
+        args.extend(ips);
+        let out = ringlb(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(" -> "))
+            .map(str::to_string)
+            .collect()
+    };
+    let in_readme = |line: &str| {
+        assert!(
+            readme
+                .lines()
+                .any(|r| r == line || r.starts_with(&format!("{line}  ["))),
+            "README lacks the line `which` prints:\n{line}"
+        );
+    };
+    let shipped = which(&demo, &["127.0.0.1", "2001:db8::1"]);
+    shipped.iter().for_each(|l| in_readme(l));
+    let two = demo.replace("[pools.demo]\n", "[pools.demo]\nconnect_attempts = 2\n");
+    in_readme(&which(&two, &["127.0.0.1", "2001:db8::1"])[0]);
+    // 127.0.0.4 belongs to demo-b while every node is up.
+    assert!(which(&demo, &["127.0.0.4"])[0].contains("-> demo-b ("));
+    let b_off = demo.replace(
+        "name = \"demo-b\"\n",
+        "name = \"demo-b\"\nstate = \"disabled\"\n",
+    );
+    assert_ne!(b_off, demo);
+    which(&b_off, &["127.0.0.1", "127.0.0.4"])
+        .iter()
+        .for_each(|l| in_readme(l));
+}
+
 #[test]
 fn check_and_which_show_proxy_protocol_bounded_load_access_and_node_states() {
     let config = "tests/fixtures/config/valid/scaleout.toml";

@@ -167,6 +167,8 @@ fn which_cli(config_text: &str, ips: &[IpAddr]) -> HashMap<IpAddr, (String, Vec<
         let (ip, rest) = line.trim().split_once(" -> ").unwrap();
         let node = rest.split_whitespace().next().unwrap().to_string();
         let then = rest.split_once("then: ").unwrap().1;
+        // Up to the next field (`  [not tried ...]`, `  [x is down]`).
+        let then = then.split("  [").next().unwrap();
         let fallback = then.split(", ").map(str::to_string).collect();
         map.insert(ip.trim().parse().unwrap(), (node, fallback));
     }

@@ -615,3 +615,212 @@ async fn a_second_stop_signal_counts_every_connection_it_closes() {
         "3 connections closed by the second signal, counted as fewer"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Stop signals at the moment a node changes state (issue 14: a SIGINT sent to
+// `ringlb demo` about 80 ms after a `node UP` line once had no effect).
+// ---------------------------------------------------------------------------
+
+/// A node transition line of the JSON log.
+fn is_transition(l: &str) -> bool {
+    l.contains("\"message\":\"node UP") || l.contains("\"message\":\"node DOWN")
+}
+
+/// Offsets after a transition line at which a stop signal is sent: at once, and
+/// around the 80 ms of the report (a probe, a snapshot swap, a log write or the
+/// demo's stdin handling may be in flight).
+const OFFSETS_MS: [u64; 8] = [0, 0, 5, 20, 50, 80, 80, 120];
+/// Processes started per test: each offset twice.
+const ROUNDS: usize = 2 * OFFSETS_MS.len();
+
+/// Send `sig` `offset` after the line was seen, then require the exit (0)
+/// within 5 s (times the patience) and one drain start in the log.
+fn stop_and_expect_exit(p: &mut Ringlb, sig: Signal, offset: Duration, what: &str) -> Duration {
+    // The offset is the stimulus (when the signal lands), not a wait for state.
+    std::thread::sleep(offset);
+    let t0 = Instant::now();
+    kill(Pid::from_raw(p.pid() as i32), sig).unwrap();
+    let st = p.wait_exit(Duration::from_secs(5));
+    let took = t0.elapsed();
+    assert_eq!(st.code(), Some(0), "{what}: {st}");
+    let log = p.drain().to_vec();
+    assert_eq!(count(&log, STOP), 1, "{what}:\n{}", log.join("\n"));
+    assert!(
+        log.iter().any(|l| l.contains("shutdown complete")),
+        "{what}:\n{}",
+        log.join("\n")
+    );
+    took
+}
+
+/// `ringlb run` with a node whose health flips every 30 ms (probes every 20 ms,
+/// rise = fall = 1, so its state changes all the time): SIGINT or SIGTERM right
+/// after its 1st, 2nd or 3rd `node UP`/`node DOWN` line, at each offset; every
+/// time the process stops within a few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_signal_right_after_a_node_transition_stops_run() {
+    let fleet = Fleet::start(2).await;
+    let text = config_text(
+        &fleet.nodes(),
+        "",
+        &fleet.http_health("20ms", "15ms", 1, 1),
+        "",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flap.toml");
+    std::fs::write(&path, &text).unwrap();
+    let flapper = fleet.health[1].health_switch();
+    let flapping = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(30));
+        loop {
+            tick.tick().await;
+            flapper.set(!flapper.get());
+        }
+    });
+    let mut slowest = Duration::ZERO;
+    for round in 0..ROUNDS {
+        let ms = OFFSETS_MS[round % OFFSETS_MS.len()];
+        let sig = if round % 2 == 0 {
+            Signal::SIGINT
+        } else {
+            Signal::SIGTERM
+        };
+        let mut p = Proc::start(&path);
+        let mut line = String::new();
+        for _ in 0..=round % 3 {
+            line = p.wait_for_line("node UP or node DOWN", is_transition);
+        }
+        let what = format!("round {round}: {sig} {ms} ms after {line}");
+        let took = stop_and_expect_exit(&mut p, sig, Duration::from_millis(ms), &what);
+        slowest = slowest.max(took);
+    }
+    flapping.abort();
+    println!(
+        "{ROUNDS} stops right after a node transition: slowest exit {slowest:.2?} after the signal"
+    );
+}
+
+/// `config/demo.toml` with its listener and admin endpoint on port 0, its
+/// backends on reserved ports, probes every 20 ms with rise = fall = 1, and
+/// `grace` as shutdown_grace. The reservations must be released just before
+/// the demo starts.
+fn demo_config(dir: &Path, grace: &str) -> (std::path::PathBuf, Vec<PortReservation>) {
+    let (mut text, reserved) = demo_text_on_free_ports();
+    for (from, to) in [
+        ("interval = \"1s\"", "interval = \"20ms\""),
+        ("\ntimeout = \"500ms\"", "\ntimeout = \"15ms\""),
+        ("rise = 2", "rise = 1"),
+        ("fall = 2", "fall = 1"),
+        (
+            "shutdown_grace = \"2s\"",
+            &format!("shutdown_grace = \"{grace}\""),
+        ),
+    ] {
+        assert!(text.contains(from), "config/demo.toml has no {from:?}");
+        text = text.replace(from, to);
+    }
+    let path = dir.join("demo.toml");
+    std::fs::write(&path, text).unwrap();
+    (path, reserved)
+}
+
+/// `ringlb --log-format json demo --config PATH`, stdin piped (to type backend
+/// names), stdout discarded, its log read like `ringlb run`'s.
+fn start_demo(path: &Path, reserved: &mut [PortReservation]) -> (Ringlb, std::process::ChildStdin) {
+    reserved.iter_mut().for_each(|r| {
+        r.release();
+    });
+    let mut child = Kill(
+        std::process::Command::new(env!("CARGO_BIN_EXE_ringlb"))
+            .args(["--log-format", "json", "demo", "--config"])
+            .arg(path)
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdin = child.stdin.take().unwrap();
+    let mut p = Ringlb::from_child(child);
+    p.listening("demo");
+    let pid = p.pid();
+    poll_blocking(Duration::from_secs(10), Duration::from_millis(5), || {
+        handlers_installed(pid).then_some(())
+    })
+    .expect("signal handlers never installed");
+    (p, stdin)
+}
+
+/// `ringlb demo`, as a newcomer uses it: demo-b's health is flipped by typing
+/// its name (stdin), and SIGINT (or SIGTERM) comes right after the `node DOWN`
+/// or `node UP` line that follows, at each offset; every time the demo stops
+/// within a few seconds.
+#[test]
+fn a_stop_signal_right_after_a_node_transition_stops_the_demo() {
+    use std::io::Write as _;
+    let mut slowest = Duration::ZERO;
+    for round in 0..ROUNDS {
+        let ms = OFFSETS_MS[round % OFFSETS_MS.len()];
+        let dir = tempfile::tempdir().unwrap();
+        let (path, mut reserved) = demo_config(dir.path(), "2s");
+        let (mut p, mut stdin) = start_demo(&path, &mut reserved);
+        // DOWN, or DOWN then UP: the signal follows the last one.
+        let mut line = String::new();
+        for flip in 0..=round % 2 {
+            writeln!(stdin, "demo-b").unwrap();
+            let want = if flip == 0 { "node DOWN" } else { "node UP" };
+            line = p.wait_for_line(want, |l| {
+                is_transition(l) && l.contains(want) && l.contains("\"node\":\"demo-b\"")
+            });
+        }
+        let sig = if round % 4 == 3 {
+            Signal::SIGTERM
+        } else {
+            Signal::SIGINT
+        };
+        let what = format!("demo round {round}: {sig} {ms} ms after {line}");
+        let took = stop_and_expect_exit(&mut p, sig, Duration::from_millis(ms), &what);
+        slowest = slowest.max(took);
+        drop(stdin);
+    }
+    println!(
+        "{ROUNDS} demo stops right after a node transition: slowest exit {slowest:.2?} after the signal"
+    );
+}
+
+/// Regression: the demo gave its signal loop a close-now token nobody watched,
+/// so a second Ctrl-C logged "closing open connections now" and did nothing
+/// while the drain waited out `shutdown_grace` (60 s here). Now it closes the
+/// open connection at once, counted, and the demo exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stop_signal_ends_the_demo_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, mut reserved) = demo_config(dir.path(), "60s");
+    let (mut p, _stdin) = start_demo(&path, &mut reserved);
+    let addr = p.listening("demo");
+    let mut held = connect_from(client_ip(1), addr).await.unwrap();
+    assert!(read_line(&mut held).await.unwrap().starts_with("demo-"));
+    let pid = Pid::from_raw(p.pid() as i32);
+    kill(pid, Signal::SIGINT).unwrap();
+    p.wait_for(DRAINING);
+    assert!(
+        p.alive(),
+        "exited with a connection open, 60 s before the grace ends"
+    );
+    let t0 = Instant::now();
+    kill(pid, Signal::SIGINT).unwrap();
+    match read_to_eof(&mut held, Duration::from_secs(5)).await {
+        Ok(v) => assert!(v.is_empty(), "unexpected bytes {v:?}"),
+        Err(e) => assert_ne!(e.kind(), std::io::ErrorKind::TimedOut, "not closed"),
+    }
+    let st = p.wait_exit(Duration::from_secs(5));
+    assert_eq!(st.code(), Some(0), "{st}");
+    println!(
+        "second SIGINT: demo closed 1 connection and exited in {:.2?}",
+        t0.elapsed()
+    );
+    let done = p.find("shutdown complete");
+    assert!(done.contains("\"closed_at_grace\":1"), "{done}");
+    assert_eq!(count(p.drain(), "second stop signal"), 1);
+}

@@ -1,24 +1,44 @@
 //! The command line: its types (clap derive, no I/O in this file) and the
 //! commands that answer from a config file without a running balancer:
-//! [`check`] (validate and summarise) and [`which`] (where client IPs go).
+//! [`check`] (validate and summarise) and [`which`] (where client IPs go);
+//! [`config_path`], the config search order when `--config` is not given; and
+//! [`docs`], the completions and man pages made from these definitions; and
+//! [`running`], what `check` says about a running instance.
 
 pub mod check;
+pub mod config_path;
+pub mod docs;
+pub mod running;
 pub mod which;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::DEFAULT_CONFIG_PATH;
-
 /// Path `ringlb demo` uses when `--config` is not given.
 pub const DEMO_CONFIG_PATH: &str = "config/demo.toml";
+
+/// The version `ringlb --version` prints: the package version, then the git
+/// commit it was built from when build.rs knew it (`0.1.0 (git
+/// 0123456789ab)`, `-dirty` when the tree had uncommitted changes).
+pub const VERSION: &str = env!("RINGLB_VERSION");
+/// The commit alone (12 hex digits, maybe `-dirty`), when known.
+pub const GIT_COMMIT: Option<&str> = option_env!("RINGLB_GIT_COMMIT");
+
+/// `--help` of every `--config` that follows the search order.
+const CONFIG_HELP: &str = "Config file [default: $RINGLB_CONFIG, else config/ringlb.toml \
+     if it exists in the working directory, else /etc/ringlb/ringlb.toml]";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "ringlb",
-    version,
-    about = "Consistent-hashing TCP load balancer: each client IP sticks to one backend node"
+    version = VERSION,
+    about = "Consistent-hashing TCP load balancer: each client IP sticks to one backend node",
+    after_help = concat!(
+        "Config file of run, check, which, node, reload: --config PATH if given, ",
+        "else $RINGLB_CONFIG, else config/ringlb.toml if it exists in the working ",
+        "directory, else /etc/ringlb/ringlb.toml."
+    )
 )]
 pub struct Cli {
     /// Log output format.
@@ -58,21 +78,18 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the balancer in the foreground.
     Run {
-        /// Config file.
-        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
+        #[arg(long, short, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
     },
     /// Parse and validate a config; print a summary, or every error (exit 1).
     Check {
-        /// Config file.
-        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
+        #[arg(long, short, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
     },
     /// Print the node each client IP maps to, then its fallback order.
     Which {
-        /// Config file.
-        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
+        #[arg(long, short, help = CONFIG_HELP)]
+        config: Option<PathBuf>,
         /// Only this pool (default: every pool).
         #[arg(long, conflicts_with = "listener")]
         pool: Option<String>,
@@ -87,13 +104,15 @@ pub enum Command {
         ips: Vec<String>,
     },
     /// Ask a running ringlb to reload its config (sends SIGHUP to the pid in the
-    /// pid file). With --config, the file is checked first and nothing is sent if
-    /// it is invalid.
+    /// pid file). The config is checked first and nothing is sent if it is
+    /// invalid; with --pid-file alone no config is read.
     Reload {
-        /// Pid file of the running instance (default: `pid_file` of --config).
+        /// Pid file of the running instance (default: `pid_file` of the config).
         #[arg(long)]
         pid_file: Option<PathBuf>,
-        /// Config file to check before signalling (and to find `pid_file` in).
+        /// Config file to check before signalling and to find `pid_file` in
+        /// [default without --pid-file: $RINGLB_CONFIG, else config/ringlb.toml
+        /// if it exists in the working directory, else /etc/ringlb/ringlb.toml]
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -102,12 +121,14 @@ pub enum Command {
     /// drains once the new one accepts. Exits non-zero, with the reason, if the new
     /// process fails (the running one keeps serving). SIGUSR2 does the same.
     Upgrade {
-        /// Pid file of the running instance (default: `pid_file` of --config).
+        /// Pid file of the running instance (default: `pid_file` of the config).
         #[arg(long)]
         pid_file: Option<PathBuf>,
         /// Config file to check first (nothing is asked if it is invalid) and to
-        /// find `pid_file` in. The new process reads the file the running one was
-        /// started with.
+        /// find `pid_file` in; the new process reads the file the running one was
+        /// started with [default without --pid-file: $RINGLB_CONFIG, else
+        /// config/ringlb.toml if it exists in the working directory, else
+        /// /etc/ringlb/ringlb.toml]
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// The binary to start (default: the path the running process was started
@@ -126,9 +147,11 @@ pub enum Command {
         pool: String,
         /// Node name (as in `ringlb which` and /status).
         node: String,
-        /// Config file of the running instance (for the admin address and token).
-        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
+        /// Config file of the running instance (for the admin address and token)
+        /// [default: $RINGLB_CONFIG, else config/ringlb.toml if it exists in the
+        /// working directory, else /etc/ringlb/ringlb.toml]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         /// Admin address to use instead of the config's `[admin] listen`.
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
@@ -138,5 +161,23 @@ pub enum Command {
         /// Demo config (default: config/demo.toml, or the built-in copy of it).
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Print the shell completion script for bash, zsh, fish, elvish or
+    /// powershell on stdout.
+    ///
+    /// For example `ringlb completions bash > ~/.local/share/bash-completion/completions/ringlb`.
+    /// The Debian package installs the bash, zsh and fish ones.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page ringlb(1) (roff) on stdout, or with --out write
+    /// ringlb.1 and one ringlb-SUBCOMMAND.1 per subcommand into a directory.
+    #[command(hide = true)]
+    Manpage {
+        /// Directory to write the pages into instead of printing ringlb.1.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
 }

@@ -1,5 +1,7 @@
 //! `ringlb which`: the node each client IP maps to, and its fallback order, computed
 //! from the config exactly as the running balancer computes it (same ring code).
+//! The order is split where the balancer stops: the first `connect_attempts`
+//! nodes are the ones a new connection tries, the rest are listed as not tried.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -80,7 +82,12 @@ pub struct Mapping {
     pub pool: String,
     pub ip: IpAddr,
     pub node: String,
+    /// The nodes tried after `node`, in order: with `node`, the first
+    /// `connect_attempts` of the order.
     pub fallback: Vec<String>,
+    /// The rest of the order: never tried by a new connection (beyond
+    /// `connect_attempts`).
+    pub not_tried: Vec<String>,
     /// The node on the ring of every node, when it differs from `node` because
     /// nodes are down.
     pub if_all_up: Option<String>,
@@ -164,17 +171,20 @@ pub fn map(cfg: &Config, pools: &[&str], ips: &[IpAddr], probed: Option<&Probed>
             }
         }
         let snap = pool.snapshot();
+        let attempts = cfg.pools[name].connect_attempts as usize;
         for &ip in ips {
             let order = snap.order(ip);
             let mut names = order.iter().map(|n| n.name.clone());
             let node = names.next().unwrap_or_default();
+            let fallback: Vec<String> = names.by_ref().take(attempts.saturating_sub(1)).collect();
             let all_up = full.order(ip).first().map(|n| n.name.clone());
             out.push(Mapping {
                 pool: name.to_string(),
                 ip: canonical_ip(ip),
                 if_all_up: all_up.filter(|n| *n != node),
                 node,
-                fallback: names.collect(),
+                fallback,
+                not_tried: names.collect(),
             });
         }
     }
@@ -182,7 +192,10 @@ pub fn map(cfg: &Config, pools: &[&str], ips: &[IpAddr], probed: Option<&Probed>
 }
 
 /// Human output: per pool a header (with node states when probed), then one line
-/// per IP, `IP -> node (addr)  then: next, next...`.
+/// per IP: `IP -> node (addr)  then: next, next` (the nodes a new connection
+/// tries, `-` for none), then `  [not tried (beyond connect_attempts = N): rest]`
+/// when the order goes on, then `  [node is down]` when the client's node on the
+/// ring of every node is down. Fields are separated by two spaces; names by ", ".
 pub fn render(cfg: &Config, mappings: &[Mapping], probed: Option<&Probed>) -> String {
     let width = mappings
         .iter()
@@ -204,6 +217,13 @@ pub fn render(cfg: &Config, mappings: &[Mapping], probed: Option<&Probed>) -> St
                 (pool.connect_attempts as usize).min(pool.nodes.len())
             );
             current_pool = Some(m.pool.as_str());
+            if let Some(permille) = pool.balance_factor_permille {
+                let _ = writeln!(
+                    s,
+                    "  balance_factor {}: a node at its connection bound is skipped without using an attempt, so one listed as not tried may be (open connections are not known here)",
+                    f64::from(permille) / 1000.0
+                );
+            }
             for n in pool.nodes.iter().filter(|n| n.state != AdminState::Enabled) {
                 let _ = writeln!(
                     s,
@@ -255,9 +275,18 @@ pub fn render(cfg: &Config, mappings: &[Mapping], probed: Option<&Probed>) -> St
             );
             continue;
         }
+        let not_tried = if m.not_tried.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "  [not tried (beyond connect_attempts = {}): {}]",
+                pool.connect_attempts,
+                m.not_tried.join(", ")
+            )
+        };
         let _ = writeln!(
             s,
-            "  {:<width$} -> {} ({})  then: {}{}",
+            "  {:<width$} -> {} ({})  then: {}{not_tried}{}",
             m.ip.to_string(),
             m.node,
             addr,

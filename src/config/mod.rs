@@ -3,7 +3,8 @@
 //! every problem, each naming its file, key path and, for syntax and type errors,
 //! line and column).
 //!
-//! The pipeline, one file each: [`raw`] (serde types as written) → `source.rs`
+//! The pipeline, one file each: [`raw`] (serde types as written, durations in
+//! the syntax of [`duration`]) → `source.rs`
 //! (line and column of syntax and type errors) → `validate.rs` (one function per
 //! table, collecting into `problems.rs`) with [`limits`] and [`defaults`] →
 //! [`Config`]. The one network lookup, host names of node addresses, lives in
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ConfigError;
 
 pub mod defaults;
+pub mod duration;
 pub mod limits;
 mod problems;
 pub mod raw;
@@ -38,7 +40,8 @@ pub use raw::{
     RawAdmin, RawConfig, RawHealth, RawKeepalive, RawKeepaliveParams, RawListener, RawNode, RawPool,
 };
 
-/// Default path used by `ringlb run` when `--config` is not given.
+/// The working directory's config: the third step of the search order in
+/// `cli::config_path` (after `--config` and `$RINGLB_CONFIG`).
 pub const DEFAULT_CONFIG_PATH: &str = "config/ringlb.toml";
 
 // ---------------------------------------------------------------------------

@@ -1,6 +1,5 @@
 //! The collector of validation problems, with the checks every table uses:
-//! a value in an inclusive range, a duration within limits and in whole
-//! milliseconds. Each problem names its key path; they are kept in the order
+//! a value in an inclusive range, a duration within limits. Each problem names its key path; they are kept in the order
 //! found. Pure: no I/O.
 
 use std::time::Duration;
@@ -56,15 +55,8 @@ impl Problems {
     ) -> Duration {
         let v = v.unwrap_or(default);
         let key = key.into();
-        if v.subsec_nanos() % 1_000_000 != 0 {
-            self.push(
-                key,
-                format!(
-                    "{} is not a whole number of milliseconds",
-                    humantime::format_duration(v)
-                ),
-            );
-        } else if v.is_zero() && !min.is_zero() {
+        // Whole milliseconds by construction: the syntax has no smaller unit.
+        if v.is_zero() && !min.is_zero() {
             self.push(key, "must be greater than zero");
         } else if v < min {
             self.push(

@@ -16,9 +16,9 @@ use super::{AdminState, HealthKind, OnNodeDown, ProxyProtocol, WhenAllDown};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
-    #[serde(default, with = "humantime_serde::option")]
+    #[serde(default, deserialize_with = "super::duration::option")]
     pub shutdown_grace: Option<Duration>,
-    #[serde(default, with = "humantime_serde::option")]
+    #[serde(default, deserialize_with = "super::duration::option")]
     pub upgrade_timeout: Option<Duration>,
     pub pid_file: Option<PathBuf>,
     pub workers: Option<usize>,
@@ -55,7 +55,7 @@ pub struct RawListener {
     pub new_connections_per_ip_burst: Option<u32>,
     pub accept_proxy_protocol: Option<bool>,
     pub trusted_proxies: Option<Vec<String>>,
-    #[serde(default, with = "humantime_serde::option")]
+    #[serde(default, deserialize_with = "super::duration::option")]
     pub proxy_header_timeout: Option<Duration>,
     pub tcp_keepalive: Option<RawKeepalive>,
 }
@@ -64,9 +64,9 @@ pub struct RawListener {
 #[serde(deny_unknown_fields)]
 pub struct RawPool {
     pub points_per_weight: Option<u32>,
-    #[serde(default, with = "humantime_serde::option")]
+    #[serde(default, deserialize_with = "super::duration::option")]
     pub connect_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde::option")]
+    #[serde(default, deserialize_with = "super::duration::option")]
     pub idle_timeout: Option<Duration>,
     pub connect_attempts: Option<u32>,
     pub key_prefix_v4: Option<u8>,
@@ -93,9 +93,9 @@ pub enum RawKeepalive {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawKeepaliveParams {
-    #[serde(default, with = "humantime_serde::option")]
+    #[serde(default, deserialize_with = "super::duration::option")]
     pub idle: Option<Duration>,
-    #[serde(default, with = "humantime_serde::option")]
+    #[serde(default, deserialize_with = "super::duration::option")]
     pub interval: Option<Duration>,
     pub count: Option<u32>,
 }
@@ -132,9 +132,9 @@ pub struct RawHealth {
     pub expect_status: Option<String>,
     pub expect_body: Option<String>,
     pub port: Option<u16>,
-    #[serde(default, with = "humantime_serde::option")]
+    #[serde(default, deserialize_with = "super::duration::option")]
     pub interval: Option<Duration>,
-    #[serde(default, with = "humantime_serde::option")]
+    #[serde(default, deserialize_with = "super::duration::option")]
     pub timeout: Option<Duration>,
     pub rise: Option<u32>,
     pub fall: Option<u32>,

@@ -23,10 +23,8 @@ pub(super) fn syntax_error(text: &str, path: &Path, key: &str, e: &toml::de::Err
     } else {
         format!("{key}: ")
     };
-    let mut text_msg = e.message().trim_end().to_string();
-    if text_msg.contains("expected a duration") {
-        text_msg.push_str(" such as \"500ms\", \"2s\", \"5m\", \"1h\" or \"1d\"");
-    }
+    // (A duration's message names its syntax itself: `duration.rs`.)
+    let text_msg = e.message().trim_end().to_string();
     let message = format!(
         "{prefix}{}\n    | {}\n    | {}^",
         text_msg,

@@ -27,8 +27,8 @@ pub fn load(path: Option<&Path>, default_path: &Path) -> Result<Config, ConfigEr
 }
 
 /// `ringlb demo` as a whole: a runtime with the config's worker count, the
-/// signal handlers (a stop signal ends the demo; it has nothing to reload), then
-/// [`run`].
+/// signal handlers (a stop signal ends the demo, a second one closes what is
+/// left at once; it has nothing to reload), then [`run`].
 pub fn run_process(cfg: Config) -> Result<ShutdownReport, Error> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.effective_workers())
@@ -40,22 +40,28 @@ pub fn run_process(cfg: Config) -> Result<ShutdownReport, Error> {
         })?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
+        let close_now = CancellationToken::new();
         let signals = Signals::install()?;
-        // The demo has no hard-stop handle before it binds; a second signal
-        // during the (short) demo grace just waits for it.
         tokio::spawn(handle_signals(
             signals,
             shutdown.clone(),
-            CancellationToken::new(),
+            close_now.clone(),
             None,
         ));
-        run(cfg, shutdown).await
+        run(cfg, shutdown, close_now).await
     })
 }
 
 /// Start a demo backend on every node address of every pool, then the balancer.
-/// Prints where to connect and what to try; returns when `shutdown` is cancelled.
-pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<ShutdownReport, Error> {
+/// Prints where to connect and what to try; returns when `shutdown` is
+/// cancelled and the drain is over. Cancelling `close_now` (before or during
+/// the drain) closes the connections still open when the drain starts, as a
+/// second stop signal does for `ringlb run`.
+pub async fn run(
+    cfg: Config,
+    shutdown: CancellationToken,
+    close_now: CancellationToken,
+) -> Result<ShutdownReport, Error> {
     let mut backends = Vec::new();
     for pool in cfg.pools.values() {
         for node in &pool.nodes {
@@ -74,9 +80,18 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<ShutdownRep
         }
     }
     let server = Server::bind(cfg)?;
+    // The server's own close-now token exists only from here: pass the
+    // request on (it used to go to a token nobody watched, so a second Ctrl-C
+    // said "closing open connections now" and did nothing).
+    let server_close_now = server.hard_stop();
+    let link = tokio::spawn(async move {
+        close_now.cancelled().await;
+        server_close_now.cancel();
+    });
     println!("{}", instructions(&server, &backends));
     let toggles = toggle_on_stdin(&backends);
     let report = server.run(shutdown).await;
+    link.abort();
     toggles.abort();
     for b in backends {
         b.stop().await;
@@ -149,8 +164,9 @@ fn instructions(server: &Server, backends: &[Backend]) -> String {
     let exe = std::env::args().next().unwrap_or_else(|| "ringlb".into());
     let tries = [
         (
-            format!("nc {ip} {port}"),
-            "greeted by the node your IP maps to; type a line, it echoes",
+            format!("nc -N {ip} {port}"),
+            "greeted by the node your IP maps to; type a line, it echoes (nc -N is OpenBSD netcat: \
+             package netcat-openbsd on Debian/Ubuntu)",
         ),
         (
             format!("curl -s http://{addr}/"),

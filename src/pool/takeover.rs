@@ -34,6 +34,9 @@ pub struct NodeRecord {
 pub struct TakeOver {
     /// Nodes set down because the old process knew them down.
     pub down: Vec<String>,
+    /// Nodes set up again because the old process knew them up (a second, fresher
+    /// set of records, before this process probes on its own).
+    pub up: Vec<String>,
     /// Nodes whose operator state (set through the admin endpoint or `ringlb node`)
     /// was carried over.
     pub admin: Vec<(String, AdminState)>,
@@ -60,7 +63,8 @@ impl Pool {
     }
 
     /// Apply the old process's node states: a node it knew down starts down here
-    /// (so no client is sent to it before this process's own probes say so), and
+    /// (so no client is sent to it before this process's own probes say so; a
+    /// later, fresher record can set it up again before they start), and
     /// the operator's state carries over unless the config file changed that node's
     /// `state` since the old process loaded it (then the file wins, as on a reload).
     /// Records of other pools, of nodes this pool does not have, or of a node
@@ -74,16 +78,21 @@ impl Pool {
             if node.addr.to_string() != r.addr {
                 continue;
             }
-            if !r.up && self.set_up(&r.node, false, "down in the previous process (upgrade)") {
-                done.down.push(r.node.clone());
+            let why = if r.up {
+                "up in the previous process (upgrade)"
+            } else {
+                "down in the previous process (upgrade)"
+            };
+            if self.set_up(&r.node, r.up, why) {
+                if r.up { &mut done.up } else { &mut done.down }.push(r.node.clone());
             }
             if r.config_state == node.config_state() && r.admin != node.admin_state() {
                 self.set_admin_state(&r.node, r.admin, "previous process (upgrade)");
                 done.admin.push((r.node.clone(), r.admin));
             }
         }
-        if !done.down.is_empty() || !done.admin.is_empty() {
-            info!(pool = %self.name, down = ?done.down, operator_state = ?done.admin,
+        if !done.down.is_empty() || !done.up.is_empty() || !done.admin.is_empty() {
+            info!(pool = %self.name, down = ?done.down, up = ?done.up, operator_state = ?done.admin,
                 "node states taken over from the previous process");
         }
         done
@@ -144,7 +153,16 @@ nodes = [
             .collect();
         assert_eq!(on_ring, vec!["c".to_string()]);
 
+        // Fresher records: a came back up meanwhile, b was enabled again.
+        old.set_up("a", true, "test");
+        old.set_admin_state("b", AdminState::Enabled, "test");
+        let t = new.take_over(&old.node_records());
+        assert_eq!(t.up, vec!["a".to_string()]);
+        assert_eq!(t.admin, vec![("b".to_string(), AdminState::Enabled)]);
+        assert!(new.node("a").unwrap().in_service() && new.node("b").unwrap().in_service());
+
         // The file now says b is disabled: the file wins.
+        old.set_admin_state("b", AdminState::Drain, "test");
         let changed = pool(r#", state = "disabled""#);
         changed.take_over(&records);
         assert_eq!(

@@ -17,6 +17,7 @@ use super::diff::{diff, summary};
 use crate::admin;
 use crate::admission::ListenerState;
 use crate::config::Config;
+use crate::error::ConfigError;
 use crate::handle::ReloadRecord;
 use crate::listener;
 use crate::pool::Pool;
@@ -47,9 +48,18 @@ fn refuse(server: &Server, path: &Path, problems: Vec<String>) {
 /// Read the config file again and apply it, or refuse it and keep running the
 /// old config untouched.
 pub async fn apply(server: &mut Server) {
+    let path = server.shared.config.load().source.clone();
+    let read = Config::from_file(&path);
+    apply_read(server, read).await
+}
+
+/// [`apply`] with the file already read (and validated, or refused): the control
+/// loop reads it on a blocking thread, since host names of nodes are resolved
+/// then, so that a stop signal never waits for a slow lookup.
+pub async fn apply_read(server: &mut Server, read: Result<Config, ConfigError>) {
     let old = server.shared.config.load_full();
     let path = old.source.clone();
-    let new = match Config::from_file(&path) {
+    let new = match read {
         Ok(c) => c,
         Err(e) => return refuse(server, &path, e.messages()),
     };

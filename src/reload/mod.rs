@@ -12,5 +12,5 @@ pub mod apply;
 pub mod diff;
 pub mod signal;
 
-pub use apply::apply;
+pub use apply::{apply, apply_read};
 pub use diff::{diff, summary, ConfigDiff, PoolDiff};

@@ -85,18 +85,20 @@ pub async fn handle_signals(
                 continue;
             }
         };
+        // Act first, then log: a log write that blocks (a stalled stderr pipe
+        // or terminal) must not hold up the stop.
         if shutdown.is_cancelled() {
+            hard_stop.cancel();
             warn!(
                 signal = name,
                 "second stop signal: closing open connections now"
             );
-            hard_stop.cancel();
         } else {
+            shutdown.cancel();
             info!(
                 signal = name,
                 "stop signal: no longer accepting; draining open connections"
             );
-            shutdown.cancel();
         }
     }
 }

@@ -855,6 +855,24 @@ pub fn reserve_port() -> PortReservation {
     panic!("no free port outside {eph:?} after 200 tries");
 }
 
+/// `config/demo.toml` as a test runs it: the listener and the admin endpoint on
+/// port 0 (the demo logs and prints what it bound) and the demo backends, which
+/// listen on their node addresses and so must be named in the file, on reserved
+/// ports ([`reserve_port`]). Release the reservations just before the demo starts.
+pub fn demo_text_on_free_ports() -> (String, Vec<PortReservation>) {
+    let mut text = std::fs::read_to_string("config/demo.toml").expect("config/demo.toml");
+    for port in ["7070", "7080"] {
+        text = text.replace(&format!(":{port}\""), ":0\"");
+    }
+    let mut reserved = Vec::new();
+    for port in ["7071", "7072", "7073"] {
+        let r = reserve_port();
+        text = text.replace(&format!(":{port}\""), &format!(":{}\"", r.port()));
+        reserved.push(r);
+    }
+    (text, reserved)
+}
+
 /// A loopback address that refuses connections for as long as the returned
 /// socket lives: it is bound there and never listens, so nothing else can take
 /// the port and every connect is refused.
