@@ -10,12 +10,15 @@
 //! - One [`read_line`], one [`http_get`] / [`http_request`].
 //! - Tests that need root or a tool: [`require_root`] / [`needs`]: a skip
 //!   prints why, and fails instead under `REQUIRE_ROOT=1` / `REQUIRE_NGINX=1`.
+//! - The load lab of the upgrade tests (echo streams, a short-connection loop,
+//!   descriptors and children from /proc): [`upgrade_lab`].
 //!
 //! These helpers must not: sleep for a fixed time to "let something happen", pick
 //! a port with bind-then-close, or pass a test that did not run when CI asks for it.
 #![allow(dead_code)]
 
 pub mod bench_bin;
+pub mod upgrade_lab;
 
 use std::future::Future;
 use std::io::BufRead as _;
@@ -533,6 +536,11 @@ pub fn log_addr(line: &str) -> Option<SocketAddr> {
 /// piped stderr, stdout discarded. `RINGLB_WORKERS` is removed, so the config's
 /// `workers` key decides.
 pub fn spawn_ringlb_json(config: &std::path::Path) -> Kill {
+    spawn_ringlb_json_with(config, &[])
+}
+
+/// [`spawn_ringlb_json`] with extra environment variables (e.g. `NOTIFY_SOCKET`).
+pub fn spawn_ringlb_json_with(config: &std::path::Path, env: &[(&str, &str)]) -> Kill {
     Kill(
         std::process::Command::new(env!("CARGO_BIN_EXE_ringlb"))
             .args([
@@ -545,6 +553,7 @@ pub fn spawn_ringlb_json(config: &std::path::Path) -> Kill {
             ])
             .arg(config)
             .env_remove("RINGLB_WORKERS")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
