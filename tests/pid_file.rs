@@ -1,7 +1,9 @@
-//! The pid file when two processes overlap, the usual upgrade before `ringlb
-//! upgrade` existed: the old one drains after SIGTERM while a new one starts with
-//! the same `pid_file`. The old process must not delete the file the new one
-//! wrote; the new one removes it when it stops.
+//! Two processes that overlap, the usual upgrade before `ringlb upgrade`
+//! existed: the old one drains after SIGTERM while a new one starts with the same
+//! config. The new one can bind every port at once (the old one closes its
+//! listeners and its admin endpoint when its drain starts), the old process must
+//! not delete the pid file the new one wrote, and the new one removes it when it
+//! stops.
 
 mod common;
 
@@ -14,18 +16,25 @@ fn pid_in(path: &std::path::Path) -> Option<u32> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_old_process_draining_leaves_the_new_processes_pid_file_alone() {
+async fn a_new_process_starts_beside_a_draining_one_which_leaves_its_pid_file_alone() {
     let backends = backends(1).await;
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("ringlb.pid");
     let cfg = dir.path().join("ringlb.toml");
+    let mut admin_port = reserve_port();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", admin_port.release())
+        .parse()
+        .unwrap();
     write_file(
         &cfg,
         &config_text(
             &nodes_of(&backends),
             "",
             "",
-            &format!("pid_file = {:?}\nshutdown_grace = \"30s\"", pid_file),
+            &format!(
+                "pid_file = {:?}\nshutdown_grace = \"30s\"\n[admin]\nlisten = \"{admin}\"",
+                pid_file
+            ),
         ),
     );
 
@@ -49,7 +58,16 @@ async fn an_old_process_draining_leaves_the_new_processes_pid_file_alone() {
     let new_log = lines_of(new.stderr.take().unwrap());
     let mut new_seen = Vec::new();
     wait_for(&new_log, "\"listening\"", &mut new_seen);
+    wait_for(&new_log, "admin endpoint listening", &mut new_seen);
     assert_eq!(pid_in(&pid_file), Some(new.id()));
+    // The old process still drains; the admin endpoint answers from the new one.
+    assert!(
+        old.try_wait().unwrap().is_none(),
+        "the old process is still draining"
+    );
+    let st: serde_json::Value =
+        serde_json::from_str(&http_get(admin, "/status").await.unwrap()).unwrap();
+    assert_eq!(st["process"]["pid"], new.id());
 
     // The old process's last connection ends: it exits, leaving the file alone.
     drop(client);

@@ -28,15 +28,16 @@ pub struct ShutdownReport {
 /// listening sockets close, probes stop; open connections get `shutdown_grace` to
 /// finish (or until `close_now`), then the rest are told to close and counted.
 ///
+/// The admin endpoint closes first, with the listeners: a process started to
+/// replace this one can bind every port at once, and after an upgrade it answers
+/// from the new process only. The drain's progress is in the log (every 5 s).
+///
 /// After an upgrade handed over, the same, except that the listening sockets stay
-/// open in the new process (which accepts from the same queues), and the admin
-/// endpoint stops first, so it answers from the new process only.
+/// open in the new process (which accepts from the same queues).
 pub async fn drain(mut server: Server) -> ShutdownReport {
     let handed_over = server.shared.handed_over_to.get().copied();
-    if handed_over.is_some() {
-        if let Some(a) = server.admin.take() {
-            a.stop().await;
-        }
+    if let Some(a) = server.admin.take() {
+        a.stop().await;
     }
     for r in &server.listeners {
         r.stop.cancel();
@@ -106,9 +107,6 @@ pub async fn drain(mut server: Server) -> ShutdownReport {
         {
             warn!(open = tracker.len(), "connections did not close in time");
         }
-    }
-    if let Some(a) = server.admin.take() {
-        a.stop().await;
     }
     server.set_pid_file(None);
     info!(open_at_shutdown, closed_at_grace, "shutdown complete");
