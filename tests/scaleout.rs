@@ -233,12 +233,23 @@ fn parse_which(config: &Path, out: &std::process::Output, ips: &[IpAddr]) -> Vec
             .split_once("then: ")
             .unwrap_or_else(|| panic!("no fallback order in {line:?}"))
             .1;
-        let then = then.split("  [").next().unwrap().trim();
-        let then = if then == "-" {
+        // The whole fallback order: the nodes a connection tries, then those
+        // beyond `connect_attempts` (`[not tried (beyond ...): d, e]`), since the
+        // two instances' connect_attempts differ on purpose.
+        let (tried, fields) = then.split_once("  [").unwrap_or((then, ""));
+        let tried = tried.trim();
+        let mut then: Vec<String> = if tried == "-" {
             Vec::new()
         } else {
-            then.split(", ").map(str::to_string).collect()
+            tried.split(", ").map(str::to_string).collect()
         };
+        if let Some(rest) = fields.split("not tried (beyond connect_attempts = ").nth(1) {
+            let list = rest
+                .split_once("): ")
+                .and_then(|(_, l)| l.split(']').next())
+                .unwrap_or_else(|| panic!("a not-tried field without its list in {line:?}"));
+            then.extend(list.split(", ").map(str::to_string));
+        }
         answers.push(Answer {
             node: node.to_string(),
             then,
