@@ -88,7 +88,7 @@ impl Server {
                             break End::HandedOver;
                         }
                         Err(e) => {
-                            if !self.upgrade_failed(&e.to_string(), u, &shutdown).await {
+                            if !self.upgrade_failed(&error_chain(&e), u, &shutdown).await {
                                 break End::Stop;
                             }
                         }

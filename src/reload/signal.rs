@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 /// Why the reload request could not be sent.
 #[derive(Debug, thiserror::Error)]
 pub enum SignalError {
-    #[error("reading pid file {}: {source}", path.display())]
+    #[error("reading pid file {}", path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error("{}: {text:?} is not a process id", path.display())]
     NotAPid { path: PathBuf, text: String },
-    #[error("sending SIGHUP to pid {pid} (from {}): {source}", path.display())]
+    #[error("sending SIGHUP to pid {pid} (from {})", path.display())]
     Kill {
         pid: i32,
         path: PathBuf,

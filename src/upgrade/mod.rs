@@ -35,7 +35,8 @@ pub const ENV_FROM: &str = "RINGLB_UPGRADE_FROM";
 /// Why an upgrade did not happen. The old process keeps serving in every case.
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
-    #[error("{what}: {source}")]
+    /// The cause is the error's source (shown by an error chain).
+    #[error("{what}")]
     Io {
         what: String,
         source: std::io::Error,

@@ -173,7 +173,7 @@ impl Incoming {
             &[],
         );
         if let Err(e) = sent {
-            tracing::warn!(from_pid = self.from_pid, error = %e,
+            tracing::warn!(from_pid = self.from_pid, error = %crate::server::error_chain(&e),
                 "cannot tell the old process that this one accepts; it stops on its own timeout");
         }
         Predecessor {
