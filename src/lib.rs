@@ -49,7 +49,8 @@
 //! - [`ring`]: the consistent-hash ring (explicit bytes, golden-tested). Pure;
 //!   must not depend on std `Hash` layouts, seeds or list order.
 //! - [`sys`]: the process and the operating system: dropping root after
-//!   binding, the open-file limit. Knows nothing of the config or the balancer.
+//!   binding, the open-file limit, the service manager's notify protocol
+//!   ([`sys::notify`]). Knows nothing of the config or the balancer.
 //! - [`config`]: file → raw serde types → validated [`Config`], with
 //!   file:line:column errors naming the key. Pure except [`config::resolve`],
 //!   the one network lookup (host names of node addresses, at load). Must not
