@@ -893,8 +893,9 @@ async fn sigterm_to_both_during_the_drain_ends_both_cleanly() {
 }
 
 /// The old process, draining after the handover, refuses another upgrade: on
-/// SIGUSR2 it starts nothing (and logs why), `ringlb upgrade` aimed at it
-/// fails saying it handed over to the new pid; its connection keeps flowing.
+/// SIGUSR2 it starts nothing (and logs why), on SIGHUP it says which pid to
+/// reload, `ringlb upgrade` aimed at it fails saying it handed over to the new
+/// pid; its connection keeps flowing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_old_process_refuses_another_upgrade() {
     let mut lab = Lab::start(1, "").await;
@@ -908,6 +909,14 @@ async fn a_draining_old_process_refuses_another_upgrade() {
         l.contains("SIGUSR2") && (l.contains("no upgrade") || l.contains("handed over"))
     });
     println!("SIGUSR2 to the draining process: {refused}");
+    // A reload asked of it is not lost silently: it says where to send it.
+    signal(p0, Signal::SIGHUP);
+    let hup = lab
+        .lb
+        .wait_for_line("SIGHUP ignored by the draining process", |l| {
+            l.contains("SIGHUP") && l.contains(&format!("reload pid {p1}"))
+        });
+    println!("SIGHUP to the draining process: {hup}");
     let old_pid_file = lab.dir.path().join("old.pid");
     std::fs::write(&old_pid_file, format!("{p0}\n")).unwrap();
     let mut cmd = Command::new(RINGLB);

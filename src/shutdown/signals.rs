@@ -63,6 +63,10 @@ pub async fn handle_signals(
                     Some(_) if shutdown.is_cancelled() => {
                         info!("SIGHUP received while shutting down: ignored (no reload during the drain)");
                     }
+                    Some(h) if h.handed_over_to().is_some() => {
+                        let pid = h.handed_over_to().unwrap_or_default();
+                        warn!(new_pid = pid, "SIGHUP received after the upgrade handed over to pid {pid}: ignored here (this process only drains); reload pid {pid}");
+                    }
                     Some(h) => {
                         info!("SIGHUP received: reloading the configuration");
                         h.reload();
