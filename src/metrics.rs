@@ -12,6 +12,7 @@ pub const CONNECTIONS_ACTIVE: &str = "ringlb_connections_active";
 pub const CONNECTION_DURATION: &str = "ringlb_connection_duration_seconds";
 pub const ACCEPT_ERRORS: &str = "ringlb_accept_errors_total";
 pub const NODE_CONNECTIONS_ACTIVE: &str = "ringlb_node_connections_active";
+pub const NODE_MAX_CONNECTIONS: &str = "ringlb_node_max_connections";
 pub const CONNECT_ATTEMPTS: &str = "ringlb_connect_attempts_total";
 pub const CONNECT_FAILURES: &str = "ringlb_connect_failures_total";
 pub const BYTES: &str = "ringlb_bytes_total";
@@ -53,7 +54,8 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (CONNECTIONS_ACTIVE, Kind::Gauge, "Open client connections, per listener."),
     (CONNECTION_DURATION, Kind::Histogram, "How long served client connections lasted, in seconds, per listener."),
     (ACCEPT_ERRORS, Kind::Counter, "Failed accept calls, per listener."),
-    (NODE_CONNECTIONS_ACTIVE, Kind::Gauge, "Open connections to a node."),
+    (NODE_CONNECTIONS_ACTIVE, Kind::Gauge, "Open connections to a node (with those still connecting)."),
+    (NODE_MAX_CONNECTIONS, Kind::Gauge, "A node's max_connections cap; 0 when it has none."),
     (CONNECT_ATTEMPTS, Kind::Counter, "Connects to a node tried."),
     (CONNECT_FAILURES, Kind::Counter, "Connects to a node that failed, per reason."),
     (BYTES, Kind::Counter, "Bytes forwarded, per node and direction, counted as they move."),
@@ -124,6 +126,8 @@ pub enum RejectReason {
     PerIpRate,
     /// A trusted proxy sent no valid PROXY header in time.
     ProxyHeader,
+    /// Every node in service is at its `max_connections` (none was tried).
+    NodesFull,
 }
 
 impl RejectReason {
@@ -138,6 +142,7 @@ impl RejectReason {
             RejectReason::PerIpConnections => "max_connections_per_ip",
             RejectReason::PerIpRate => "new_connections_per_ip",
             RejectReason::ProxyHeader => "proxy_header",
+            RejectReason::NodesFull => "nodes_full",
         }
     }
 }
@@ -156,6 +161,7 @@ pub struct ListenerMetrics {
     pub rejected_per_ip: Counter,
     pub rejected_per_ip_rate: Counter,
     pub rejected_proxy_header: Counter,
+    pub rejected_nodes_full: Counter,
     pub accept_errors: Counter,
     pub duration: Histogram,
 }
@@ -176,6 +182,7 @@ impl ListenerMetrics {
             rejected_per_ip: rejected(RejectReason::PerIpConnections),
             rejected_per_ip_rate: rejected(RejectReason::PerIpRate),
             rejected_proxy_header: rejected(RejectReason::ProxyHeader),
+            rejected_nodes_full: rejected(RejectReason::NodesFull),
             accept_errors: counter!(ACCEPT_ERRORS, L_LISTENER => l.clone()),
             duration: histogram!(CONNECTION_DURATION, L_LISTENER => l),
         }
@@ -192,6 +199,7 @@ impl ListenerMetrics {
             RejectReason::PerIpConnections => &self.rejected_per_ip,
             RejectReason::PerIpRate => &self.rejected_per_ip_rate,
             RejectReason::ProxyHeader => &self.rejected_proxy_header,
+            RejectReason::NodesFull => &self.rejected_nodes_full,
         }
     }
 }
@@ -237,6 +245,8 @@ impl ConnectFailure {
 #[derive(Debug, Clone)]
 pub struct NodeMetrics {
     pub active: Gauge,
+    /// The node's cap (0: none).
+    pub max_connections: Gauge,
     pub attempts: Counter,
     failures: [Counter; 4],
     pub bytes_to_node: Counter,
@@ -259,6 +269,7 @@ impl NodeMetrics {
         let failure = |f: ConnectFailure| counter!(CONNECT_FAILURES, L_POOL => p.clone(), L_NODE => n.clone(), L_REASON => f.as_str());
         NodeMetrics {
             active: gauge!(NODE_CONNECTIONS_ACTIVE, L_POOL => p.clone(), L_NODE => n.clone()),
+            max_connections: gauge!(NODE_MAX_CONNECTIONS, L_POOL => p.clone(), L_NODE => n.clone()),
             attempts: counter!(CONNECT_ATTEMPTS, L_POOL => p.clone(), L_NODE => n.clone()),
             failures: ConnectFailure::ALL.map(failure),
             bytes_to_node: counter!(BYTES, L_POOL => p.clone(), L_NODE => n.clone(), L_DIRECTION => "to_node"),

@@ -120,7 +120,7 @@ fn pool(h: &mut String, p: &PoolStatus) {
     );
     let _ = writeln!(
         h,
-        "<table class=\"pool\" id=\"pool-{name}\"><tr><th>node</th><th>address</th><th>state</th><th>since</th><th>last probe</th><th>ring share</th><th>active</th><th>total</th><th>to node</th><th>to client</th></tr>"
+        "<table class=\"pool\" id=\"pool-{name}\"><tr><th>node</th><th>address</th><th>state</th><th>since</th><th>last probe</th><th>ring share</th><th>active</th><th>max</th><th>total</th><th>to node</th><th>to client</th></tr>"
     );
     for n in &p.nodes {
         node(h, n);
@@ -150,13 +150,16 @@ fn node(h: &mut String, n: &NodeStatus) {
         .unwrap_or_else(|| "-".into());
     let _ = writeln!(
         h,
-        "<tr class=\"node\" data-node=\"{nm}\"><td>{nm}</td><td>{addr}</td><td class=\"{state}\">{STATE}</td><td title=\"{reason}\">{since}</td><td>{probe}</td><td><span class=\"bar\"><span style=\"width:{share:.1}%\"></span></span> {share:.1}%</td><td class=\"num\">{act}</td><td class=\"num\">{tot}</td><td class=\"num\">{bn}</td><td class=\"num\">{bc}</td></tr>",
+        "<tr class=\"node\" data-node=\"{nm}\"><td>{nm}</td><td>{addr}</td><td class=\"{state}\">{STATE}</td><td title=\"{reason}\">{since}</td><td>{probe}</td><td><span class=\"bar\"><span style=\"width:{share:.1}%\"></span></span> {share:.1}%</td><td class=\"num\">{act}</td><td class=\"num\">{max}</td><td class=\"num\">{tot}</td><td class=\"num\">{bn}</td><td class=\"num\">{bc}</td></tr>",
         nm = esc(&n.name),
         addr = esc(&n.addr.to_string()),
         STATE = label,
         reason = esc(&n.reason),
         since = fmt_time(n.since),
         act = n.active_connections,
+        max = n
+            .max_connections
+            .map_or_else(|| "-".to_string(), |m| m.to_string()),
         tot = n.total_connections,
         bn = bytes(n.bytes_to_node),
         bc = bytes(n.bytes_to_client),

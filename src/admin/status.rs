@@ -177,7 +177,11 @@ pub struct NodeStatus {
     pub last_probe: Option<ProbeStatus>,
     pub probes: u64,
     pub transitions: u64,
+    /// Open connections, with those still connecting (a place is taken when a
+    /// connection picks the node).
     pub active_connections: u64,
+    /// The node's cap (`null`: none).
+    pub max_connections: Option<u64>,
     pub total_connections: u64,
     pub connect_failures: u64,
     pub bytes_to_node: u64,
@@ -320,6 +324,7 @@ impl NodeStatus {
             probes: health.probes,
             transitions: health.transitions,
             active_connections: count(&n.active),
+            max_connections: n.max_connections(),
             total_connections: count(&n.total),
             connect_failures: count(&n.connect_failures),
             bytes_to_node: count(&n.bytes_to_node),
@@ -448,6 +453,7 @@ fall = 3
 name = "a"
 addr = "10.0.0.1:80"
 weight = 2
+max_connections = 50
 
 [[pools.web.nodes]]
 name = "b <&\"x\">"
@@ -654,6 +660,7 @@ addr = "10.0.1.1:5432"
             (".pools[].nodes[].probes", "integer"),
             (".pools[].nodes[].transitions", "integer"),
             (".pools[].nodes[].active_connections", "integer"),
+            (".pools[].nodes[].max_connections", "integer|null"),
             (".pools[].nodes[].total_connections", "integer"),
             (".pools[].nodes[].connect_failures", "integer"),
             (".pools[].nodes[].bytes_to_node", "integer"),

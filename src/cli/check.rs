@@ -182,10 +182,13 @@ pub fn summary(cfg: &Config) -> String {
         for n in &pool.nodes {
             let _ = writeln!(
                 s,
-                "    node {:<14} {:<22} weight {}{}",
+                "    node {:<14} {:<22} weight {}{}{}",
                 n.name,
                 n.addr,
                 n.weight,
+                n.max_connections
+                    .map(|m| format!(", max_connections {m}"))
+                    .unwrap_or_default(),
                 if n.state == AdminState::Enabled {
                     String::new()
                 } else {
@@ -222,6 +225,23 @@ fn detection(k: &Keepalive) -> String {
 mod tests {
     use super::*;
     use crate::config::tests::with_keepalive;
+
+    #[test]
+    fn node_lines_name_a_cap_when_set() {
+        let text = crate::config::tests::MIN.replace(
+            "addr = \"127.0.0.1:9001\"",
+            "addr = \"127.0.0.1:9001\"\nmax_connections = 250\n[[pools.web.nodes]]\naddr = \"127.0.0.1:9002\"",
+        );
+        let summary = summary(&Config::parse(&text, "m.toml").unwrap());
+        assert!(
+            summary.contains("127.0.0.1:9001         weight 1, max_connections 250\n"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("127.0.0.1:9002         weight 1\n"),
+            "{summary}"
+        );
+    }
 
     #[test]
     fn keepalive_lines_say_how_long_a_vanished_peer_goes_unnoticed() {

@@ -2,6 +2,8 @@
 //! from the config exactly as the running balancer computes it (same ring code).
 //! The order is split where the balancer stops: the first `connect_attempts`
 //! nodes are the ones a new connection tries, the rest are listed as not tried.
+//! A node's `max_connections` is named in the pool's header: whether it is full
+//! depends on live connections, which are not known offline.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -224,6 +226,15 @@ pub fn render(cfg: &Config, mappings: &[Mapping], probed: Option<&Probed>) -> St
                     f64::from(permille) / 1000.0
                 );
             }
+            for n in &pool.nodes {
+                if let Some(m) = n.max_connections {
+                    let _ = writeln!(
+                        s,
+                        "  node {}: max_connections {m}: when it has {m} connections it is skipped without using an attempt, like a node at its bound (open connections are not known here)",
+                        n.name
+                    );
+                }
+            }
             for n in pool.nodes.iter().filter(|n| n.state != AdminState::Enabled) {
                 let _ = writeln!(
                     s,
@@ -302,4 +313,28 @@ pub fn render(cfg: &Config, mappings: &[Mapping], probed: Option<&Probed>) -> St
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nodes_cap_is_named_and_live_counts_are_said_to_be_unknown() {
+        let cfg = Config::parse(
+            "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\n\
+             [pools.p.health]\nkind = \"none\"\n\
+             [[pools.p.nodes]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\nmax_connections = 5\n\
+             [[pools.p.nodes]]\nname = \"b\"\naddr = \"127.0.0.1:2\"\n",
+            "w.toml",
+        )
+        .unwrap();
+        let ips = parse_ips(&["10.0.0.1"]).unwrap();
+        let out = render(&cfg, &map(&cfg, &["p"], &ips, None), None);
+        assert!(
+            out.contains("  node a: max_connections 5: when it has 5 connections it is skipped without using an attempt, like a node at its bound (open connections are not known here)\n"),
+            "{out}"
+        );
+        assert!(!out.contains("node b: max_connections"), "{out}");
+    }
 }

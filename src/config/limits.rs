@@ -32,6 +32,8 @@ pub const HEALTH_PORT: std::ops::RangeInclusive<u16> = 1..=65535;
 pub const WORKERS: std::ops::RangeInclusive<usize> = 1..=1024;
 /// Longest `expect_body` (the probe reads at most 64 KiB of body).
 pub const EXPECT_BODY_LEN: usize = 1024;
+/// A node's `max_connections` (HAProxy `maxconn`, nginx `max_conns`), when set.
+pub const NODE_MAX_CONNECTIONS: std::ops::RangeInclusive<u32> = 1..=1_000_000;
 pub const MAX_CONNECTIONS_PER_IP: std::ops::RangeInclusive<u32> = 1..=1_000_000;
 pub const NEW_CONNECTIONS_PER_IP_PER_SEC: std::ops::RangeInclusive<u32> = 1..=1_000_000;
 /// Entries of one `allow` or `deny` list.

@@ -441,6 +441,9 @@ pub struct NodeConfig {
     pub weight: u32,
     /// Operator state at load (`enabled`, `drain`, `disabled`).
     pub state: AdminState,
+    /// Most connections the node takes at once (`None`: no cap). A node at its
+    /// cap gets no new client: the client goes to its next node with room.
+    pub max_connections: Option<u32>,
 }
 
 impl NodeConfig {

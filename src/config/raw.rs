@@ -147,4 +147,5 @@ pub struct RawNode {
     pub addr: String,
     pub weight: Option<u32>,
     pub state: Option<AdminState>,
+    pub max_connections: Option<u32>,
 }

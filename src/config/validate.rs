@@ -395,6 +395,14 @@ fn node(
         defaults::WEIGHT,
         limits::WEIGHT,
     );
+    let max_connections = n.max_connections.map(|v| {
+        p.range(
+            format!("{key}.max_connections"),
+            Some(v),
+            v,
+            limits::NODE_MAX_CONNECTIONS,
+        )
+    });
     let node = match resolve(&n.addr) {
         Ok(addr) => {
             if let Some(first) = addrs.insert(addr, i) {
@@ -409,6 +417,7 @@ fn node(
                 addr,
                 weight,
                 state: n.state.unwrap_or_default(),
+                max_connections,
             })
         }
         Err(reason) => {
@@ -1023,6 +1032,7 @@ weight = 300
 [[pools.web.nodes]]
 name = "n"
 addr = "127.0.0.1:1"
+max_connections = 0
 [pools.empty]
 "#;
         let e = Config::parse(text, "p.toml").unwrap_err();
@@ -1039,6 +1049,7 @@ addr = "127.0.0.1:1"
             "pools.web.nodes[0].weight: 300 is out of range 1..=256",
             "pools.web.nodes[1].name: duplicate node name \"n\"",
             "pools.web.nodes[1].addr: duplicate address 127.0.0.1:1",
+            "pools.web.nodes[1].max_connections: 0 is out of range 1..=1000000",
             "pools.empty.nodes: a pool needs at least one node",
         ] {
             assert!(msgs.contains(want), "missing {want:?} in:\n{msgs}");
@@ -1062,6 +1073,43 @@ addr = "127.0.0.1:1"
             "{msgs}"
         );
         assert!(msgs.contains("ring points"), "{msgs}");
+    }
+
+    #[test]
+    fn node_max_connections_is_optional_bounded_and_typed() {
+        let with = |v: &str| {
+            MIN.replace(
+                "addr = \"127.0.0.1:9001\"",
+                &format!("addr = \"127.0.0.1:9001\"\nmax_connections = {v}"),
+            )
+        };
+        let c = Config::parse(MIN, "t.toml").unwrap();
+        assert_eq!(
+            c.pools["web"].nodes[0].max_connections, None,
+            "no cap by default"
+        );
+        let c = Config::parse(&with("1"), "t.toml").unwrap();
+        assert_eq!(c.pools["web"].nodes[0].max_connections, Some(1));
+        let c = Config::parse(&with("1000000"), "t.toml").unwrap();
+        assert_eq!(c.pools["web"].nodes[0].max_connections, Some(1_000_000));
+        let e = Config::parse(&with("1000001"), "t.toml")
+            .unwrap_err()
+            .messages()
+            .join("\n");
+        assert!(
+            e.contains(
+                "t.toml: pools.web.nodes[0].max_connections: 1000001 is out of range 1..=1000000"
+            ),
+            "{e}"
+        );
+        // Not a count at all: a type error with its line and column.
+        for bad in ["-1", "\"5\"", "2.5"] {
+            let e = Config::parse(&with(bad), "t.toml").unwrap_err().to_string();
+            assert!(
+                e.starts_with("t.toml:") && e.contains("max_connections"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

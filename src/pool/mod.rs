@@ -16,13 +16,14 @@
 //! The pool depends on [`crate::health::state`] (the hysteresis it applies) and on
 //! nothing else of `health`: the probes report into the pool, never the reverse.
 
-use std::sync::atomic::Ordering;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{AdminState, OnNodeDown, PoolConfig, WhenAllDown};
 use crate::health::state::ProbeOutcome;
@@ -33,7 +34,7 @@ mod settings;
 mod snapshot;
 mod takeover;
 
-pub use node::Node;
+pub use node::{Node, Slot};
 pub use reconfigure::PoolChange;
 pub use settings::PoolSettings;
 pub use snapshot::{PoolSnapshot, Selection};
@@ -50,6 +51,16 @@ pub struct Pool {
     snapshot: ArcSwap<PoolSnapshot>,
     /// Serialises state changes so rebuilds never publish out of order.
     rebuild: Mutex<()>,
+    /// Clients refused because every node was at its `max_connections`.
+    full: FullEpisode,
+}
+
+/// An episode of clients refused because no node had room: logged with one WARN
+/// when it starts and one INFO, with the count, when a client gets a place again.
+#[derive(Debug, Default)]
+struct FullEpisode {
+    on: AtomicBool,
+    refused: AtomicU64,
 }
 
 impl Pool {
@@ -72,6 +83,7 @@ impl Pool {
             stop,
             snapshot,
             rebuild: Mutex::new(()),
+            full: FullEpisode::default(),
         }
     }
 
@@ -173,6 +185,29 @@ impl Pool {
                 if up { "successes" } else { "failures" }
             );
             self.apply(node, up, &why);
+        }
+    }
+
+    /// A client was refused because every node in service was at its
+    /// `max_connections` (the caller counts it as `reason="nodes_full"`). The
+    /// first refusal of an episode is logged at WARN, the others at DEBUG.
+    pub fn refused_full(&self, listener: &str, client: SocketAddr) {
+        self.full.refused.fetch_add(1, Ordering::Relaxed);
+        if !self.full.on.swap(true, Ordering::Relaxed) {
+            warn!(pool = %self.name, listener, client = %client,
+                "every node in service is at its max_connections; closing new clients at once until one has room (counted as reason=\"nodes_full\")");
+        } else {
+            debug!(pool = %self.name, listener, client = %client, "every node full; closed");
+        }
+    }
+
+    /// A client got a node: ends an episode of [`Pool::refused_full`] with one
+    /// INFO line and the number refused. One relaxed load when there is none.
+    pub fn placed(&self) {
+        if self.full.on.load(Ordering::Relaxed) && self.full.on.swap(false, Ordering::Relaxed) {
+            let refused = self.full.refused.swap(0, Ordering::Relaxed);
+            info!(pool = %self.name, refused,
+                "a node has room again: clients are placed again after every node was at its max_connections");
         }
     }
 

@@ -2,7 +2,11 @@
 //! [`crate::health::state`]), the operator's admin state, and its live counters.
 //!
 //! Everything here is an atomic, a `Mutex` only probes and state changes take, or
-//! an `ArcSwap`: a connection reads a node without a lock. A node never decides
+//! an `ArcSwap`: a connection reads a node without a lock. A connection holds a
+//! [`Slot`], its place in the node's `active` count, from the moment it picks the
+//! node (before the connect) until it ends; a node with `max_connections` gives
+//! out places with a compare-and-swap, so two racing connections never both take
+//! its last one. A node never decides
 //! whether it is on the ring; the [`Pool`](super::Pool) does, and publishes a new
 //! snapshot. No I/O.
 
@@ -40,7 +44,11 @@ pub struct Node {
     pub(super) passive_failures: AtomicU32,
     /// Cancelled (and replaced) when the node goes down with `on_node_down = "close"`.
     close_token: ArcSwap<CancellationToken>,
+    /// Connections holding a [`Slot`] of this node: open ones, and those still
+    /// connecting to it.
     pub active: AtomicU64,
+    /// `max_connections` ([`NO_CAP`] when unset); a reload may change it.
+    max_connections: AtomicU64,
     pub total: AtomicU64,
     pub connect_failures: AtomicU64,
     pub bytes_to_node: AtomicU64,
@@ -53,6 +61,9 @@ impl Node {
         let metrics = NodeMetrics::new(pool, &cfg.name);
         metrics.up.set(1.0);
         metrics.admin_state.set(f64::from(cfg.state as u8));
+        metrics
+            .max_connections
+            .set(cfg.max_connections.map_or(0.0, f64::from));
         Node {
             name: cfg.name.clone(),
             addr: cfg.addr,
@@ -64,6 +75,7 @@ impl Node {
             passive_failures: AtomicU32::new(0),
             close_token: ArcSwap::from_pointee(stop.child_token()),
             active: AtomicU64::new(0),
+            max_connections: AtomicU64::new(cfg.max_connections.map_or(NO_CAP, u64::from)),
             total: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             bytes_to_node: AtomicU64::new(0),
@@ -74,6 +86,47 @@ impl Node {
 
     pub fn weight(&self) -> u32 {
         self.weight.load(Ordering::Relaxed)
+    }
+
+    /// The node's `max_connections`, if it has one.
+    pub fn max_connections(&self) -> Option<u64> {
+        let cap = self.max_connections.load(Ordering::Relaxed);
+        (cap != NO_CAP).then_some(cap)
+    }
+
+    /// At its cap: no new connection gets a place (status and tools; the hot
+    /// path asks [`Node::reserve`], which decides atomically).
+    pub fn is_full(&self) -> bool {
+        self.active.load(Ordering::Relaxed) >= self.max_connections.load(Ordering::Relaxed)
+    }
+
+    /// A (re)load gave this cap; returns the one before. Open connections stay
+    /// even when they are more than a lowered cap: only new ones wait for room.
+    pub(super) fn set_max_connections(&self, cap: Option<u32>) -> Option<u64> {
+        let new = cap.map_or(NO_CAP, u64::from);
+        let old = self.max_connections.swap(new, Ordering::Relaxed);
+        if old != new {
+            self.metrics.max_connections.set(cap.map_or(0.0, f64::from));
+        }
+        (old != NO_CAP).then_some(old)
+    }
+
+    /// Take a place for one new connection, or `None` when the node is at its
+    /// cap. Without a cap this is one `fetch_add`, as the count always was; with
+    /// one, a compare-and-swap below the cap, so the cap holds under any race.
+    pub(super) fn reserve(self: &Arc<Self>) -> Option<Slot> {
+        let cap = self.max_connections.load(Ordering::Relaxed);
+        if cap == NO_CAP {
+            self.active.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.active
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < cap).then_some(n + 1)
+                })
+                .ok()?;
+        }
+        self.metrics.active.increment(1.0);
+        Some(Slot(self.clone()))
     }
 
     /// Healthy, as far as probes and passive failures know.
@@ -140,6 +193,37 @@ impl Node {
     pub(super) fn apply_config_state(&self, state: AdminState) -> bool {
         let was = self.config_state.swap(state as u8, Ordering::AcqRel);
         was != state as u8 && self.swap_admin_state(state) != state
+    }
+}
+
+/// `max_connections` of a node without a cap.
+const NO_CAP: u64 = u64::MAX;
+
+/// One connection's place in a node's `active` count (see [`Node::reserve`]),
+/// given back when dropped: when the connect fails, or when the connection ends,
+/// whatever way its task ends.
+#[derive(Debug)]
+pub struct Slot(Arc<Node>);
+
+impl Slot {
+    /// The node this place is on.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Slot {
+    type Target = Node;
+
+    fn deref(&self) -> &Node {
+        &self.0
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.active.decrement(1.0);
     }
 }
 

@@ -1,7 +1,7 @@
 //! A reload applied to a live pool: [`Pool::reconfigure`] diffs the new node list
 //! against the current one by name and address, keeps the nodes that stayed (with
-//! their health and counters), adds and removes the others, applies weights and
-//! the file's admin states, and publishes one new snapshot. [`PoolChange`] says
+//! their health and counters), adds and removes the others, applies weights,
+//! `max_connections` and the file's admin states, and publishes one new snapshot. [`PoolChange`] says
 //! what changed, for the reload summary.
 //!
 //! Must not: close an open connection unless the config says so
@@ -23,6 +23,9 @@ pub struct PoolChange {
     pub reweighted: Vec<String>,
     /// `"name state"` for nodes whose `state` the reload changed.
     pub state_changed: Vec<String>,
+    /// `"name old->new"` for nodes whose `max_connections` changed (`none`: no
+    /// cap). Open connections stay, even above a lowered cap.
+    pub recapped: Vec<String>,
     pub settings_changed: bool,
 }
 
@@ -32,6 +35,7 @@ impl PoolChange {
             && self.removed.is_empty()
             && self.reweighted.is_empty()
             && self.state_changed.is_empty()
+            && self.recapped.is_empty()
             && !self.settings_changed
     }
 }
@@ -55,6 +59,15 @@ impl Pool {
                         change
                             .reweighted
                             .push(format!("{} {w}->{}", n.name, nc.weight));
+                    }
+                    let cap = n.set_max_connections(nc.max_connections);
+                    if cap != nc.max_connections.map(u64::from) {
+                        change.recapped.push(format!(
+                            "{} {}->{}",
+                            n.name,
+                            cap_text(cap),
+                            cap_text(nc.max_connections.map(u64::from))
+                        ));
                     }
                     if n.apply_config_state(nc.state) {
                         change
@@ -89,6 +102,11 @@ impl Pool {
             .store(Arc::new(build_snapshot(settings, nodes)));
         change
     }
+}
+
+/// A cap as the reload summary writes it.
+fn cap_text(cap: Option<u64>) -> String {
+    cap.map_or_else(|| "none".to_string(), |c| c.to_string())
 }
 
 #[cfg(test)]
@@ -157,6 +175,45 @@ mod tests {
             (vec!["a".to_string()], vec!["a".to_string()])
         );
         assert_eq!(p.node("a").unwrap().total.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_new_cap_keeps_the_node_its_connections_and_its_clients() {
+        let nodes =
+            |cap_a: &str| [node_toml("a", 1001, 1) + cap_a, node_toml("b", 1002, 1)].concat();
+        let p = Pool::new(&cfg_with(&nodes("max_connections = 2\n"), ""));
+        let a = p.node("a").unwrap();
+        let s = p.snapshot();
+        let ip_a = (0..)
+            .map(ip)
+            .find(|i| s.select(*i).next().unwrap().name == "a")
+            .unwrap();
+        let held: Vec<_> = (0..2).map(|_| s.candidates(ip_a).next().unwrap()).collect();
+        assert!(held.iter().all(|h| h.name == "a") && a.is_full());
+        let tok = a.close_token();
+        // Raised: the same node, its two connections still counted, room for one more.
+        let change = p.reconfigure(&cfg_with(&nodes("max_connections = 3\n"), ""));
+        assert_eq!(change.recapped, vec!["a 2->3"]);
+        assert!(change.added.is_empty() && change.removed.is_empty());
+        assert!(Arc::ptr_eq(&a, &p.node("a").unwrap()));
+        assert!(!tok.is_cancelled(), "open connections stay");
+        assert_eq!(a.active.load(Ordering::Relaxed), 2);
+        let third = p.snapshot().candidates(ip_a).next().unwrap();
+        assert_eq!(third.name, "a");
+        // Lowered below what it holds: nobody is closed, new clients go elsewhere.
+        let change = p.reconfigure(&cfg_with(&nodes("max_connections = 1\n"), ""));
+        assert_eq!(change.recapped, vec!["a 3->1"]);
+        assert_eq!(a.active.load(Ordering::Relaxed), 3);
+        assert_eq!(p.snapshot().candidates(ip_a).next().unwrap().name, "b");
+        // Removed: no cap.
+        let change = p.reconfigure(&cfg_with(&nodes(""), ""));
+        assert_eq!(change.recapped, vec!["a 1->none"]);
+        assert_eq!(a.max_connections(), None);
+        assert_eq!(p.snapshot().candidates(ip_a).next().unwrap().name, "a");
+        let change = p.reconfigure(&cfg_with(&nodes(""), ""));
+        assert!(change.is_empty(), "{change:?}");
+        drop((held, third));
+        assert_eq!(a.active.load(Ordering::Relaxed), 0);
     }
 
     #[test]

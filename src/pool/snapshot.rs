@@ -5,13 +5,15 @@
 //!
 //! Must not, per connection: take a lock or allocate ([`PoolSnapshot::candidates`]
 //! and [`PoolSnapshot::select`] borrow from the snapshot; only
-//! [`PoolSnapshot::order`], for status and tools, collects). No I/O.
+//! [`PoolSnapshot::order`], for status and tools, collects). A node's place is
+//! one atomic (a `fetch_add`, or a compare-and-swap when the node has a cap). No
+//! I/O.
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{Node, PoolSettings};
+use super::{Node, PoolSettings, Slot};
 use crate::config::{AdminState, WhenAllDown};
 use crate::ring::{Key, Ring, RingNode};
 
@@ -44,33 +46,39 @@ impl PoolSnapshot {
             .map(move |i| &self.members[i])
     }
 
-    /// Nodes to try for a client's new connection. Without `balance_factor` this
-    /// is [`select`](Self::select). With it, nodes whose open connections have
-    /// reached their bound, ceil(factor x (open connections of the members + 1)
-    /// / members), are skipped: the client goes to the next node along the ring
-    /// (consistent hashing with bounded loads). A node below its bound keeps its
-    /// clients.
+    /// Places on the nodes a client's new connection tries, in order: the
+    /// client's node, then the next distinct nodes along the ring, at most
+    /// `connect_attempts` of them. Each item is a [`Slot`] already taken on its
+    /// node (drop it when the connect fails). Two kinds of node are skipped
+    /// without using an attempt, and the walk goes on along the ring order:
+    ///
+    /// * a node at its `max_connections` (strict: the place is taken with a
+    ///   compare-and-swap, so racing connections never exceed the cap);
+    /// * with `balance_factor`, a node whose open connections have reached the
+    ///   bound, ceil(factor x (open connections of the members + 1) / members)
+    ///   (consistent hashing with bounded loads). The bound is soft: when every
+    ///   node with room is at it (connections racing), the plain order is used,
+    ///   full nodes still skipped.
+    ///
+    /// Without either, this is [`select`](Self::select) with a place taken on
+    /// each node given out. When it gives out nothing,
+    /// [`Selection::saw_full`] says whether nodes at their cap were the reason.
     pub fn candidates(&self, ip: IpAddr) -> Selection<'_> {
         let key = self.key(ip);
-        let attempts = self.settings.connect_attempts as usize;
-        match self.settings.balance_factor_permille {
-            None => Selection {
-                snap: self,
-                inner: self.ring.candidates(&key, attempts),
-                bound: None,
-                left: attempts,
-                yielded: false,
-                key,
-            },
-            Some(permille) => Selection {
-                snap: self,
-                // Walk the whole ring order; `left` stops after `attempts`.
-                inner: self.ring.candidates(&key, usize::MAX),
-                bound: Some(self.load_bound(permille)),
-                left: attempts,
-                yielded: false,
-                key,
-            },
+        Selection {
+            snap: self,
+            // The whole ring order: `left` stops after `connect_attempts`
+            // places given out, so without skips this walks as far as
+            // `select` does.
+            inner: self.ring.candidates(&key, usize::MAX),
+            bound: self
+                .settings
+                .balance_factor_permille
+                .map(|permille| self.load_bound(permille)),
+            left: self.settings.connect_attempts as usize,
+            yielded: false,
+            saw_full: false,
+            key,
         }
     }
 
@@ -104,8 +112,8 @@ impl PoolSnapshot {
     }
 }
 
-/// The nodes a new connection tries, in order (see [`PoolSnapshot::candidates`]).
-/// Lazy: nothing is collected per connection.
+/// Places on the nodes a new connection tries, in order (see
+/// [`PoolSnapshot::candidates`]). Lazy: nothing is collected per connection.
 #[derive(Debug)]
 pub struct Selection<'a> {
     snap: &'a PoolSnapshot,
@@ -114,23 +122,31 @@ pub struct Selection<'a> {
     bound: Option<u64>,
     left: usize,
     yielded: bool,
+    saw_full: bool,
     key: Key,
 }
 
-impl<'a> Iterator for Selection<'a> {
-    type Item = &'a Arc<Node>;
+impl Selection<'_> {
+    /// A node was skipped because it was at its `max_connections`.
+    pub fn saw_full(&self) -> bool {
+        self.saw_full
+    }
+}
 
-    fn next(&mut self) -> Option<&'a Arc<Node>> {
+impl Iterator for Selection<'_> {
+    type Item = Slot;
+
+    fn next(&mut self) -> Option<Slot> {
         if self.left == 0 {
             return None;
         }
         loop {
             let Some(i) = self.inner.next() else {
                 if self.bound.is_some() && !self.yielded {
-                    // Every member at its bound (only when connections race):
-                    // the plain order.
+                    // Every member with room is at its bound (only when
+                    // connections race): the plain order, caps still hold.
                     self.bound = None;
-                    self.inner = self.snap.ring.candidates(&self.key, self.left);
+                    self.inner = self.snap.ring.candidates(&self.key, usize::MAX);
                     continue;
                 }
                 return None;
@@ -142,9 +158,13 @@ impl<'a> Iterator for Selection<'a> {
             {
                 continue;
             }
+            let Some(slot) = node.reserve() else {
+                self.saw_full = true;
+                continue;
+            };
             self.left -= 1;
             self.yielded = true;
-            return Some(node);
+            return Some(slot);
         }
     }
 }
@@ -191,7 +211,8 @@ pub(super) fn build_snapshot(settings: Arc<PoolSettings>, nodes: Vec<Arc<Node>>)
 mod tests {
     use std::sync::atomic::Ordering;
 
-    use super::super::tests::{ip, pool, pool_with};
+    use super::super::tests::{cfg_with, ip, node_toml, pool, pool_with};
+    use super::super::{Pool, Slot};
 
     #[test]
     fn select_is_bounded_by_connect_attempts() {
@@ -211,8 +232,8 @@ mod tests {
         let p = pool_with("balance_factor = 1.0");
         for i in 0..100 {
             let s = plain.snapshot();
-            let a: Vec<&str> = s.candidates(ip(i)).map(|n| n.name.as_str()).collect();
-            let b: Vec<&str> = s.select(ip(i)).map(|n| n.name.as_str()).collect();
+            let a: Vec<String> = s.candidates(ip(i)).map(|n| n.name.clone()).collect();
+            let b: Vec<String> = s.select(ip(i)).map(|n| n.name.clone()).collect();
             assert_eq!(a, b, "without balance_factor: the plain order");
         }
         let s = p.snapshot();
@@ -222,15 +243,192 @@ mod tests {
             .unwrap()
             .active
             .store(2, Ordering::Relaxed);
-        let got: Vec<&str> = s.candidates(ip(7)).map(|n| n.name.as_str()).collect();
+        let got: Vec<String> = s.candidates(ip(7)).map(|n| n.name.clone()).collect();
         assert_eq!(got, vec![order[1].as_str(), order[2].as_str()]);
         // Every member at or past the bound (a race): the plain order, bounded by
         // connect_attempts.
         for n in &s.members {
             n.active.store(5, Ordering::Relaxed);
         }
-        let got: Vec<&str> = s.candidates(ip(7)).map(|n| n.name.as_str()).collect();
+        let got: Vec<String> = s.candidates(ip(7)).map(|n| n.name.clone()).collect();
         assert_eq!(got, vec![order[0].as_str(), order[1].as_str()]);
+        for n in &s.members {
+            assert_eq!(n.active.load(Ordering::Relaxed), 5, "places given back");
+        }
+    }
+
+    /// Nodes a, b, c (connect_attempts 2) with these caps.
+    fn capped(caps: [Option<u32>; 3], extra: &str) -> Pool {
+        let nodes: String = ["a", "b", "c"]
+            .iter()
+            .zip(caps)
+            .enumerate()
+            .map(|(i, (n, cap))| {
+                let mut t = node_toml(n, 1001 + i as u16, 1);
+                if let Some(c) = cap {
+                    t += &format!("max_connections = {c}\n");
+                }
+                t
+            })
+            .collect();
+        Pool::new(&cfg_with(&nodes, &format!("connect_attempts = 2\n{extra}")))
+    }
+
+    fn names(slots: &[Slot]) -> Vec<String> {
+        slots.iter().map(|s| s.name.clone()).collect()
+    }
+
+    #[test]
+    fn full_nodes_are_skipped_along_the_ring_order_without_using_an_attempt() {
+        let p = capped([Some(1), Some(1), Some(1)], "");
+        let s = p.snapshot();
+        for i in 0..50 {
+            let order: Vec<String> = s.order(ip(i)).iter().map(|n| n.name.clone()).collect();
+            // Nobody full: the plain order, two attempts.
+            let all: Vec<Slot> = s.candidates(ip(i)).collect();
+            assert_eq!(names(&all), order[..2]);
+            drop(all);
+            let first = s.candidates(ip(i)).next().unwrap();
+            assert_eq!(first.name, order[0]);
+            // Its node full: the next two, in ring order (the full one used no attempt).
+            let mut sel = s.candidates(ip(i));
+            let rest: Vec<Slot> = sel.by_ref().collect();
+            assert_eq!(names(&rest), order[1..]);
+            assert!(sel.saw_full());
+            drop(rest);
+            let second = s.candidates(ip(i)).next().unwrap();
+            let third = s.candidates(ip(i)).next().unwrap();
+            assert_eq!(
+                (second.name.as_str(), third.name.as_str()),
+                (order[1].as_str(), order[2].as_str())
+            );
+            // Every node full: nothing, and the selection says why.
+            let mut sel = s.candidates(ip(i));
+            assert!(sel.next().is_none());
+            assert!(sel.saw_full());
+            // A place given back is taken by the next client, on that node.
+            drop(second);
+            let again: Vec<Slot> = s.candidates(ip(i)).collect();
+            assert_eq!(names(&again), [order[1].clone()]);
+            drop((again, first, third));
+            for n in &s.members {
+                assert_eq!(n.active.load(Ordering::Relaxed), 0);
+                assert!(!n.is_full());
+            }
+        }
+    }
+
+    #[test]
+    fn a_node_without_a_cap_is_never_full_and_caps_do_not_move_clients_with_room() {
+        let plain = pool();
+        let p = capped([Some(1000), None, Some(1000)], "");
+        for i in 0..500 {
+            let a: Vec<String> = plain
+                .snapshot()
+                .candidates(ip(i))
+                .map(|n| n.name.clone())
+                .collect();
+            let b: Vec<String> = p
+                .snapshot()
+                .candidates(ip(i))
+                .map(|n| n.name.clone())
+                .collect();
+            assert_eq!(a, b, "{i}: a cap with room changes nothing");
+        }
+        let b = p.node("b").unwrap();
+        assert_eq!(b.max_connections(), None);
+        b.active.store(u64::MAX / 2, Ordering::Relaxed);
+        assert!(!b.is_full());
+        b.active.store(0, Ordering::Relaxed);
+        assert_eq!(p.node("a").unwrap().max_connections(), Some(1000));
+    }
+
+    #[test]
+    fn caps_hold_under_balance_factor_and_its_fallback() {
+        let p = capped([Some(5), Some(5), Some(5)], "balance_factor = 1.0");
+        let s = p.snapshot();
+        let order: Vec<String> = s.order(ip(7)).iter().map(|n| n.name.clone()).collect();
+        // Every member at its bound (a race): the plain order, the full one skipped.
+        p.node(&order[0])
+            .unwrap()
+            .active
+            .store(5, Ordering::Relaxed);
+        p.node(&order[1])
+            .unwrap()
+            .active
+            .store(4, Ordering::Relaxed);
+        p.node(&order[2])
+            .unwrap()
+            .active
+            .store(4, Ordering::Relaxed);
+        let got: Vec<String> = s.candidates(ip(7)).map(|n| n.name.clone()).collect();
+        assert_eq!(got, order[1..]);
+    }
+
+    #[test]
+    fn racing_threads_never_take_more_places_than_a_cap() {
+        const THREADS: usize = 16;
+        // Twenty rounds: a lost race needs the two threads in the same few
+        // instructions, which one round on two cores does not always give.
+        for _round in 0..20 {
+            let p = std::sync::Arc::new(capped([Some(10), Some(20), Some(30)], ""));
+            let s = p.snapshot();
+            let start = std::sync::Barrier::new(THREADS);
+            let held: Vec<Vec<Slot>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..THREADS)
+                    .map(|t| {
+                        let (s, start) = (&s, &start);
+                        scope.spawn(move || {
+                            let mut mine = Vec::new();
+                            start.wait();
+                            for i in 0..500u32 {
+                                // Churn: give back a place now and then, take more.
+                                if i % 7 == 0 && !mine.is_empty() {
+                                    mine.swap_remove(0);
+                                }
+                                if let Some(slot) = s.candidates(ip(t as u32 * 1000 + i)).next() {
+                                    let cap = slot.max_connections().unwrap();
+                                    let now = slot.active.load(Ordering::Relaxed);
+                                    assert!(
+                                        now <= cap,
+                                        "{} has {now} places, cap {cap}",
+                                        slot.name
+                                    );
+                                    mine.push(slot);
+                                }
+                            }
+                            // Fill up: every client walks the whole order, so this
+                            // ends with every node at its cap exactly.
+                            for i in 0..200u32 {
+                                if let Some(slot) =
+                                    s.candidates(ip(200_000 + t as u32 * 1000 + i)).next()
+                                {
+                                    mine.push(slot);
+                                }
+                            }
+                            mine
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for (name, cap) in [("a", 10), ("b", 20), ("c", 30)] {
+                let holding = held.iter().flatten().filter(|s| s.name == name).count();
+                assert_eq!(holding, cap, "{name}: places held");
+                assert_eq!(
+                    p.node(name).unwrap().active.load(Ordering::Relaxed),
+                    cap as u64
+                );
+            }
+            drop(held);
+            for n in &s.members {
+                assert_eq!(
+                    n.active.load(Ordering::Relaxed),
+                    0,
+                    "every place given back"
+                );
+            }
+        }
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! Reaching a node for one client: pick the node for the client IP on the pool's
 //! current snapshot, open a socket to it with `connect_timeout` (falling back to
 //! the next distinct nodes along the ring, up to `connect_attempts`, skipping full
-//! or over-bound ones), and send the PROXY header when the pool asks for one.
-//! Reports successes and failures to the pool (passive health); never forwards.
+//! or over-bound ones without using an attempt), and send the PROXY header when
+//! the pool asks for one. The node's place ([`Slot`]) is taken before the connect
+//! and given back if it fails. Reports successes and failures to the pool
+//! (passive health); never forwards.
 
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::io::{AsyncWriteExt, Interest};
@@ -21,7 +22,7 @@ use crate::admission::ListenerState;
 use crate::config::{Keepalive, ProxyProtocol};
 use crate::error::is_resource_exhaustion;
 use crate::metrics::{ConnectFailure, RejectReason};
-use crate::pool::{Node, PoolSnapshot};
+use crate::pool::{PoolSnapshot, Slot};
 use crate::ring::canonical_ip;
 
 /// Open a connection to `addr`: a non-blocking socket with `TCP_NODELAY`,
@@ -59,16 +60,20 @@ async fn open(addr: SocketAddr, keepalive: Option<&Keepalive>) -> io::Result<Tcp
 }
 
 /// Connect to the client's node, or the next ones along the ring. `None` when no
-/// node could be reached (logged and counted here).
+/// node could be reached or none had room (logged and counted here).
 async fn connect(
     snapshot: &PoolSnapshot,
     peer: SocketAddr,
     ctx: &ListenerState,
     hard_stop: &CancellationToken,
-) -> Option<(Arc<Node>, TcpStream, String)> {
+) -> Option<(Slot, TcpStream, String)> {
     let mut failures = String::new();
     let listener = &ctx.config.name;
-    for node in snapshot.candidates(canonical_ip(peer.ip())) {
+    let mut selection = snapshot.candidates(canonical_ip(peer.ip()));
+    // Each slot is the node's place for this client; one dropped at the end of
+    // an iteration (a failed connect) is given back at once.
+    for slot in selection.by_ref() {
+        let node = slot.node();
         node.metrics.attempts.increment(1);
         // Bounded by connect_timeout, so it is not raced against the shutdown
         // token (that would register a waiter on one shared token per connection);
@@ -83,7 +88,7 @@ async fn connect(
             return None;
         }
         let failure = match result {
-            Ok(Ok(stream)) => return Some((node.clone(), stream, failures)),
+            Ok(Ok(stream)) => return Some((slot, stream, failures)),
             Ok(Err(e)) if is_resource_exhaustion(&e) => {
                 // Our own shortage, not the node's fault: other nodes would fail the
                 // same way, and passive health must not take healthy nodes down.
@@ -119,8 +124,15 @@ async fn connect(
             failure.1
         );
     }
+    if failures.is_empty() && selection.saw_full() {
+        // No node was tried: every one in service is at its max_connections.
+        ctx.metrics.rejected(RejectReason::NodesFull).increment(1);
+        ctx.pool.refused_full(listener, peer);
+        return None;
+    }
     ctx.metrics.rejected(RejectReason::NoNode).increment(1);
-    warn!(client = %peer, listener = %listener, pool = %ctx.pool.name, tried = %failures, "no node could be reached; closing client connection");
+    warn!(client = %peer, listener = %listener, pool = %ctx.pool.name, tried = %failures,
+        skipped_full_nodes = selection.saw_full(), "no node could be reached; closing client connection");
     None
 }
 
@@ -133,7 +145,7 @@ pub(super) async fn select_and_connect(
     dst: Option<SocketAddr>,
     ctx: &ListenerState,
     hard_stop: &CancellationToken,
-) -> Option<(Arc<Node>, TcpStream, std::time::Duration)> {
+) -> Option<(Slot, TcpStream, std::time::Duration)> {
     let snapshot = ctx.pool.snapshot();
     if snapshot.members.is_empty() {
         // Every node is down and the pool says reject: logged once per transition
@@ -142,8 +154,10 @@ pub(super) async fn select_and_connect(
         debug!("all nodes down; closed");
         return None;
     }
-    let (node, mut upstream, failures) = connect(&snapshot, peer, ctx, hard_stop).await?;
-    ctx.pool.connect_succeeded(&node);
+    let (slot, mut upstream, failures) = connect(&snapshot, peer, ctx, hard_stop).await?;
+    let node = slot.node();
+    ctx.pool.connect_succeeded(node);
+    ctx.pool.placed();
     let version = snapshot.settings.proxy_protocol;
     if version != ProxyProtocol::Off {
         let dst = match dst {
@@ -159,7 +173,7 @@ pub(super) async fn select_and_connect(
     if !failures.is_empty() {
         info!(client = %peer, listener = %ctx.config.name, node = %node.name, tried = %failures, "connected to a fallback node");
     }
-    Some((node, upstream, snapshot.settings.idle_timeout))
+    Some((slot, upstream, snapshot.settings.idle_timeout))
 }
 
 #[cfg(test)]
@@ -193,6 +207,75 @@ mod tests {
         let e = open(addr, None).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
         assert_eq!(ConnectFailure::classify(&e), ConnectFailure::Refused);
+    }
+
+    /// A listener state over one pool of one node at `addr`, with
+    /// `max_connections = 1`.
+    fn one_slot(addr: SocketAddr, attempts: u32) -> ListenerState {
+        let cfg = crate::Config::parse(
+            &format!(
+                "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n\
+                 [pools.p]\nconnect_attempts = {attempts}\nconnect_timeout = \"2s\"\n\
+                 [pools.p.health]\nkind = \"none\"\n\
+                 [[pools.p.nodes]]\nname = \"capped\"\naddr = \"{addr}\"\nmax_connections = 1\n"
+            ),
+            "c.toml",
+        )
+        .unwrap();
+        let pool = std::sync::Arc::new(crate::pool::Pool::new(&cfg.pools["p"]));
+        ListenerState::new(cfg.listeners[0].clone(), pool)
+    }
+
+    fn closed_port() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failed_connect_gives_its_place_back() {
+        let dead = closed_port();
+        let ctx = one_slot(dead, 1);
+        let node = ctx.pool.node("capped").unwrap();
+        let stop = CancellationToken::new();
+        let peer: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        for _ in 0..3 {
+            // Refused: the place taken for the attempt is free again, so the
+            // next client tries the node again instead of finding it full.
+            assert!(connect(&ctx.pool.snapshot(), peer, &ctx, &stop)
+                .await
+                .is_none());
+            assert_eq!(node.active.load(Ordering::Relaxed), 0);
+            assert!(!node.is_full());
+        }
+        assert_eq!(node.connect_failures.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn a_node_at_its_cap_is_not_tried_and_a_freed_place_is_taken() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ctx = one_slot(l.local_addr().unwrap(), 2);
+        let node = ctx.pool.node("capped").unwrap();
+        let stop = CancellationToken::new();
+        let peer: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let (slot, _stream, tried) = connect(&ctx.pool.snapshot(), peer, &ctx, &stop)
+            .await
+            .expect("the node has room");
+        assert!(tried.is_empty());
+        assert_eq!(slot.name, "capped");
+        assert_eq!(node.active.load(Ordering::Relaxed), 1);
+        // Full: refused without a connect (the attempt counter would say).
+        assert!(connect(&ctx.pool.snapshot(), peer, &ctx, &stop)
+            .await
+            .is_none());
+        assert_eq!(node.active.load(Ordering::Relaxed), 1);
+        assert_eq!(node.connect_failures.load(Ordering::Relaxed), 0);
+        drop(slot);
+        assert_eq!(node.active.load(Ordering::Relaxed), 0);
+        let again = connect(&ctx.pool.snapshot(), peer, &ctx, &stop).await;
+        assert_eq!(
+            again.map(|(s, _, _)| s.name.clone()).as_deref(),
+            Some("capped")
+        );
     }
 
     #[tokio::test]

@@ -52,27 +52,6 @@ impl RateLimit {
     }
 }
 
-/// Decrements a counter when dropped, whatever way the task ends.
-struct ActiveGuard<'a> {
-    count: &'a AtomicU64,
-    gauge: &'a metrics::Gauge,
-}
-
-impl<'a> ActiveGuard<'a> {
-    fn new(count: &'a AtomicU64, gauge: &'a metrics::Gauge) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        gauge.increment(1.0);
-        ActiveGuard { count, gauge }
-    }
-}
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::Relaxed);
-        self.gauge.decrement(1.0);
-    }
-}
-
 /// A trusted proxy's connection: read its PROXY header, then judge the client it
 /// names by the listener's access rules. Returns the client and the address it
 /// connected to (`None`: the header carried none, the proxy's own connection).
@@ -120,13 +99,15 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, mut admission: Admissio
     let hard_stop = admission.hard_stop();
     // Everything before forwarding runs boxed and is freed when it ends, so the
     // state a long-lived connection keeps is only what forwarding needs.
-    let Some((node, upstream, idle_timeout)) =
+    // The slot is the connection's place in the node's count (taken before the
+    // connect), given back when this task ends, whatever way.
+    let Some((slot, upstream, idle_timeout)) =
         Box::pin(select_and_connect(&client, peer, dst, ctx, hard_stop)).await
     else {
         return;
     };
+    let node = slot.node();
     node.total.fetch_add(1, Ordering::Relaxed);
-    let _node_active = ActiveGuard::new(&node.active, &node.metrics.active);
 
     let node_down = node.close_token();
     let out = forward::forward(

@@ -48,6 +48,8 @@ pub struct PoolDiff {
     pub reweighted: Vec<(String, u32, u32)>,
     /// Nodes whose `state` in the file changes, with the new one.
     pub restated: Vec<(String, AdminState)>,
+    /// (node, old `max_connections`, new): the node and its connections stay.
+    pub recapped: Vec<(String, Option<u32>, Option<u32>)>,
     /// Anything else of the pool (timeouts, health, keys, ...).
     pub settings_changed: bool,
 }
@@ -64,6 +66,10 @@ impl PoolDiff {
                     }
                     if o.state != n.state {
                         d.restated.push((n.name.clone(), n.state));
+                    }
+                    if o.max_connections != n.max_connections {
+                        d.recapped
+                            .push((n.name.clone(), o.max_connections, n.max_connections));
                     }
                 }
                 None => d.nodes_added.push(n.name.clone()),
@@ -275,6 +281,9 @@ pub fn summary(
         if !c.reweighted.is_empty() {
             let _ = write!(s, " weights {}", c.reweighted.join(","));
         }
+        if !c.recapped.is_empty() {
+            let _ = write!(s, " max_connections {}", c.recapped.join(","));
+        }
         if c.settings_changed {
             match (old.pools.get(p), new.pools.get(p)) {
                 (Some(o), Some(n)) => {
@@ -451,6 +460,7 @@ mod tests {
             &[("p", new_nodes), ("q", old_nodes)],
         );
         new.pools.get_mut("p").unwrap().nodes[0].state = AdminState::Drain;
+        new.pools.get_mut("p").unwrap().nodes[2].max_connections = Some(5);
         let d = diff(&old, &new);
         // q is unchanged, so only p is listed.
         assert_eq!(d.pools_changed.len(), 1, "{:?}", d.pools_changed);
@@ -460,7 +470,14 @@ mod tests {
         assert_eq!(pd.nodes_removed, vec!["b"]);
         assert_eq!(pd.reweighted, vec![("c".to_string(), 2, 5)]);
         assert_eq!(pd.restated, vec![("a".to_string(), AdminState::Drain)]);
+        assert_eq!(pd.recapped, vec![("c".to_string(), None, Some(5))]);
         assert!(!pd.settings_changed);
+        let change = crate::pool::PoolChange {
+            recapped: vec!["c none->5".to_string()],
+            ..Default::default()
+        };
+        let s = summary(&old, &new, &d, &[("p".to_string(), change)]);
+        assert!(s.contains("pool p: max_connections c none->5"), "{s}");
 
         let mut tuned = old.clone();
         tuned.pools.get_mut("q").unwrap().health.interval = std::time::Duration::from_secs(9);
