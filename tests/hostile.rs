@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -35,30 +35,6 @@ fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
         .find(|l| labels.iter().all(|lab| l.contains(lab)))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-}
-
-/// Log lines written through `tracing` in this process.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn count(&self, needle: &str) -> usize {
-        let b = self.0.lock().unwrap();
-        String::from_utf8_lossy(&b)
-            .lines()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
 }
 
 /// An echo connection that keeps exchanging random-sized messages and checks every
@@ -194,14 +170,7 @@ fn pct(v: &[Duration], p: f64) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flood_past_max_connections_is_shed_at_once_and_the_held_ones_keep_flowing() {
     let _serial = SERIAL.lock().await;
-    let logs = Capture::default();
-    let sink = logs.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("ringlb=info")
-        .with_ansi(false)
-        .with_writer(move || sink.clone())
-        .try_init()
-        .expect("the only subscriber in this test binary");
+    let logs = Capture::install();
 
     const LIMIT: u32 = 50;
     const FLOOD: u32 = 2000;

@@ -644,6 +644,55 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
     }
 }
 
+/// Log lines written through `tracing` in this test process (install it as the
+/// subscriber's writer; a test binary has one subscriber).
+#[derive(Clone, Default)]
+pub struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    /// A capture installed as this process's subscriber, at INFO for ringlb
+    /// (once per test binary: a second call panics).
+    pub fn install() -> Capture {
+        let logs = Capture::default();
+        let sink = logs.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("ringlb=info")
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .try_init()
+            .expect("the only subscriber in this test binary");
+        logs
+    }
+
+    /// Lines that contain every one of `needles`.
+    pub fn lines(&self, needles: &[&str]) -> Vec<String> {
+        let b = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&b)
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// How many lines contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.lines(&[needle]).len()
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The real binary
 // ---------------------------------------------------------------------------
