@@ -230,7 +230,7 @@ pub fn render(cfg: &Config, mappings: &[Mapping], probed: Option<&Probed>) -> St
                 if let Some(m) = n.max_connections {
                     let _ = writeln!(
                         s,
-                        "  node {}: max_connections {m}: when it has {m} connections it is skipped without using an attempt, like a node at its bound (open connections are not known here)",
+                        "  node {}: max_connections {m}: once it holds {m} connections it is skipped without using an attempt, so a node listed as not tried may be tried (open connections are not known here)",
                         n.name
                     );
                 }
@@ -332,7 +332,7 @@ mod tests {
         let ips = parse_ips(&["10.0.0.1"]).unwrap();
         let out = render(&cfg, &map(&cfg, &["p"], &ips, None), None);
         assert!(
-            out.contains("  node a: max_connections 5: when it has 5 connections it is skipped without using an attempt, like a node at its bound (open connections are not known here)\n"),
+            out.contains("  node a: max_connections 5: once it holds 5 connections it is skipped without using an attempt, so a node listed as not tried may be tried (open connections are not known here)\n"),
             "{out}"
         );
         assert!(!out.contains("node b: max_connections"), "{out}");
