@@ -114,6 +114,7 @@ impl Node {
     /// Take a place for one new connection, or `None` when the node is at its
     /// cap. Without a cap this is one `fetch_add`, as the count always was; with
     /// one, a compare-and-swap below the cap, so the cap holds under any race.
+    #[inline]
     pub(super) fn reserve(self: &Arc<Self>) -> Option<Slot> {
         let cap = self.max_connections.load(Ordering::Relaxed);
         if cap == NO_CAP {
