@@ -378,6 +378,7 @@ fn pool_strategy() -> BoxedStrategy<Pool> {
         ("addr", node_addr()),
         ("addr", node_addr()),
         ("weight", int_value(1, 256)),
+        ("max_connections", int_value(1, 1_000_000)),
     ];
     (
         pool_name(),
