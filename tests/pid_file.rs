@@ -68,6 +68,19 @@ async fn a_new_process_starts_beside_a_draining_one_which_leaves_its_pid_file_al
     let st: serde_json::Value =
         serde_json::from_str(&http_get(admin, "/status").await.unwrap()).unwrap();
     assert_eq!(st["process"]["pid"], new.id());
+    // `ringlb check` names the instance the pid file points at, from its /status.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains(&format!("running: pid {} (version ", new.id()))
+            && stdout.contains("; started fresh (no upgrade)"),
+        "{stdout}"
+    );
 
     // The old process's last connection ends: it exits, leaving the file alone.
     drop(client);

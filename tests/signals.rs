@@ -61,19 +61,7 @@ impl Proc {
 
 /// Whether SIGHUP, SIGINT and SIGTERM are caught (`SigCgt` in /proc/PID/status).
 fn handlers_installed(pid: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    let Some(mask) = status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigCgt:"))
-        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
-    else {
-        return false;
-    };
-    [Signal::SIGHUP, Signal::SIGINT, Signal::SIGTERM]
-        .iter()
-        .all(|s| mask & (1 << (*s as i32 - 1)) != 0)
+    common::upgrade_lab::catches(pid, &[Signal::SIGHUP, Signal::SIGINT, Signal::SIGTERM])
 }
 
 /// One config variant: a listener on `listen` (port 0: ringlb picks, the log

@@ -34,14 +34,12 @@ struct Upgraded {
 /// One line about the instance the config's pid file names, or `None` when the
 /// config has no pid file or the file does not exist.
 pub fn running_instance(cfg: &Config) -> Option<String> {
+    use crate::reload::signal::{read_pid, SignalError};
     let path = cfg.pid_file.as_ref()?;
-    let text = std::fs::read_to_string(path).ok()?;
-    let Some(pid) = text.trim().parse::<i32>().ok().filter(|p| *p > 0) else {
-        return Some(format!(
-            "  pid file {}: {:?} is not a pid",
-            path.display(),
-            text.trim()
-        ));
+    let pid = match read_pid(path) {
+        Ok(pid) => pid,
+        Err(SignalError::Read { .. }) => return None,
+        Err(e) => return Some(format!("  {e}")),
     };
     if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
         == Err(nix::errno::Errno::ESRCH)
