@@ -49,6 +49,12 @@ pub struct Node {
     pub active: AtomicU64,
     /// `max_connections` ([`NO_CAP`] when unset); a reload may change it.
     max_connections: AtomicU64,
+    /// Open connections on this node whose client's home (the ring's first node
+    /// for its key) is another node now; kept by the pool's lifecycle loop.
+    pub misplaced: AtomicU64,
+    /// Connections of this node closed so that their client reconnects home
+    /// (rehome).
+    pub rehomed: AtomicU64,
     pub total: AtomicU64,
     pub connect_failures: AtomicU64,
     pub bytes_to_node: AtomicU64,
@@ -76,6 +82,8 @@ impl Node {
             close_token: ArcSwap::from_pointee(stop.child_token()),
             active: AtomicU64::new(0),
             max_connections: AtomicU64::new(cfg.max_connections.map_or(NO_CAP, u64::from)),
+            misplaced: AtomicU64::new(0),
+            rehomed: AtomicU64::new(0),
             total: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             bytes_to_node: AtomicU64::new(0),
