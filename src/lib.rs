@@ -68,6 +68,10 @@
 //!   `health::state`; does no I/O.
 //! - [`prober`]: one probe loop per node, reporting into the pool. Never picks
 //!   nodes or changes a node's state itself.
+//! - [`lifecycle`]: one loop per pool, the only place ringlb closes connections
+//!   on its own initiative: the pool's close queue (node down with `close`,
+//!   disable, removal, lifetime) and rehome, paced by one token bucket
+//!   ([`lifecycle::pacing`]), and the shutdown spread. Never picks nodes.
 //!
 //! **Data plane**
 //! - [`admission`]: who may connect through a listener (access lists,
@@ -125,6 +129,7 @@ pub mod error;
 pub mod handle;
 pub mod health;
 pub mod keepalive;
+pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
 pub mod pool;

@@ -13,6 +13,10 @@ pub const CONNECTION_DURATION: &str = "ringlb_connection_duration_seconds";
 pub const ACCEPT_ERRORS: &str = "ringlb_accept_errors_total";
 pub const NODE_CONNECTIONS_ACTIVE: &str = "ringlb_node_connections_active";
 pub const NODE_MAX_CONNECTIONS: &str = "ringlb_node_max_connections";
+pub const NODE_MISPLACED: &str = "ringlb_node_misplaced_connections";
+pub const NODE_REHOMED: &str = "ringlb_node_rehomed_total";
+pub const PACED_CLOSES: &str = "ringlb_paced_closes_total";
+pub const CLOSES_PENDING: &str = "ringlb_closes_pending";
 pub const CONNECT_ATTEMPTS: &str = "ringlb_connect_attempts_total";
 pub const CONNECT_FAILURES: &str = "ringlb_connect_failures_total";
 pub const BYTES: &str = "ringlb_bytes_total";
@@ -56,6 +60,10 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (ACCEPT_ERRORS, Kind::Counter, "Failed accept calls, per listener."),
     (NODE_CONNECTIONS_ACTIVE, Kind::Gauge, "Open connections to a node (with those still connecting)."),
     (NODE_MAX_CONNECTIONS, Kind::Gauge, "A node's max_connections cap; 0 when it has none."),
+    (NODE_MISPLACED, Kind::Gauge, "Open connections on a node whose client's home (its ring node now) is another node."),
+    (NODE_REHOMED, Kind::Counter, "Connections of a node closed so that their client reconnects to its home node (rehome)."),
+    (PACED_CLOSES, Kind::Counter, "Connections ringlb closed itself, per pool and reason (node_down, disabled, removed, rehome, lifetime, shutdown)."),
+    (CLOSES_PENDING, Kind::Gauge, "Closes waiting for their turn under the pool's close_rate."),
     (CONNECT_ATTEMPTS, Kind::Counter, "Connects to a node tried."),
     (CONNECT_FAILURES, Kind::Counter, "Connects to a node that failed, per reason."),
     (BYTES, Kind::Counter, "Bytes forwarded, per node and direction, counted as they move."),
@@ -252,6 +260,8 @@ pub struct NodeMetrics {
     pub bytes_to_node: Counter,
     pub bytes_to_client: Counter,
     pub ring_points: Gauge,
+    pub misplaced: Gauge,
+    pub rehomed: Counter,
     /// 1 while the node is in service, 0 while down.
     pub up: Gauge,
     /// 0 enabled, 1 drain, 2 disabled.
@@ -275,6 +285,8 @@ impl NodeMetrics {
             bytes_to_node: counter!(BYTES, L_POOL => p.clone(), L_NODE => n.clone(), L_DIRECTION => "to_node"),
             bytes_to_client: counter!(BYTES, L_POOL => p.clone(), L_NODE => n.clone(), L_DIRECTION => "to_client"),
             ring_points: gauge!(RING_POINTS, L_POOL => p.clone(), L_NODE => n.clone()),
+            misplaced: gauge!(NODE_MISPLACED, L_POOL => p.clone(), L_NODE => n.clone()),
+            rehomed: counter!(NODE_REHOMED, L_POOL => p.clone(), L_NODE => n.clone()),
             up: gauge!(NODE_UP, L_POOL => p.clone(), L_NODE => n.clone()),
             admin_state: gauge!(NODE_ADMIN_STATE, L_POOL => p.clone(), L_NODE => n.clone()),
             went_up: counter!(NODE_TRANSITIONS, L_POOL => p.clone(), L_NODE => n.clone(), L_TO => "up"),
@@ -287,6 +299,39 @@ impl NodeMetrics {
 
     pub fn failure(&self, f: ConnectFailure) -> &Counter {
         &self.failures[f as usize]
+    }
+}
+
+/// A pool's handles: the closes ringlb decided on, per reason, and the queue.
+#[derive(Debug, Clone)]
+pub struct PoolMetrics {
+    closes: Vec<(&'static str, Counter)>,
+    pub closes_pending: Gauge,
+}
+
+impl PoolMetrics {
+    /// `reasons`: every value of the `reason` label.
+    pub fn new(pool: &str, reasons: &[&'static str]) -> Self {
+        PoolMetrics {
+            closes: reasons
+                .iter()
+                .map(|&r| {
+                    (
+                        r,
+                        counter!(PACED_CLOSES, L_POOL => pool.to_string(), L_REASON => r),
+                    )
+                })
+                .collect(),
+            closes_pending: gauge!(CLOSES_PENDING, L_POOL => pool.to_string()),
+        }
+    }
+
+    /// The counter of closes for `reason` (one of those given to `new`).
+    pub fn closed(&self, reason: &str) -> Option<&Counter> {
+        self.closes
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map(|(_, c)| c)
     }
 }
 

@@ -31,6 +31,7 @@ use crate::handle::Shared;
 pub use crate::handle::{
     Handle, ListenerView, Predecessor, ReloadRecord, UpgradeDone, UpgradeReply, UpgradeRequest,
 };
+use crate::lifecycle::Lifecycles;
 use crate::listener::{self, AcceptErrors, AcceptLoop, BoundListener, Inherited};
 use crate::metrics::ServerMetrics;
 use crate::pool::Pool;
@@ -66,6 +67,8 @@ pub struct Server {
     pub(crate) shared: Arc<Shared>,
     pub(crate) listeners: Vec<Running>,
     pub(crate) probers: BTreeMap<String, Prober>,
+    /// One lifecycle loop per pool (paced closes, rehome, lifetime).
+    pub(crate) lifecycles: Lifecycles,
     pub(crate) admin: Option<AdminServer>,
     pub(crate) pending_admin: Option<TcpListener>,
     pub(crate) pid_file: Option<PathBuf>,
@@ -158,7 +161,7 @@ impl Server {
         let pools: BTreeMap<String, Arc<Pool>> = config
             .pools
             .iter()
-            .map(|(name, p)| (name.clone(), Arc::new(Pool::with_stop(p, &hard_stop))))
+            .map(|(name, p)| (name.clone(), Arc::new(Pool::new(p))))
             .collect();
         let mut listeners = Vec::new();
         for lc in &config.listeners {
@@ -203,6 +206,7 @@ impl Server {
             shared,
             listeners,
             probers: BTreeMap::new(),
+            lifecycles: Lifecycles::default(),
             admin: None,
             pending_admin,
             pid_file: None,
@@ -337,6 +341,7 @@ impl Server {
             self.probers
                 .insert(name.clone(), Prober::start(pool.clone(), &self.probe_stop));
         }
+        self.lifecycles.sync(&self.shared.pools.load());
         if let Some(l) = self.pending_admin.take() {
             self.admin = Some(admin::spawn(l, self.handle()));
         }

@@ -366,8 +366,8 @@ async fn a_second_stop_signal_closes_the_rest_at_once_and_exits_zero() {
             assert!(
                 log.iter().any(|l| l.contains("\"connection closed\"")
                     && l.contains(&client)
-                    && l.contains("\"reason\":\"cancelled\"")),
-                "{local} not closed as cancelled:\n{}",
+                    && l.contains("\"reason\":\"shutdown\"")),
+                "{local} not closed as shutdown:\n{}",
                 log.join("\n")
             );
         }

@@ -27,3 +27,9 @@ pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 pub const RISE: u32 = 2;
 pub const FALL: u32 = 3;
 pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Closes per second per pool: a 3-node pool of 10,000 clients loses one node's
+/// 3,333 connections over 33 s, so the other nodes see 100 reconnects a second.
+pub const CLOSE_RATE: u32 = 100;
+pub const REHOME_AFTER: Duration = Duration::from_secs(30);
+pub const REHOME_RATE: u32 = 20;
+pub const MAX_CONNECTION_DURATION_JITTER: Duration = Duration::ZERO;

@@ -51,3 +51,13 @@ pub const KEEPALIVE_TIME: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(32_767));
 /// `tcp_keepalive.count` (`TCP_KEEPCNT`: 1 to 127).
 pub const KEEPALIVE_COUNT: std::ops::RangeInclusive<u32> = 1..=127;
+/// `close_rate`: 0 (unpaced) to 100,000 closes per second.
+pub const CLOSE_RATE: std::ops::RangeInclusive<u32> = 0..=100_000;
+pub const REHOME_AFTER: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(24 * 3600));
+pub const REHOME_RATE: std::ops::RangeInclusive<u32> = 1..=100_000;
+pub const MAX_CONNECTION_DURATION: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(365 * 24 * 3600));
+pub const MAX_CONNECTION_DURATION_JITTER: (Duration, Duration) =
+    (Duration::ZERO, Duration::from_secs(365 * 24 * 3600));
+pub const ACCESS_LOG_INTERVAL: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(24 * 3600));

@@ -27,6 +27,7 @@ use crate::error::ConfigError;
 
 pub mod defaults;
 pub mod duration;
+mod lifecycle;
 pub mod limits;
 mod problems;
 pub mod raw;
@@ -245,6 +246,31 @@ pub struct ListenerConfig {
     /// TCP keepalive on client connections (set on the listening sockets; the
     /// accepted ones inherit it). `None`: off.
     pub tcp_keepalive: Option<Keepalive>,
+    /// `max_connection_duration` and its jitter.
+    pub lifetime: Lifetime,
+    /// An open connection logs one INFO line with its bytes so far per
+    /// interval. `None`: only the close line.
+    pub access_log_interval: Option<Duration>,
+}
+
+/// A listener's connection lifetime (after Envoy's
+/// `max_downstream_connection_duration`): a connection is closed, through its
+/// pool's `close_rate`, once it is `max` plus a random share of `jitter` old.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lifetime {
+    /// `None`: connections live as long as they like.
+    pub max: Option<Duration>,
+    /// Each connection adds a uniform random [0, jitter] to `max`.
+    pub jitter: Duration,
+}
+
+/// `rehome`: misplaced connections are closed, so their clients reconnect to
+/// their home node, once the home has been in service for `after`, at up to
+/// `rate` per second (within the pool's `close_rate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rehome {
+    pub after: Duration,
+    pub rate: u32,
 }
 
 /// TCP keepalive (`SO_KEEPALIVE`): after `idle` without any segment, the kernel
@@ -334,6 +360,12 @@ pub struct PoolConfig {
     /// TCP keepalive on node connections. `None`: off.
     pub tcp_keepalive: Option<Keepalive>,
     pub health: HealthConfig,
+    /// Closes per second ringlb itself decides on in this pool (node down with
+    /// `close`, disable, removal, rehome, lifetime, end of the shutdown grace).
+    /// 0: unpaced, all at once.
+    pub close_rate: u32,
+    /// `None`: misplaced connections stay (the default).
+    pub rehome: Option<Rehome>,
     /// In file order (the ring does not depend on it).
     pub nodes: Vec<NodeConfig>,
 }

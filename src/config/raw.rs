@@ -58,6 +58,12 @@ pub struct RawListener {
     #[serde(default, deserialize_with = "super::duration::option")]
     pub proxy_header_timeout: Option<Duration>,
     pub tcp_keepalive: Option<RawKeepalive>,
+    #[serde(default, deserialize_with = "super::duration::option")]
+    pub max_connection_duration: Option<Duration>,
+    #[serde(default, deserialize_with = "super::duration::option")]
+    pub max_connection_duration_jitter: Option<Duration>,
+    #[serde(default, deserialize_with = "super::duration::option")]
+    pub access_log_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,8 +84,19 @@ pub struct RawPool {
     pub balance_factor: Option<f64>,
     pub tcp_keepalive: Option<RawKeepalive>,
     pub health: Option<RawHealth>,
+    pub close_rate: Option<u32>,
+    pub rehome: Option<RawRehome>,
     #[serde(default)]
     pub nodes: Vec<RawNode>,
+}
+
+/// `rehome = { after = "30s", rate = 20 }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRehome {
+    #[serde(default, deserialize_with = "super::duration::option")]
+    pub after: Option<Duration>,
+    pub rate: Option<u32>,
 }
 
 /// `tcp_keepalive` as written: `true`, `false`, or a table of the three

@@ -179,6 +179,8 @@ fn listener<'a>(
         trusted_proxies,
         proxy_header_timeout,
         tcp_keepalive,
+        lifetime: super::lifecycle::lifetime(p, &key, l),
+        access_log_interval: super::lifecycle::access_log_interval(p, &key, l),
     })
 }
 
@@ -322,6 +324,8 @@ fn pool(p: &mut Problems, pname: &str, rp: &RawPool) -> PoolConfig {
         balance_factor_permille: balance_factor(p, &key, rp.balance_factor),
         tcp_keepalive: keepalive(p, &key, rp.tcp_keepalive.as_ref()),
         health,
+        close_rate: super::lifecycle::close_rate(p, &key, rp.close_rate),
+        rehome: super::lifecycle::rehome(p, &key, rp.rehome.as_ref()),
         nodes,
     }
 }
@@ -476,6 +480,8 @@ fn admin(
         trusted_proxies: Vec::new(),
         proxy_header_timeout: defaults::PROXY_HEADER_TIMEOUT,
         tcp_keepalive: None,
+        lifetime: Default::default(),
+        access_log_interval: None,
     };
     for l in listeners {
         if (l.listen == addr && addr.port() != 0) || overlaps(l, &as_listener) {

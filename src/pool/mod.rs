@@ -22,18 +22,20 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{AdminState, OnNodeDown, PoolConfig, WhenAllDown};
 use crate::health::state::ProbeOutcome;
+use crate::metrics::PoolMetrics;
 
+mod conns;
 mod node;
 mod reconfigure;
 mod settings;
 mod snapshot;
 mod takeover;
 
+pub use conns::{CloseReason, ConnCtl, Live, RehomeCandidate, Scan};
 pub use node::{Node, Slot};
 pub use reconfigure::PoolChange;
 pub use settings::PoolSettings;
@@ -46,13 +48,18 @@ use snapshot::build_snapshot;
 #[derive(Debug)]
 pub struct Pool {
     pub name: String,
-    /// Parent of every node's close token.
-    stop: CancellationToken,
     snapshot: ArcSwap<PoolSnapshot>,
     /// Serialises state changes so rebuilds never publish out of order.
     rebuild: Mutex<()>,
     /// Clients refused because every node was at its `max_connections`.
     full: FullEpisode,
+    /// Closes waiting for their turn (`close_rate`).
+    closes: conns::CloseQueue,
+    pub metrics: PoolMetrics,
+    /// Connections closed by the pool itself, per [`CloseReason`] (in order).
+    closed: [AtomicU64; CloseReason::ALL.len()],
+    /// Nodes a reload removed while connections to them were still open.
+    retired: Mutex<Vec<Arc<Node>>>,
 }
 
 /// An episode of clients refused because no node had room: logged with one WARN
@@ -65,25 +72,22 @@ struct FullEpisode {
 
 impl Pool {
     pub fn new(cfg: &PoolConfig) -> Pool {
-        Self::with_stop(cfg, &CancellationToken::new())
-    }
-
-    /// A pool whose connections are also closed when `stop` is cancelled.
-    pub fn with_stop(cfg: &PoolConfig, stop: &CancellationToken) -> Pool {
-        let stop = stop.child_token();
         let nodes: Vec<Arc<Node>> = cfg
             .nodes
             .iter()
-            .map(|n| Arc::new(Node::new(&cfg.name, n, &stop)))
+            .map(|n| Arc::new(Node::new(&cfg.name, n)))
             .collect();
         let settings = Arc::new(PoolSettings::from(cfg));
         let snapshot = ArcSwap::from_pointee(build_snapshot(settings, nodes));
         Pool {
             name: cfg.name.clone(),
-            stop,
             snapshot,
             rebuild: Mutex::new(()),
             full: FullEpisode::default(),
+            closes: conns::CloseQueue::default(),
+            closed: Default::default(),
+            metrics: PoolMetrics::new(&cfg.name, &CloseReason::ALL.map(CloseReason::as_str)),
+            retired: Mutex::new(Vec::new()),
         }
     }
 
@@ -131,7 +135,7 @@ impl Pool {
             AdminState::Disabled => {
                 warn!(pool = %self.name, node = %node.name, by, open_connections = open,
                     "node DISABLED: off the ring; closing its open connections");
-                node.close_connections(&self.stop);
+                self.close_node(&node, CloseReason::Disabled);
             }
         }
         Some(before)
@@ -258,6 +262,10 @@ impl Pool {
         self.rebuild.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn lock_retired(&self) -> MutexGuard<'_, Vec<Arc<Node>>> {
+        self.retired.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Change a node's state, publish the new ring, then log (so whoever reads the
     /// log line already finds the new ring). Caller holds `rebuild`.
     fn apply(&self, node: &Arc<Node>, up: bool, why: &str) {
@@ -296,7 +304,7 @@ impl Pool {
                 up = after, total, open_connections = open,
                 "node DOWN: off the ring; its clients move to their next node; {action}");
             if settings.on_node_down == OnNodeDown::Close {
-                node.close_connections(&self.stop);
+                self.close_node(node, CloseReason::NodeDown);
             }
         }
         if after == 0 {
@@ -350,6 +358,19 @@ addr = "127.0.0.1:1003"
 
     pub(super) fn pool() -> Pool {
         pool_with("")
+    }
+
+    /// Clients 0..n connected through `p` (registered on their nodes).
+    pub(super) fn open_n(p: &Pool, n: u32) -> Vec<Live> {
+        (0..n)
+            .map(|i| {
+                p.snapshot()
+                    .candidates(ip(i))
+                    .next()
+                    .unwrap()
+                    .open(ip(i), None)
+            })
+            .collect()
     }
 
     pub(super) fn ip(i: u32) -> IpAddr {
@@ -442,18 +463,13 @@ addr = "127.0.0.1:1003"
     }
 
     #[test]
-    fn close_on_down_cancels_the_nodes_token_and_replaces_it() {
-        let p = pool_with("on_node_down = \"close\"");
-        let a = p.node("a").unwrap().clone();
-        let tok = a.close_token();
-        p.set_up("a", false, "test");
-        assert!(tok.is_cancelled());
-        assert!(!a.close_token().is_cancelled());
-
-        let p = pool();
-        let a = p.node("a").unwrap().clone();
-        let tok = a.close_token();
-        p.set_up("a", false, "test");
-        assert!(!tok.is_cancelled(), "keep is the default");
+    fn close_on_down_queues_the_nodes_connections_and_keep_does_not() {
+        for (extra, queued) in [("on_node_down = \"close\"", true), ("", false)] {
+            let p = pool_with(extra);
+            let lives = open_n(&p, 60);
+            let on_a = lives.iter().filter(|l| l.node().name == "a").count();
+            p.set_up("a", false, "test");
+            assert_eq!(p.closes_pending(), if queued { on_a } else { 0 }, "{extra}");
+        }
     }
 }

@@ -13,10 +13,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
-
-use arc_swap::ArcSwap;
-use tokio_util::sync::CancellationToken;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{AdminState, NodeConfig};
 use crate::health::state::NodeHealth;
@@ -42,8 +39,13 @@ pub struct Node {
     health: Mutex<NodeHealth>,
     /// Consecutive connect failures seen by real traffic.
     pub(super) passive_failures: AtomicU32,
-    /// Cancelled (and replaced) when the node goes down with `on_node_down = "close"`.
-    close_token: ArcSwap<CancellationToken>,
+    /// Its open connections, so ringlb can close chosen ones (`conns.rs`).
+    pub(super) conns: super::conns::Registry,
+    /// When the node last entered service with its current ring points, in ms
+    /// after [`epoch`] plus 1; 0 while it is not in service (rehome's `after`).
+    service_since: AtomicU64,
+    /// Its ring points when `service_since` was set.
+    service_points: AtomicU32,
     /// Connections holding a [`Slot`] of this node: open ones, and those still
     /// connecting to it.
     pub active: AtomicU64,
@@ -63,7 +65,7 @@ pub struct Node {
 }
 
 impl Node {
-    pub(super) fn new(pool: &str, cfg: &NodeConfig, stop: &CancellationToken) -> Node {
+    pub(super) fn new(pool: &str, cfg: &NodeConfig) -> Node {
         let metrics = NodeMetrics::new(pool, &cfg.name);
         metrics.up.set(1.0);
         metrics.admin_state.set(f64::from(cfg.state as u8));
@@ -79,7 +81,9 @@ impl Node {
             config_state: AtomicU8::new(cfg.state as u8),
             health: Mutex::new(NodeHealth::new(SystemTime::now())),
             passive_failures: AtomicU32::new(0),
-            close_token: ArcSwap::from_pointee(stop.child_token()),
+            conns: super::conns::Registry::default(),
+            service_since: AtomicU64::new(0),
+            service_points: AtomicU32::new(0),
             active: AtomicU64::new(0),
             max_connections: AtomicU64::new(cfg.max_connections.map_or(NO_CAP, u64::from)),
             misplaced: AtomicU64::new(0),
@@ -162,24 +166,37 @@ impl Node {
         self.health.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Token a new connection to this node watches: cancelled if the node goes
-    /// down (or is removed) while the pool says `on_node_down = "close"`, and when
-    /// the pool's stop token is cancelled (end of the shutdown grace): one token,
-    /// so a connection waits on one thing.
-    pub fn close_token(&self) -> Arc<CancellationToken> {
-        self.close_token.load_full()
+    /// Open connections that reached this node (connecting ones are not counted
+    /// here; they are in `active`).
+    pub fn open_connections(&self) -> usize {
+        self.conns.len()
     }
 
-    /// Close the node's open connections: cancel their token and give new
-    /// connections a fresh one (a child of the pool's `stop`).
-    pub(super) fn close_connections(&self, stop: &CancellationToken) {
-        let old = self.close_token.swap(Arc::new(stop.child_token()));
-        old.cancel();
+    /// A new snapshot put the node on the ring with `points` points (`None`:
+    /// not on it). Entering service, or a change of its points while in
+    /// service, restarts the clock rehome's `after` waits on.
+    pub(super) fn mark_service(&self, points: Option<u32>, now: Instant) {
+        match points {
+            None => self.service_since.store(0, Ordering::Relaxed),
+            Some(p) => {
+                let was = self.service_points.swap(p, Ordering::Relaxed);
+                if was != p || self.service_since.load(Ordering::Relaxed) == 0 {
+                    let ms = now.saturating_duration_since(epoch()).as_millis() as u64;
+                    self.service_since.store(ms + 1, Ordering::Relaxed);
+                }
+            }
+        }
     }
 
-    /// Close the node's open connections for good (it left the pool).
-    pub(super) fn cancel_connections(&self) {
-        self.close_token.load().cancel();
+    /// How long the node has been in service, without a break and with its
+    /// current ring points (`None`: not in service).
+    pub fn in_service_for(&self, now: Instant) -> Option<Duration> {
+        let since = self.service_since.load(Ordering::Relaxed);
+        if since == 0 {
+            return None;
+        }
+        let at = epoch() + Duration::from_millis(since - 1);
+        Some(now.saturating_duration_since(at))
     }
 
     /// Set the operator's state; returns the one before. The metric follows.
@@ -203,6 +220,12 @@ impl Node {
         let was = self.config_state.swap(state as u8, Ordering::AcqRel);
         was != state as u8 && self.swap_admin_state(state) != state
     }
+}
+
+/// The instant `service_since` counts from (the first use in the process).
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 /// `max_connections` of a node without a cap.

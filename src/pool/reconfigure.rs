@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::snapshot::build_snapshot;
-use super::{Node, Pool, PoolSettings};
+use super::{CloseReason, Node, Pool, PoolSettings};
 use crate::config::{AdminState, OnNodeDown, PoolConfig};
 
 /// What [`Pool::reconfigure`] changed, for the reload summary.
@@ -74,14 +74,14 @@ impl Pool {
                             .state_changed
                             .push(format!("{} {}", n.name, nc.state.as_str()));
                         if nc.state == AdminState::Disabled {
-                            n.close_connections(&self.stop);
+                            self.close_node(n, CloseReason::Disabled);
                         }
                     }
                     nodes.push(n.clone());
                 }
                 None => {
                     change.added.push(nc.name.clone());
-                    nodes.push(Arc::new(Node::new(&cfg.name, nc, &self.stop)));
+                    nodes.push(Arc::new(Node::new(&cfg.name, nc)));
                 }
             }
         }
@@ -92,14 +92,22 @@ impl Pool {
                 change.removed.push(n.name.clone());
                 n.metrics.ring_points.set(0.0);
                 n.metrics.up.set(0.0);
-                if close {
-                    n.cancel_connections();
+                if n.active.load(Ordering::Relaxed) > 0 {
+                    self.lock_retired().push(n.clone());
                 }
             }
         }
         change.settings_changed = *old.settings != *settings;
         self.snapshot
             .store(Arc::new(build_snapshot(settings, nodes)));
+        // After the new settings are in (close_rate): the removed nodes' closes.
+        if close {
+            for n in &old.nodes {
+                if !self.snapshot().nodes.iter().any(|m| Arc::ptr_eq(m, n)) {
+                    self.close_node(n, CloseReason::Removed);
+                }
+            }
+        }
         change
     }
 }
@@ -114,8 +122,8 @@ mod tests {
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
 
-    use super::super::tests::{cfg_with, ip, node_toml};
-    use super::super::Pool;
+    use super::super::tests::{cfg_with, ip, node_toml, open_n};
+    use super::super::{CloseReason, Pool};
 
     #[test]
     fn reconfigure_keeps_stayed_nodes_adds_removes_and_reweights() {
@@ -190,13 +198,12 @@ mod tests {
             .unwrap();
         let held: Vec<_> = (0..2).map(|_| s.candidates(ip_a).next().unwrap()).collect();
         assert!(held.iter().all(|h| h.name == "a") && a.is_full());
-        let tok = a.close_token();
         // Raised: the same node, its two connections still counted, room for one more.
         let change = p.reconfigure(&cfg_with(&nodes("max_connections = 3\n"), ""));
         assert_eq!(change.recapped, vec!["a 2->3"]);
         assert!(change.added.is_empty() && change.removed.is_empty());
         assert!(Arc::ptr_eq(&a, &p.node("a").unwrap()));
-        assert!(!tok.is_cancelled(), "open connections stay");
+        assert_eq!(p.closes_pending(), 0, "open connections stay");
         assert_eq!(a.active.load(Ordering::Relaxed), 2);
         let third = p.snapshot().candidates(ip_a).next().unwrap();
         assert_eq!(third.name, "a");
@@ -217,23 +224,31 @@ mod tests {
     }
 
     #[test]
-    fn removing_a_node_with_close_cancels_its_connections_token() {
+    fn removing_a_node_with_close_queues_its_connections_and_keep_retires_it() {
         let ab = [node_toml("a", 1001, 1), node_toml("b", 1002, 1)].concat();
-        let p = Pool::new(&cfg_with(&ab, "on_node_down = \"close\""));
-        let tok_b = p.node("b").unwrap().close_token();
-        let tok_a = p.node("a").unwrap().close_token();
-        p.reconfigure(&cfg_with(
-            &node_toml("a", 1001, 1),
-            "on_node_down = \"close\"",
-        ));
-        assert!(tok_b.is_cancelled());
-        assert!(!tok_a.is_cancelled());
-        let p = Pool::new(&cfg_with(&ab, ""));
-        let tok_b = p.node("b").unwrap().close_token();
-        p.reconfigure(&cfg_with(&node_toml("a", 1001, 1), ""));
-        assert!(
-            !tok_b.is_cancelled(),
-            "keep: removed node's connections continue"
-        );
+        for (extra, close) in [
+            ("on_node_down = \"close\"\nclose_rate = 0", true),
+            ("", false),
+        ] {
+            let p = Pool::new(&cfg_with(&ab, extra));
+            let lives = open_n(&p, 40);
+            p.reconfigure(&cfg_with(&node_toml("a", 1001, 1), extra));
+            for l in &lives {
+                let closed = l.ctl().reason() == Some(CloseReason::Removed);
+                assert_eq!(closed, close && l.node().name == "b", "{extra}");
+            }
+            // The removed node is still reached (scans, the end of the grace).
+            assert_eq!(p.all_nodes().len(), 2, "{extra}");
+            let s = p.scan(std::time::Instant::now(), None);
+            assert_eq!(s.open, 40);
+            let b = lives.iter().find(|l| l.node().name == "b").unwrap();
+            assert_eq!(
+                b.node().misplaced.load(Ordering::Relaxed) as usize,
+                lives.iter().filter(|l| l.node().name == "b").count(),
+                "a removed node's connections are all misplaced"
+            );
+            drop(lives);
+            assert_eq!(p.all_nodes().len(), 1, "pruned once empty");
+        }
     }
 }

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use crate::config::{HealthConfig, Keepalive, OnNodeDown, PoolConfig, ProxyProtocol, WhenAllDown};
+use crate::config::{
+    HealthConfig, Keepalive, OnNodeDown, PoolConfig, ProxyProtocol, Rehome, WhenAllDown,
+};
 
 /// Settings a connection or a probe needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +23,9 @@ pub struct PoolSettings {
     pub balance_factor_permille: Option<u32>,
     pub tcp_keepalive: Option<Keepalive>,
     pub health: HealthConfig,
+    /// Closes per second ringlb decides on (0: unpaced).
+    pub close_rate: u32,
+    pub rehome: Option<Rehome>,
 }
 
 impl From<&PoolConfig> for PoolSettings {
@@ -39,6 +44,8 @@ impl From<&PoolConfig> for PoolSettings {
             balance_factor_permille: c.balance_factor_permille,
             tcp_keepalive: c.tcp_keepalive,
             health: c.health.clone(),
+            close_rate: c.close_rate,
+            rehome: c.rehome,
         }
     }
 }

@@ -29,6 +29,9 @@ pub struct PoolSnapshot {
     pub ring: Ring,
     /// Every node is down and the ring holds all of them (`when_all_down = "any"`).
     pub failing_open: bool,
+    /// Distinct for every snapshot built in this process (never 0): what a
+    /// connection's cached "misplaced" was computed for.
+    pub generation: u64,
 }
 
 impl PoolSnapshot {
@@ -101,6 +104,21 @@ impl PoolSnapshot {
             .into_iter()
             .map(|i| self.members[i].clone())
             .collect()
+    }
+
+    /// The client's home: the node its key maps to on this ring. `None` when
+    /// the ring is empty or failing open (no node is anyone's home then).
+    pub fn home(&self, ip: IpAddr) -> Option<&Arc<Node>> {
+        if self.failing_open {
+            return None;
+        }
+        self.ring.primary(&self.key(ip)).map(|i| &self.members[i])
+    }
+
+    /// `node` is the client's home, or the client has none now (so a
+    /// connection of it is not misplaced).
+    pub fn is_home(&self, node: &Arc<Node>, ip: IpAddr) -> bool {
+        self.home(ip).map_or(true, |h| Arc::ptr_eq(h, node))
     }
 
     /// Share of the hash space (0..=1) the named node owns in this snapshot.
@@ -198,14 +216,27 @@ pub(super) fn build_snapshot(settings: Arc<PoolSettings>, nodes: Vec<Arc<Node>>)
     for (i, n) in members.iter().enumerate() {
         n.metrics.ring_points.set(f64::from(ring.points_of(i)));
     }
+    let now = std::time::Instant::now();
+    for n in &nodes {
+        let points = members
+            .iter()
+            .position(|m| Arc::ptr_eq(m, n))
+            .filter(|_| !failing_open)
+            .map(|i| ring.points_of(i));
+        n.mark_service(points, now);
+    }
     PoolSnapshot {
         settings,
         nodes,
         members,
         ring,
         failing_open,
+        generation: GENERATION.fetch_add(1, Ordering::Relaxed),
     }
 }
+
+/// The next snapshot's `generation`.
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 #[cfg(test)]
 mod tests {

@@ -84,7 +84,7 @@ async fn connect(
         )
         .await;
         if hard_stop.is_cancelled() {
-            info!(client = %peer, listener = %listener, reason = "cancelled", "connection closed before a node was reached");
+            info!(client = %peer, listener = %listener, reason = "shutdown", "connection closed before a node was reached");
             return None;
         }
         let failure = match result {

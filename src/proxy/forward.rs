@@ -18,9 +18,9 @@ use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::splice;
+use crate::pool::{CloseReason, ConnCtl};
 
 /// First buffer of a direction: enough for typical messages (chat, game updates,
 /// WebSocket frames) while keeping the memory of many bursty connections small.
@@ -32,29 +32,26 @@ pub const BUFFER_SIZE: usize = 32 * 1024;
 #[derive(Debug)]
 pub enum End {
     /// Both sides sent EOF and every byte was delivered.
-    Closed,
+    Done,
     /// No byte moved either way for the idle timeout.
     IdleTimeout,
     /// Reading from or writing to the client failed (reset, broken pipe...).
     ClientError(io::Error),
     /// Reading from or writing to the node failed.
     NodeError(io::Error),
-    /// Closed by the balancer: the shutdown grace ran out.
-    Cancelled,
-    /// Closed by the balancer: the node went down and `on_node_down = "close"`.
-    NodeDown,
+    /// Closed by the balancer itself, for this reason.
+    Closed(CloseReason),
 }
 
 impl End {
     /// Short, stable label for logs and metrics.
     pub fn as_str(&self) -> &'static str {
         match self {
-            End::Closed => "closed",
+            End::Done => "closed",
             End::IdleTimeout => "idle_timeout",
             End::ClientError(_) => "client_error",
             End::NodeError(_) => "node_error",
-            End::Cancelled => "cancelled",
-            End::NodeDown => "node_down",
+            End::Closed(reason) => reason.as_str(),
         }
     }
 }
@@ -81,40 +78,51 @@ enum Side {
     Node,
 }
 
-/// What makes the balancer close a connection it is forwarding.
-#[derive(Debug, Clone, Copy)]
-pub struct Stop<'a> {
-    /// Cancelled when the connection must close: the node's close token (see
-    /// `Node::close_token`), a child of the shutdown token.
-    pub close: &'a CancellationToken,
-    /// Tells why, once `close` fired: cancelled means the shutdown grace ran out,
-    /// otherwise the node went down (or was removed) with `on_node_down = "close"`.
-    pub shutdown: &'a CancellationToken,
+/// Logs one line for an open connection, given the bytes moved so far (to the
+/// node, to the client).
+pub type LogOpen<'a> = &'a (dyn Fn(u64, u64) + Sync);
+
+/// What the balancer watches besides the bytes: its own request to close the
+/// connection, and (optionally) a log line every so often while it is open.
+#[derive(Clone, Copy)]
+pub struct Watch<'a> {
+    /// Set by whoever closes the connection (see `pool::ConnCtl`): the node's
+    /// closes, rehome, lifetime, the end of the shutdown grace.
+    pub close: &'a ConnCtl,
+    /// `access_log_interval` and the line to log, given the bytes moved so far
+    /// (to the node, to the client).
+    pub log: Option<(Duration, LogOpen<'a>)>,
 }
 
 /// Forward until both directions are finished, the idle timeout fires, an error
-/// occurs, or the `stop` token is cancelled.
+/// occurs, or the balancer asks the connection to close (`watch.close`).
 ///
-/// The state is two small `Dir` structs, one timer and one cancellation wait,
-/// polled by hand in one struct rather than composed from async blocks: an idle
-/// connection costs a few hundred bytes of task state, not kilobytes.
+/// The state is two small `Dir` structs and one timer (idle timeout and the
+/// interval log share it), polled by hand in one struct rather than composed
+/// from async blocks: an idle connection costs a few hundred bytes of task
+/// state, not kilobytes. The close request is the connection's own atomic and
+/// waker: no lock and nothing shared with other connections while bytes move.
 pub fn forward<'a>(
     client: &'a TcpStream,
     node: &'a TcpStream,
     idle_timeout: Duration,
-    stop: Stop<'a>,
+    watch: Watch<'a>,
     meters: Meters<'a>,
 ) -> Forwarding<'a> {
+    let now = Instant::now();
+    let next_log = watch.log.map(|(every, _)| now + every);
+    let first = next_log.map_or(now + idle_timeout, |l| l.min(now + idle_timeout));
     Forwarding {
         client,
         node,
         up: Dir::new(Side::Client, Side::Node),
         down: Dir::new(Side::Node, Side::Client),
-        last_activity: Instant::now(),
+        last_activity: now,
         idle_timeout,
-        idle: tokio::time::sleep(idle_timeout),
-        close: stop.close.cancelled(),
-        shutdown: stop.shutdown,
+        idle: tokio::time::sleep_until(first),
+        close: watch.close,
+        log: watch.log,
+        next_log,
         meters,
     }
 }
@@ -130,9 +138,9 @@ pin_project_lite::pin_project! {
         idle_timeout: Duration,
         #[pin]
         idle: tokio::time::Sleep,
-        #[pin]
-        close: tokio_util::sync::WaitForCancellationFuture<'a>,
-        shutdown: &'a CancellationToken,
+        close: &'a ConnCtl,
+        log: Option<(Duration, LogOpen<'a>)>,
+        next_log: Option<Instant>,
         meters: Meters<'a>,
     }
 }
@@ -143,12 +151,8 @@ impl Future for Forwarding<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         let mut this = self.project();
         let end = 'end: {
-            if this.close.as_mut().poll(cx).is_ready() {
-                break 'end if this.shutdown.is_cancelled() {
-                    End::Cancelled
-                } else {
-                    End::NodeDown
-                };
+            if let Some(reason) = this.close.poll_close(cx) {
+                break 'end End::Closed(reason);
             }
             let moved_before = this.up.bytes + this.down.bytes;
             let (client, node) = (*this.client, *this.node);
@@ -167,18 +171,29 @@ impl Future for Forwarding<'_> {
                 break 'end side.error(e);
             }
             if this.up.done && this.down.done {
-                break 'end End::Closed;
+                break 'end End::Done;
             }
             if this.up.bytes + this.down.bytes != moved_before {
                 *this.last_activity = Instant::now();
             }
             // The timer is only moved when it fires: activity just records a time.
             while this.idle.as_mut().poll(cx).is_ready() {
+                let now = Instant::now();
                 let deadline = *this.last_activity + *this.idle_timeout;
-                if Instant::now() >= deadline {
+                if now >= deadline {
                     break 'end End::IdleTimeout;
                 }
-                this.idle.as_mut().reset(deadline);
+                let mut next = deadline;
+                if let (Some((every, log)), Some(at)) = (*this.log, this.next_log.as_mut()) {
+                    if now >= *at {
+                        log(this.up.bytes, this.down.bytes);
+                        while *at <= now {
+                            *at += every;
+                        }
+                    }
+                    next = next.min(*at);
+                }
+                this.idle.as_mut().reset(next);
             }
             return Poll::Pending;
         };
@@ -468,15 +483,15 @@ mod tests {
         rt.block_on(async {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let s = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-            let tok = CancellationToken::new();
+            let ctl = ConnCtl::default();
             let (counter, total) = (Counter::noop(), AtomicU64::new(0));
             let f = forward(
                 &s,
                 &s,
                 Duration::from_secs(1),
-                Stop {
-                    close: &tok,
-                    shutdown: &tok,
+                Watch {
+                    close: &ctl,
+                    log: None,
                 },
                 Meters {
                     to_node: (&counter, &total),

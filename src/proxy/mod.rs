@@ -18,7 +18,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::admission::Admission;
+use crate::config::Lifetime;
 use crate::metrics::RejectReason;
+use crate::ring::canonical_ip;
 use connect::select_and_connect;
 use forward::{End, Meters};
 
@@ -84,6 +86,20 @@ async fn proxy_header(
     }
 }
 
+/// When a connection opened now reaches the listener's
+/// `max_connection_duration`: the duration plus a uniform random share of the
+/// jitter, so connections opened together do not expire together.
+fn lifetime_deadline(l: &Lifetime) -> Option<std::time::Instant> {
+    let max = l.max?;
+    let jitter_ms = l.jitter.as_millis() as u64;
+    let extra = if jitter_ms == 0 {
+        0
+    } else {
+        fastrand::u64(0..=jitter_ms)
+    };
+    Some(std::time::Instant::now() + max + std::time::Duration::from_millis(extra))
+}
+
 /// Serve one accepted client connection. Runs inside the connection's span.
 pub async fn handle(client: TcpStream, peer: SocketAddr, mut admission: Admission) {
     let start = Instant::now();
@@ -106,17 +122,37 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, mut admission: Admissio
     else {
         return;
     };
-    let node = slot.node();
+    // Registered on its node from here on, so the balancer can close it
+    // (paced): the node's closes, rehome, lifetime, end of the shutdown grace.
+    let live = slot.open(
+        canonical_ip(peer.ip()),
+        lifetime_deadline(&ctx.config.lifetime),
+    );
+    let node = live.node();
     node.total.fetch_add(1, Ordering::Relaxed);
 
-    let node_down = node.close_token();
+    let log_open = |to_node: u64, to_client: u64| {
+        info!(
+            client = %peer,
+            listener = %ctx.config.name,
+            node = %node.name,
+            node_addr = %node.addr,
+            bytes_to_node = to_node,
+            bytes_to_client = to_client,
+            duration_ms = start.elapsed().as_millis() as u64,
+            "connection open"
+        );
+    };
     let out = forward::forward(
         &client,
         &upstream,
         idle_timeout,
-        forward::Stop {
-            close: &node_down,
-            shutdown: hard_stop,
+        forward::Watch {
+            close: live.ctl(),
+            log: ctx
+                .config
+                .access_log_interval
+                .map(|every| (every, &log_open as &(dyn Fn(u64, u64) + Sync))),
         },
         Meters {
             to_node: (&node.metrics.bytes_to_node, &node.bytes_to_node),

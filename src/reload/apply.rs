@@ -107,10 +107,7 @@ pub async fn apply_read(server: &mut Server, read: Result<Config, ConfigError>) 
                 }
             }
             None => {
-                pools.insert(
-                    name.clone(),
-                    Arc::new(Pool::with_stop(pc, &server.hard_stop)),
-                );
+                pools.insert(name.clone(), Arc::new(Pool::new(pc)));
             }
         }
     }
@@ -195,6 +192,7 @@ pub async fn apply_read(server: &mut Server, read: Result<Config, ConfigError>) 
         }
     }
     server.probers = probers;
+    server.lifecycles.sync(&pools);
 
     // 7. Admin endpoint and pid file.
     if let Some(next) = new_admin {

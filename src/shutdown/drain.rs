@@ -7,6 +7,8 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::config::fmt_duration;
+use crate::lifecycle::DrainPlan;
+use crate::pool::CloseReason;
 use crate::server::{stop_accepting, Server};
 
 /// How long connections get to finish after being told to close at the end of the
@@ -20,7 +22,9 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 pub struct ShutdownReport {
     /// Connections open when accepting stopped.
     pub open_at_shutdown: usize,
-    /// Connections still open when the grace period ran out (closed by force).
+    /// Connections the balancer closed because the grace period ran out: those
+    /// it closed spread over the end of the grace (`close_rate`), and those
+    /// still open at its end.
     pub closed_at_grace: usize,
 }
 
@@ -58,6 +62,13 @@ pub async fn drain(mut server: Server) -> ShutdownReport {
     tracker.close();
     let open_at_shutdown = tracker.len();
     let grace = server.shared.config.load().shutdown_grace;
+    // Each pool's lifecycle loop spreads its closes over the end of the grace
+    // (close_rate), instead of all at its last instant.
+    let closed_before = server.lifecycles.closed(CloseReason::Shutdown);
+    server.lifecycles.begin_drain(DrainPlan {
+        deadline: std::time::Instant::now() + grace,
+        grace,
+    });
     if open_at_shutdown > 0 {
         match handed_over {
             Some(pid) => info!(
@@ -87,19 +98,30 @@ pub async fn drain(mut server: Server) -> ShutdownReport {
     })
     .await
     .unwrap_or(false);
-    let mut closed_at_grace = 0;
+    // Closed by the lifecycle loops over the end of the grace (close_rate).
+    let spread = server.lifecycles.closed(CloseReason::Shutdown) - closed_before;
+    let mut closed_at_grace = spread as usize;
+    if spread > 0 {
+        info!(
+            closed = spread,
+            "closed connections spread over the end of the grace period (close_rate)"
+        );
+    }
     if !drained {
-        closed_at_grace = tracker.len();
-        if closed_at_grace > 0 {
+        let left = tracker.len();
+        closed_at_grace += left;
+        if left > 0 {
             if close_now.is_cancelled() {
-                warn!(open = closed_at_grace, "closing open connections now");
+                warn!(open = left, "closing open connections now");
             } else {
                 warn!(
-                    open = closed_at_grace,
+                    open = left,
                     "closing connections still open at the end of the grace period"
                 );
             }
         }
+        server.lifecycles.close_all_now(CloseReason::Shutdown);
+        // Connections still connecting (not registered on a node yet).
         hard_stop.cancel();
         if tokio::time::timeout(HARD_STOP_WAIT, tracker.wait())
             .await
@@ -108,6 +130,7 @@ pub async fn drain(mut server: Server) -> ShutdownReport {
             warn!(open = tracker.len(), "connections did not close in time");
         }
     }
+    std::mem::take(&mut server.lifecycles).shutdown().await;
     server.set_pid_file(None);
     info!(open_at_shutdown, closed_at_grace, "shutdown complete");
     ShutdownReport {
