@@ -9,6 +9,7 @@
 //! whole seconds, durations as in the config (`2s`, `1m30s`), addresses as text,
 //! enums as their config words.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -20,7 +21,7 @@ use serde::{Serialize, Serializer};
 use crate::config::{fmt_duration, AdminState, HealthKind, Keepalive, ProxyProtocol};
 use crate::handle::{Handle, ListenerView, ReloadRecord};
 use crate::health::ProbeRecord;
-use crate::pool::{Node, PoolSnapshot};
+use crate::pool::{CloseReason, Node, Pool, PoolSnapshot};
 use crate::workers::WorkerLoad;
 
 /// The whole `/status` document.
@@ -125,7 +126,23 @@ pub struct PoolStatus {
     /// The per-node connection bound a new connection sees now, if bounded.
     pub load_bound: Option<u64>,
     pub health: HealthStatus,
+    /// Closes per second ringlb decides on (0: unpaced).
+    pub close_rate: u32,
+    /// `rehome` (`null`: off).
+    pub rehome: Option<RehomeStatus>,
+    /// Closes waiting for their turn under `close_rate`.
+    pub closes_pending: usize,
+    /// Connections the pool closed itself since start, per reason.
+    pub closed: BTreeMap<&'static str, u64>,
     pub nodes: Vec<NodeStatus>,
+}
+
+/// A pool's `rehome` setting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RehomeStatus {
+    #[serde(serialize_with = "duration")]
+    pub after: Duration,
+    pub rate: u32,
 }
 
 /// A pool's health-check settings.
@@ -182,6 +199,11 @@ pub struct NodeStatus {
     pub active_connections: u64,
     /// The node's cap (`null`: none).
     pub max_connections: Option<u64>,
+    /// Open connections whose client's home (its ring node now) is another
+    /// node (recounted a few times a second).
+    pub misplaced: u64,
+    /// Connections closed so their client reconnects home (rehome).
+    pub rehomed: u64,
     pub total_connections: u64,
     pub connect_failures: u64,
     pub bytes_to_node: u64,
@@ -241,7 +263,7 @@ pub fn status(handle: &Handle) -> Status {
         pools: handle
             .pools()
             .iter()
-            .map(|(name, pool)| PoolStatus::of(name, &pool.snapshot()))
+            .map(|(name, pool)| PoolStatus::of(name, pool))
             .collect(),
         workers: handle
             .workers()
@@ -278,7 +300,8 @@ impl ListenerStatus {
 }
 
 impl PoolStatus {
-    fn of(name: &str, snap: &PoolSnapshot) -> PoolStatus {
+    fn of(name: &str, pool: &Pool) -> PoolStatus {
+        let snap = &pool.snapshot();
         let s = &snap.settings;
         let h = &s.health;
         PoolStatus {
@@ -297,6 +320,16 @@ impl PoolStatus {
                 rise: h.rise,
                 fall: h.fall,
             },
+            close_rate: s.close_rate,
+            rehome: s.rehome.map(|r| RehomeStatus {
+                after: r.after,
+                rate: r.rate,
+            }),
+            closes_pending: pool.closes_pending(),
+            closed: CloseReason::ALL
+                .iter()
+                .map(|&r| (r.as_str(), pool.closed(r)))
+                .collect(),
             nodes: snap.nodes.iter().map(|n| NodeStatus::of(snap, n)).collect(),
         }
     }
@@ -325,6 +358,8 @@ impl NodeStatus {
             transitions: health.transitions,
             active_connections: count(&n.active),
             max_connections: n.max_connections(),
+            misplaced: count(&n.misplaced),
+            rehomed: count(&n.rehomed),
             total_connections: count(&n.total),
             connect_failures: count(&n.connect_failures),
             bytes_to_node: count(&n.bytes_to_node),
@@ -439,6 +474,7 @@ pool = "db"
 
 [pools.web]
 balance_factor = 1.25
+rehome = { after = "30s", rate = 20 }
 proxy_protocol = "v2"
 tcp_keepalive = { idle = "30s" }
 
@@ -634,6 +670,18 @@ addr = "10.0.1.1:5432"
             (".pools[].failing_open", "bool"),
             (".pools[].proxy_protocol", "string"),
             (".pools[].balance_factor", "float|null"),
+            (".pools[].close_rate", "integer"),
+            (".pools[].rehome", "null|object"),
+            (".pools[].rehome.after", "string"),
+            (".pools[].rehome.rate", "integer"),
+            (".pools[].closes_pending", "integer"),
+            (".pools[].closed", "object"),
+            (".pools[].closed.node_down", "integer"),
+            (".pools[].closed.disabled", "integer"),
+            (".pools[].closed.removed", "integer"),
+            (".pools[].closed.rehome", "integer"),
+            (".pools[].closed.lifetime", "integer"),
+            (".pools[].closed.shutdown", "integer"),
             (".pools[].tcp_keepalive", "string"),
             (".pools[].load_bound", "integer|null"),
             (".pools[].health", "object"),
@@ -661,6 +709,8 @@ addr = "10.0.1.1:5432"
             (".pools[].nodes[].transitions", "integer"),
             (".pools[].nodes[].active_connections", "integer"),
             (".pools[].nodes[].max_connections", "integer|null"),
+            (".pools[].nodes[].misplaced", "integer"),
+            (".pools[].nodes[].rehomed", "integer"),
             (".pools[].nodes[].total_connections", "integer"),
             (".pools[].nodes[].connect_failures", "integer"),
             (".pools[].nodes[].bytes_to_node", "integer"),
