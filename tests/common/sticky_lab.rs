@@ -406,6 +406,196 @@ pub fn before(times: &[SystemTime], t: SystemTime) -> usize {
     times.iter().filter(|x| **x < t).count()
 }
 
+/// `times` (n of them) were paced at `rate` per second with its bucket: never
+/// more than rate + burst (+ `slack`) in any second, spread over at least the
+/// time the bucket needs for them (a lower bound: no patience), and over at
+/// most n/rate + 1 s (times the patience). Prints the per-second histogram.
+pub fn check_paced(what: &str, times: &[SystemTime], rate: u32, slack: usize) {
+    let n = times.len();
+    let bucket = burst(rate);
+    let most = max_in_window(times, Duration::from_secs(1));
+    let from = times
+        .iter()
+        .min()
+        .copied()
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let hist = per_second(times, from);
+    eprintln!("{what}: {n} closes, per second {hist:?}, most in 1 s {most}");
+    assert!(
+        most <= rate as usize + bucket + slack,
+        "{what}: {most} closes in one second, rate {rate} + bucket {bucket} (+{slack}); per second {hist:?}"
+    );
+    let least = n.saturating_sub(bucket + 1) as f64 / f64::from(rate);
+    let took = span(times);
+    assert!(
+        took.as_secs_f64() >= least,
+        "{what}: {n} closes within {took:?}, the bucket allows no less than {least:.2}s; per second {hist:?}"
+    );
+    let bound = patient(Duration::from_secs_f64(n as f64 / f64::from(rate) + 1.0));
+    assert!(
+        took <= bound,
+        "{what}: {n} closes took {took:?}, more than {bound:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// A scenario: everybody home, then one node's clients move
+// ---------------------------------------------------------------------------
+
+/// ringlb running `text` (listener `lb`, pool `p`) with a lab of clients, all
+/// on their ring home, and the clients of one node (the victim) picked out.
+pub struct Placed {
+    pub lb: Proc,
+    pub lab: Lab,
+    pub orders: Vec<Vec<String>>,
+    pub victim: String,
+    /// The clients whose home is the victim.
+    pub victims: Vec<usize>,
+}
+
+impl Placed {
+    /// Start ringlb and `clients` clients from `client_ip(first)` on; check
+    /// that every client is on its ring home and that the victim owns enough
+    /// of them (25) for pacing to show.
+    pub async fn start(text: &str, clients: usize, first: u32, victim: &str) -> Placed {
+        let lb = Proc::start(text);
+        let lab = Lab::start(lb.addr, Options::new(clients, first));
+        lab.all_placed(Duration::from_secs(20)).await;
+        let orders = ring_orders(text, "p", &lab.ips);
+        let v = lab.view();
+        for (k, order) in orders.iter().enumerate() {
+            assert_eq!(
+                v.on[k].as_deref(),
+                Some(order[0].as_str()),
+                "client {} is not on its ring home",
+                lab.ips[k]
+            );
+        }
+        assert!(v.closes.is_empty(), "{:?}", v.closes);
+        assert!(v.failures.is_empty(), "{:?}", v.failures);
+        let victims: Vec<usize> = (0..clients).filter(|&k| orders[k][0] == victim).collect();
+        assert!(
+            victims.len() >= 25,
+            "{victim} must own many clients for the pacing to show: {}",
+            victims.len()
+        );
+        Placed {
+            lb,
+            lab,
+            orders,
+            victim: victim.to_string(),
+            victims,
+        }
+    }
+
+    pub fn is_victim(&self, k: usize) -> bool {
+        self.victims.contains(&k)
+    }
+
+    /// Every client's ring home (all nodes in service).
+    pub fn homes(&self) -> Vec<String> {
+        self.orders.iter().map(|o| o[0].clone()).collect()
+    }
+
+    /// Where client `k` is while the victim is out of service.
+    pub fn failed_over(&self, k: usize) -> String {
+        let out = if self.is_victim(k) {
+            vec![self.victim.as_str()]
+        } else {
+            vec![]
+        };
+        next_home(&self.orders[k], &out).to_string()
+    }
+
+    /// Wait until every client of the victim was closed (once more than
+    /// `before`) and is placed again, for n/`rate` + 10 s at most.
+    pub async fn victims_moved(&self, before: usize, rate: u32) {
+        let paced = Duration::from_secs_f64(self.victims.len() as f64 / f64::from(rate.max(1)));
+        let vs = self.victims.clone();
+        self.lab
+            .wait(
+                paced + Duration::from_secs(10),
+                "every client of the victim closed and placed again",
+                move |v| {
+                    vs.iter()
+                        .all(|&k| v.closes_of(k).len() > before && v.on[k].is_some())
+                },
+            )
+            .await;
+    }
+
+    /// Closes only of the victim's clients, `per_victim` each, and every
+    /// client on the node `want` names; no failed connect.
+    pub fn check_closes_and_places(
+        &self,
+        per_victim: usize,
+        want: impl Fn(usize) -> String,
+    ) -> View {
+        let v = self.lab.view();
+        for c in &v.closes {
+            assert!(
+                self.is_victim(c.client),
+                "client {} of {} was closed ({c:?})",
+                self.lab.ips[c.client],
+                self.orders[c.client][0]
+            );
+        }
+        for &k in &self.victims {
+            assert_eq!(
+                v.closes_of(k).len(),
+                per_victim,
+                "{}: {:?}",
+                self.lab.ips[k],
+                v.closes_of(k)
+            );
+        }
+        for k in 0..v.on.len() {
+            assert_eq!(
+                v.on[k].as_deref(),
+                Some(want(k).as_str()),
+                "client {} (order {:?})",
+                self.lab.ips[k],
+                self.orders[k]
+            );
+        }
+        assert!(v.failures.is_empty(), "{:?}", v.failures);
+        v
+    }
+
+    /// ringlb logged one close for `reason` of each client of the victim, on
+    /// the node `node_of` names for it, none before `after`; returns them.
+    pub fn check_logged_closes(
+        &mut self,
+        reason: &str,
+        node_of: impl Fn(usize) -> String,
+        after: SystemTime,
+    ) -> Vec<Logged> {
+        let log = self.lb.log();
+        let closed = closed_lines(&log, reason);
+        let mut clients: Vec<usize> = closed
+            .iter()
+            .map(|l| {
+                let k = self
+                    .lab
+                    .client_of(l.str("client"))
+                    .filter(|k| self.is_victim(*k))
+                    .unwrap_or_else(|| panic!("not a client of the victim: {:?}", l.fields));
+                assert_eq!(l.str("node"), node_of(k), "{:?}", l.fields);
+                assert!(l.at >= after, "closed too early: {:?}", l.fields);
+                k
+            })
+            .collect();
+        clients.sort_unstable();
+        clients.dedup();
+        assert_eq!(
+            (closed.len(), clients.len()),
+            (self.victims.len(), self.victims.len()),
+            "one {reason} close per client of the victim"
+        );
+        closed
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The ring, from the library
 // ---------------------------------------------------------------------------
