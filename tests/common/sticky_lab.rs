@@ -279,15 +279,15 @@ async fn client(
 ) {
     let deadline = tokio::time::Instant::now() + patient(opts.lifetime);
     for _ in 0..opts.max_connects {
-        let connecting = SystemTime::now();
         let attempt = async {
             let _permit = gate
                 .acquire()
                 .await
                 .map_err(|_| std::io::Error::other("lab stopped"))?;
+            let connecting = SystemTime::now();
             let mut s = connect_from(ip, lb).await?;
             let name = read_line_within(&mut s, patient(Duration::from_secs(10))).await?;
-            Ok::<_, std::io::Error>((s, name))
+            Ok::<_, std::io::Error>((s, name, connecting))
         };
         let got = tokio::select! {
             _ = stop.cancelled() => return,
@@ -295,7 +295,7 @@ async fn client(
             r = attempt => r,
         };
         match got {
-            Ok((mut s, node)) => {
+            Ok((mut s, node, connecting)) => {
                 {
                     let mut r = lock(&record);
                     r.on[k] = Some(node.clone());
