@@ -6,6 +6,7 @@
 //!
 //! - An operator disables a node: its clients are closed at `close_rate`, as
 //!   `disabled`, and reconnect to their next node; nobody else is closed.
+//! - `close_rate = 0`: unpaced, all at once.
 //! - A reload removes a node (`on_node_down = "close"`): the same, as `removed`.
 //! - `max_connection_duration = "2s"` with a jitter of 1 s: no connection is
 //!   closed before 2 s, the closes spread over the jitter, as `lifetime`, and
@@ -51,13 +52,14 @@ enum TakeAway {
     Remove,
 }
 
-/// Everybody home, then `how` takes the victim away with `close_rate = 20`:
-/// exactly its clients are closed, paced, with `reason`, and reconnect to
-/// their next node.
-async fn taken_away_paced(how: TakeAway, reason: &str, first: u32) {
+/// Everybody home, then `how` takes the victim away with `close_rate = rate`:
+/// exactly its clients are closed, with `reason`, paced (all at once for
+/// `0`), and reconnect to their next node.
+async fn taken_away(how: TakeAway, reason: &str, first: u32, rate: u32) {
     let b = backends(3).await;
     let nodes = nodes_of(&b);
-    let pool = "on_node_down = \"close\"\nclose_rate = 20\n";
+    let pool = format!("on_node_down = \"close\"\nclose_rate = {rate}\n");
+    let pool = pool.as_str();
     let mut s = Placed::start(&config(&nodes, "", pool), CLIENTS, first, VICTIM).await;
     let n = s.victims.len();
     let at = SystemTime::now();
@@ -78,17 +80,31 @@ async fn taken_away_paced(how: TakeAway, reason: &str, first: u32) {
             s.lb.reload(&config(&kept, "", pool)).await;
         }
     }
-    s.victims_moved(0, 20).await;
+    s.victims_moved(0, rate).await;
     s.check_closes_and_places(1, |k| s.failed_over(k));
     let closed = s.check_logged_closes(reason, |_| VICTIM.to_string(), at);
-    check_paced(&format!("ringlb's {reason} closes"), &times(&closed), 20, 0);
     let v = s.lab.view();
-    check_paced(
-        "closes the clients saw",
-        &v.close_times(|_| true),
-        20,
-        burst(20),
-    );
+    if rate > 0 {
+        check_paced(
+            &format!("ringlb's {reason} closes"),
+            &times(&closed),
+            rate,
+            0,
+        );
+        check_paced(
+            "closes the clients saw",
+            &v.close_times(|_| true),
+            rate,
+            burst(rate),
+        );
+    } else {
+        // Unpaced: all at once.
+        let took = span(&times(&closed));
+        assert!(
+            took <= patient(Duration::from_millis(500)),
+            "{n} unpaced closes took {took:?}"
+        );
+    }
     let log = s.lb.log();
     let all = logged(&log, "connection closed", &[]);
     assert_eq!(
@@ -97,16 +113,18 @@ async fn taken_away_paced(how: TakeAway, reason: &str, first: u32) {
         "no other close: {:?}",
         all.iter().map(|l| &l.fields).collect::<Vec<_>>()
     );
-    let m = s.lb.metrics().await;
-    assert_eq!(
-        metric_sum(
-            &m,
-            "ringlb_paced_closes_total",
-            &["pool=\"p\"", &format!("reason=\"{reason}\"")]
-        ),
-        n as f64,
-        "{m}"
-    );
+    if rate > 0 {
+        let m = s.lb.metrics().await;
+        assert_eq!(
+            metric_sum(
+                &m,
+                "ringlb_paced_closes_total",
+                &["pool=\"p\"", &format!("reason=\"{reason}\"")]
+            ),
+            n as f64,
+            "{m}"
+        );
+    }
     assert_eq!(s.lb.status().await["pools"][0]["closes_pending"], 0);
     s.lab.stop().await;
 }
@@ -115,14 +133,21 @@ async fn taken_away_paced(how: TakeAway, reason: &str, first: u32) {
 #[ignore = "needs #15 core"]
 async fn a_disabled_node_has_its_clients_closed_at_the_close_rate_as_disabled() {
     let _serial = one_at_a_time().await;
-    taken_away_paced(TakeAway::Disable, "disabled", 0).await;
+    taken_away(TakeAway::Disable, "disabled", 0, 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs #15 core"]
 async fn a_node_removed_by_a_reload_has_its_clients_closed_at_the_close_rate_as_removed() {
     let _serial = one_at_a_time().await;
-    taken_away_paced(TakeAway::Remove, "removed", 1000).await;
+    taken_away(TakeAway::Remove, "removed", 1000, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs #15 core"]
+async fn close_rate_0_closes_a_disabled_nodes_clients_at_once() {
+    let _serial = one_at_a_time().await;
+    taken_away(TakeAway::Disable, "disabled", 4000, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,8 @@
 //! - `close_rate = 20`: node-1's clients are closed spread over about n/20 s,
 //!   never more than the rate plus the bucket in any second; they reconnect to
 //!   their next node; nobody else is closed (issue 15, item 3).
+//! - `close_rate = 5` and the node back after a few closes: the queued closes
+//!   are dropped, its other clients stay on it.
 //! - `rehome = { after = "1s", rate = 20 }`: once node-1 is back, no rehome
 //!   close before `after`; its clients are home within `after` + n/rate +
 //!   slack, at no more than the rate; every client ends on its ring home
@@ -326,4 +328,72 @@ async fn four_hundred_reconnecting_clients_one_node_capped_at_five_none_refused(
         "{m}"
     );
     lab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs #15 core"]
+async fn a_node_back_in_service_before_its_queued_closes_keeps_the_clients_not_closed_yet() {
+    let _serial = one_at_a_time().await;
+    // At 5 closes per second the victim's ~50 clients would take 10 s; it is
+    // back after a few.
+    let fleet = Fleet::start(3).await;
+    let mut s = Placed::start(&config(&fleet, "close_rate = 5\n"), CLIENTS, 6000, VICTIM).await;
+    let n = s.victims.len();
+    fleet.health[1].set_healthy(false);
+    s.lb.wait_logged(Duration::from_secs(10), "node DOWN", &[("node", VICTIM)])
+        .await;
+    s.lab
+        .wait(
+            Duration::from_secs(10),
+            "3 clients of the victim closed",
+            |v| v.closes.len() >= 3,
+        )
+        .await;
+    fleet.health[1].set_healthy(true);
+    let up =
+        s.lb.wait_logged(Duration::from_secs(10), "node UP", &[("node", VICTIM)])
+            .await
+            .at;
+    // The queued closes are dropped: none comes after the UP (but one that was
+    // already under way as the line was written).
+    let late = |log: &[String]| {
+        closed_lines(log, "node_down")
+            .into_iter()
+            .filter(|l| l.at > up + Duration::from_millis(100))
+            .count()
+    };
+    let window = Duration::from_secs(2);
+    let more = poll(window, Duration::from_millis(50), || {
+        let l = late(&s.lb.log());
+        async move { (l > 0).then_some(l) }
+    })
+    .await;
+    assert_eq!(more, None, "node_down closes after the node was back");
+    let closed = closed_lines(&s.lb.log(), "node_down").len();
+    assert!(
+        (3..n / 2).contains(&closed),
+        "{closed} of {n} clients of the victim closed"
+    );
+    // Those not closed are still on it; nobody else was closed.
+    let v = s.lab.view();
+    for c in &v.closes {
+        assert!(s.is_victim(c.client), "{c:?}");
+    }
+    let untouched = s
+        .victims
+        .iter()
+        .filter(|&&k| v.closes_of(k).is_empty())
+        .count();
+    assert_eq!(
+        untouched,
+        n - v.closes.len(),
+        "one close per client at most"
+    );
+    for &k in &s.victims {
+        if v.closes_of(k).is_empty() {
+            assert_eq!(v.on[k].as_deref(), Some(VICTIM), "{}", s.lab.ips[k]);
+        }
+    }
+    assert_eq!(s.lb.status().await["pools"][0]["closes_pending"], 0);
+    s.lab.stop().await;
 }
