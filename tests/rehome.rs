@@ -397,3 +397,59 @@ async fn a_node_back_in_service_before_its_queued_closes_keeps_the_clients_not_c
     assert_eq!(s.lb.status().await["pools"][0]["closes_pending"], 0);
     s.lab.stop().await;
 }
+
+/// The lab's own arithmetic: a harness that miscounts turns failures green.
+#[test]
+fn the_labs_window_counts_histograms_and_log_lines_are_right() {
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    // 0, 100, ..., 900 ms, then 1000 and 1999: any 1 s window holds at most 10.
+    let mut ts: Vec<SystemTime> = (0..10).map(|i| at(i * 100)).collect();
+    ts.extend([at(1000), at(1999)]);
+    ts.reverse(); // order does not matter
+    assert_eq!(max_in_window(&ts, Duration::from_secs(1)), 10);
+    assert_eq!(max_in_window(&ts, Duration::from_millis(1001)), 11);
+    assert_eq!(max_in_window(&[], Duration::from_secs(1)), 0);
+    assert_eq!(per_second(&ts, t0), vec![10, 2]);
+    assert_eq!(
+        per_second(&ts, at(500)),
+        vec![11, 1],
+        "before `from`: the first second"
+    );
+    assert_eq!(span(&ts), Duration::from_millis(1999));
+    assert_eq!(span(&ts[..1]), Duration::ZERO);
+    assert_eq!(before(&ts, at(1000)), 10);
+    assert_eq!(
+        [
+            burst(0),
+            burst(1),
+            burst(10),
+            burst(11),
+            burst(20),
+            burst(100)
+        ],
+        [1, 1, 1, 2, 2, 10]
+    );
+    // A JSON line as ringlb writes it (`--log-format json`).
+    let line = r#"{"timestamp":"2026-12-02T03:15:11.123456Z","level":"INFO","message":"connection closed","client":"127.1.0.5:40000","node":"node-1","reason":"rehome","duration_ms":2500}"#;
+    let l = Logged::parse(line).expect("parsed");
+    assert_eq!(
+        l.at,
+        humantime::parse_rfc3339("2026-12-02T03:15:11.123456Z").unwrap()
+    );
+    assert_eq!(
+        (l.str("node"), l.u64("duration_ms")),
+        ("node-1", Some(2500))
+    );
+    let log = vec![line.to_string(), "not json".to_string()];
+    assert_eq!(closed_lines(&log, "rehome").len(), 1);
+    assert!(closed_lines(&log, "node_down").is_empty());
+    assert_eq!(
+        logged(&log, "connection", &[("client", "127.1.0.5:40000")]).len(),
+        1
+    );
+    let m = "ringlb_x{pool=\"p\",node=\"a\"} 2\nringlb_x{pool=\"p\",node=\"b\"} 3\nringlb_x{pool=\"q\",node=\"a\"} 5\n";
+    assert_eq!(metric_sum(m, "ringlb_x", &["pool=\"p\""]), 5.0);
+    assert_eq!(metric_sum(m, "ringlb_x", &[]), 10.0);
+    assert_eq!(metric_sum(m, "ringlb_y", &[]), 0.0);
+}
