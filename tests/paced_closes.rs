@@ -130,28 +130,24 @@ async fn taken_away(how: TakeAway, reason: &str, first: u32, rate: u32) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs #15 core"]
 async fn a_disabled_node_has_its_clients_closed_at_the_close_rate_as_disabled() {
     let _serial = one_at_a_time().await;
     taken_away(TakeAway::Disable, "disabled", 0, 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs #15 core"]
 async fn a_node_removed_by_a_reload_has_its_clients_closed_at_the_close_rate_as_removed() {
     let _serial = one_at_a_time().await;
     taken_away(TakeAway::Remove, "removed", 1000, 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs #15 core"]
 async fn close_rate_0_closes_a_disabled_nodes_clients_at_once() {
     let _serial = one_at_a_time().await;
     taken_away(TakeAway::Disable, "disabled", 4000, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs #15 core"]
 async fn connections_live_two_to_three_seconds_then_are_closed_as_lifetime_and_reconnect() {
     let _serial = one_at_a_time().await;
     const LIFE: Duration = Duration::from_secs(2);
@@ -237,7 +233,6 @@ async fn connections_live_two_to_three_seconds_then_are_closed_as_lifetime_and_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs #15 core"]
 async fn a_long_connection_logs_connection_open_each_interval_with_growing_byte_counts() {
     let _serial = one_at_a_time().await;
     const EVERY: Duration = Duration::from_millis(500);

@@ -75,7 +75,6 @@ async fn failover(pool_extra: &str, first: u32, rate: u32) -> Failover {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs #15 core"]
 async fn a_node_down_with_close_rate_20_closes_its_clients_paced_and_nobody_else() {
     let _serial = one_at_a_time().await;
     let mut f = failover("close_rate = 20\n", 0, 20).await;
@@ -123,7 +122,6 @@ async fn a_node_down_with_close_rate_20_closes_its_clients_paced_and_nobody_else
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs #15 core"]
 async fn with_rehome_the_recovered_nodes_clients_go_home_after_the_delay_at_the_rate() {
     let _serial = one_at_a_time().await;
     let mut f = failover(
@@ -268,7 +266,6 @@ async fn without_rehome_the_clients_that_failed_over_stay_where_they_are() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs #15 core"]
 async fn without_rehome_the_clients_that_failed_over_are_counted_misplaced() {
     let _serial = one_at_a_time().await;
     without_rehome_the_misplaced_clients_stay(3000, true).await;
@@ -333,7 +330,6 @@ async fn four_hundred_reconnecting_clients_one_node_capped_at_five_none_refused(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs #15 core"]
 async fn a_node_back_in_service_before_its_queued_closes_keeps_the_clients_not_closed_yet() {
     let _serial = one_at_a_time().await;
     // At 5 closes per second the victim's ~50 clients would take 10 s; it is

@@ -126,7 +126,6 @@ fn check_kept_below(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs #15 core"]
 async fn two_thousand_connections_close_at_the_rate_over_the_end_of_the_grace() {
     let _serial = one_at_a_time().await;
     let (n, rate) = (2000usize, 1000u32);
@@ -171,7 +170,6 @@ async fn two_thousand_connections_close_at_the_rate_over_the_end_of_the_grace() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs #15 core"]
 async fn a_close_rate_too_low_for_the_grace_spreads_the_closes_evenly_over_all_of_it() {
     let _serial = one_at_a_time().await;
     // 600 at 50/s would take 12 s; the grace is 4 s: 150/s from its start.

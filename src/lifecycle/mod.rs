@@ -17,7 +17,7 @@
 
 pub mod pacing;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -192,6 +192,7 @@ async fn run(
     let now = Instant::now();
     let mut closes = Pacer::new(pool.settings().close_rate, now.into_std());
     let mut rehomes: Option<Pacer> = None;
+    let mut rehoming = Rehoming::default();
     let mut next_scan = now;
     let mut draining: Option<Drain> = None;
     loop {
@@ -227,14 +228,16 @@ async fn run(
                     SCAN_EVERY
                 };
             match rehome {
-                Some(r) => {
-                    let p = rehomes.get_or_insert_with(|| Pacer::new(r.rate, std_now));
-                    p.set_rate(r.rate, std_now);
-                    if !scan.rehome.is_empty() && draining.is_none() {
-                        rehome_some(&pool, &scan.rehome, p, &mut closes, std_now);
-                    }
+                Some(r) if draining.is_none() => {
+                    rehomes
+                        .get_or_insert_with(|| Pacer::new(r.rate, std_now))
+                        .set_rate(r.rate, std_now);
+                    rehoming = Rehoming::new(scan.rehome);
                 }
-                None => rehomes = None,
+                _ => {
+                    rehomes = None;
+                    rehoming = Rehoming::default();
+                }
             }
             if let Some(d) = draining.as_mut() {
                 d.step(&pool, scan.open, settings.close_rate, std_now);
@@ -244,15 +247,26 @@ async fn run(
                 return;
             }
         }
+        // 3. Rehome: the misplaced connections of the last scan, as far as
+        //    both buckets let (a queued close goes first).
+        if let Some(p) = rehomes.as_mut() {
+            if pool.closes_pending() == 0 {
+                rehoming.close_some(&pool, p, &mut closes, std_now);
+            }
+        }
         let pending = pool.closes_pending();
         pool.metrics.closes_pending.set(pending as f64);
 
-        // 3. Wait: the next scan, the next token (with jitter) when closes
+        // 4. Wait: the next scan, the next token (with jitter) when closes
         //    wait, new closes queued, a shutdown starting, or the stop.
         let mut wake = next_scan;
-        if pending > 0 {
+        if pending > 0 || !rehoming.queue.is_empty() {
+            let mut at = closes.next_token(std_now);
+            if let Some(p) = rehomes.as_mut().filter(|_| pending == 0) {
+                at = at.max(p.next_token(std_now));
+            }
             let jitter = closes.interval().mul_f64(fastrand::f64());
-            wake = wake.min(Instant::from_std(closes.next_token(std_now)) + jitter);
+            wake = wake.min(Instant::from_std(at) + jitter);
         }
         tokio::select! {
             biased;
@@ -271,45 +285,66 @@ fn has_places(pool: &Pool) -> bool {
         .any(|n| n.active.load(std::sync::atomic::Ordering::Relaxed) > 0)
 }
 
-/// Close misplaced connections, oldest first, while both buckets have a token
-/// and each one's home has room (its cap and its balance_factor bound, counting
-/// those this round already sent there).
-fn rehome_some(
-    pool: &Pool,
-    candidates: &[RehomeCandidate],
-    rehomes: &mut Pacer,
-    closes: &mut Pacer,
-    now: std::time::Instant,
-) {
-    let snap = pool.snapshot();
-    let bound = snap
-        .settings
-        .balance_factor_permille
-        .map(|permille| snap.load_bound(permille));
-    let mut sent: HashMap<*const Node, u64> = HashMap::new();
-    let mut room = |home: &Arc<Node>| {
-        let n = sent.entry(Arc::as_ptr(home)).or_insert(0);
-        let after = home.active.load(std::sync::atomic::Ordering::Relaxed) + *n + 1;
-        let fits = home.max_connections().map_or(true, |cap| after <= cap)
-            && bound.map_or(true, |b| after <= b);
-        if fits {
-            *n += 1;
-        }
-        fits
-    };
-    let mut closed = 0;
-    for c in candidates {
-        if !(rehomes.ready(now) && closes.ready(now)) {
-            break;
-        }
-        if pool.rehome(c, &mut room) {
-            rehomes.take(now);
-            closes.take(now);
-            closed += 1;
+/// The misplaced connections the last scan found, oldest first, and how many
+/// clients were sent to each home since (so a home is not sent more than it
+/// has room for before they arrive).
+#[derive(Debug, Default)]
+struct Rehoming {
+    queue: VecDeque<RehomeCandidate>,
+    sent: HashMap<usize, u64>,
+}
+
+impl Rehoming {
+    fn new(candidates: Vec<RehomeCandidate>) -> Rehoming {
+        Rehoming {
+            queue: candidates.into(),
+            sent: HashMap::new(),
         }
     }
-    if closed > 0 {
-        debug!(pool = %pool.name, closed, waiting = candidates.len() - closed, "rehome: closed misplaced connections so their clients reconnect home");
+
+    /// Close misplaced connections, oldest first, while both buckets have a
+    /// token and each one's home has room (its cap and its balance_factor
+    /// bound, counting those already sent there).
+    fn close_some(
+        &mut self,
+        pool: &Pool,
+        rehomes: &mut Pacer,
+        closes: &mut Pacer,
+        now: std::time::Instant,
+    ) {
+        if self.queue.is_empty() {
+            return;
+        }
+        let snap = pool.snapshot();
+        let bound = snap
+            .settings
+            .balance_factor_permille
+            .map(|permille| snap.load_bound(permille));
+        let sent = &mut self.sent;
+        let mut room = |home: &Arc<Node>| {
+            let n = sent.entry(Arc::as_ptr(home) as usize).or_insert(0);
+            let after = home.active.load(std::sync::atomic::Ordering::Relaxed) + *n + 1;
+            let fits = home.max_connections().map_or(true, |cap| after <= cap)
+                && bound.map_or(true, |b| after <= b);
+            if fits {
+                *n += 1;
+            }
+            fits
+        };
+        let mut closed = 0;
+        while rehomes.ready(now) && closes.ready(now) {
+            let Some(c) = self.queue.pop_front() else {
+                break;
+            };
+            if pool.rehome(&c, &mut room) {
+                rehomes.take(now);
+                closes.take(now);
+                closed += 1;
+            }
+        }
+        if closed > 0 {
+            debug!(pool = %pool.name, closed, waiting = self.queue.len(), "rehome: closed misplaced connections so their clients reconnect home");
+        }
     }
 }
 

@@ -480,6 +480,11 @@ impl Pool {
     /// (`room` counts the places this round already sent there). Returns true
     /// if it was closed.
     pub fn rehome(&self, c: &RehomeCandidate, room: &mut dyn FnMut(&Arc<Node>) -> bool) -> bool {
+        // Ended meanwhile (its registry entry held the other reference), or
+        // asked to close for another reason.
+        if Arc::strong_count(&c.ctl) == 1 || c.ctl.reason().is_some() {
+            return false;
+        }
         if !c.home.in_service() || !room(&c.home) {
             return false;
         }
