@@ -1,19 +1,22 @@
 //! The status page's live charts: per node, open and misplaced connections over
-//! the last [`SPAN`](super::history::SPAN), as inline SVG (no script, no external
-//! assets). Pure: strings from a [`HistoryStatus`].
+//! the last minutes, as inline SVG (no script, no external assets). Pure:
+//! strings from a [`HistoryStatus`].
 //!
-//! One chart per node, all of a pool's charts on one vertical scale (so a
-//! failover reads as one line falling while its neighbours rise), time running
-//! right to "now" on a fixed window. The open connections are a blue line; the
-//! misplaced ones an orange area under it (they are a part of the open ones);
+//! One chart per node, all of a pool's charts on one frame: one vertical scale
+//! (so a failover reads as one line falling while its neighbours rise) and one
+//! time window ending "now", which grows with the history from 1 minute to its
+//! [`SPAN`] of 5. The open connections are a blue line; the misplaced ones an
+//! orange line with an orange area under it (they are a part of the open ones);
 //! the background is shaded red while the node was down and grey while the
 //! operator had it out (drained or disabled).
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use super::history::{HistoryStatus, NodeHistory, Phase, SPAN};
 use super::page::esc;
 use super::status::PoolStatus;
+use crate::config::fmt_duration;
 
 /// Colour of the open-connections line.
 pub(super) const OPEN: &str = "#1d4ed8";
@@ -24,41 +27,94 @@ const DOWN_BG: &str = "#f9d6d5";
 const OUT_BG: &str = "#e4e4e4";
 
 /// The SVG's size and its plot area.
-const W: f64 = 300.0;
-const H: f64 = 124.0;
-const LEFT: f64 = 34.0;
-const RIGHT: f64 = 292.0;
+const W: f64 = 440.0;
+const H: f64 = 150.0;
+const LEFT: f64 = 36.0;
+const RIGHT: f64 = 430.0;
 const TOP: f64 = 8.0;
-const BOTTOM: f64 = 84.0;
+const BOTTOM: f64 = 108.0;
+/// The shortest window drawn, and the step it grows by.
+const MIN_WINDOW_MS: u64 = 60_000;
+const WINDOW_STEP_MS: u64 = 30_000;
+
+/// What a pool's charts share: the time window and the value at the top.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Frame {
+    /// Milliseconds from the left edge to "now".
+    pub window_ms: u64,
+    pub axis: u64,
+}
+
+impl Frame {
+    /// The frame for a pool's nodes: a window that holds the oldest sample
+    /// (rounded up to 30 s, at least 1 minute, at most the history's span), and
+    /// an axis over the highest value in it.
+    fn of(hist: &HistoryStatus, nodes: &[Option<&NodeHistory>]) -> Frame {
+        let span_ms = span_ms();
+        let oldest = hist
+            .at_unix_ms
+            .first()
+            .map_or(0, |at| hist.now_unix_ms.saturating_sub(*at));
+        let window_ms = oldest
+            .div_ceil(WINDOW_STEP_MS)
+            .saturating_mul(WINDOW_STEP_MS)
+            .clamp(MIN_WINDOW_MS, span_ms);
+        let peak = nodes
+            .iter()
+            .flatten()
+            .flat_map(|n| visible(n, hist, window_ms).map(|(_, open, mis, _)| open.max(mis)))
+            .max()
+            .unwrap_or(0);
+        Frame {
+            window_ms,
+            axis: nice_ceil(peak),
+        }
+    }
+
+    fn window(self) -> String {
+        fmt_duration(Duration::from_millis(self.window_ms))
+    }
+
+    fn x(self, age_ms: u64) -> f64 {
+        let frac = age_ms as f64 / self.window_ms.max(1) as f64;
+        RIGHT - frac.min(1.0) * (RIGHT - LEFT)
+    }
+
+    fn y(self, v: u32) -> f64 {
+        BOTTOM - (f64::from(v) / self.axis.max(1) as f64).min(1.0) * (BOTTOM - TOP)
+    }
+
+    /// Time between vertical grid lines: 3 to 6 of them.
+    fn grid_ms(self) -> u64 {
+        match self.window_ms {
+            ..=60_000 => 10_000,
+            60_001..=150_000 => 30_000,
+            _ => 60_000,
+        }
+    }
+}
 
 /// The charts of one pool's nodes, in the status's node order.
 pub(super) fn pool_charts(h: &mut String, pool: &PoolStatus, hist: &HistoryStatus) {
-    let span_ms = span_ms();
-    let nodes: Vec<(&str, Option<&NodeHistory>)> = pool
+    let nodes: Vec<Option<&NodeHistory>> = pool
         .nodes
         .iter()
-        .map(|n| (n.name.as_str(), hist.node(&pool.name, &n.name)))
+        .map(|n| hist.node(&pool.name, &n.name))
         .collect();
-    let peak = nodes
-        .iter()
-        .filter_map(|(_, n)| *n)
-        .flat_map(|n| visible(n, hist, span_ms).map(|(_, open, mis, _)| open.max(mis)))
-        .max()
-        .unwrap_or(0);
-    let axis = nice_ceil(peak);
+    let frame = Frame::of(hist, &nodes);
     let _ = writeln!(
         h,
         "<p class=\"meta\">connections over the last {} &middot; a sample every {} &middot; one scale for the pool</p>\n<div class=\"charts\" id=\"charts-{}\">",
-        esc(&hist.span),
+        frame.window(),
         esc(&hist.interval),
         esc(&pool.name)
     );
-    for (name, n) in nodes {
+    for (n, history) in pool.nodes.iter().zip(nodes) {
         let _ = writeln!(
             h,
             "<figure class=\"chart\" data-node=\"{nm}\"><figcaption>{nm}</figcaption>{}</figure>",
-            svg(name, n, hist, axis),
-            nm = esc(name),
+            svg(&n.name, history, hist, frame),
+            nm = esc(&n.name),
         );
     }
     h.push_str("</div>\n");
@@ -73,7 +129,7 @@ fn span_ms() -> u64 {
 fn visible<'a>(
     n: &'a NodeHistory,
     hist: &'a HistoryStatus,
-    span_ms: u64,
+    window_ms: u64,
 ) -> impl Iterator<Item = (u64, u32, u32, Phase)> + 'a {
     hist.at_unix_ms
         .iter()
@@ -82,7 +138,7 @@ fn visible<'a>(
         .zip(&n.state)
         .filter_map(move |(((at, open), mis), state)| {
             let age = hist.now_unix_ms.saturating_sub(*at);
-            Some((age, (*open)?, (*mis)?, (*state)?)).filter(|_| age <= span_ms)
+            Some((age, (*open)?, (*mis)?, (*state)?)).filter(|_| age <= window_ms)
         })
 }
 
@@ -101,27 +157,22 @@ pub(super) fn nice_ceil(v: u32) -> u64 {
     }
 }
 
-fn x_of(age_ms: u64) -> f64 {
-    let frac = age_ms as f64 / span_ms() as f64;
-    RIGHT - frac.min(1.0) * (RIGHT - LEFT)
-}
-
-fn y_of(v: u32, axis: u64) -> f64 {
-    BOTTOM - (f64::from(v) / axis as f64).min(1.0) * (BOTTOM - TOP)
-}
-
-/// One node's chart. `axis` is the value at the top of the plot.
-pub(super) fn svg(name: &str, n: Option<&NodeHistory>, hist: &HistoryStatus, axis: u64) -> String {
-    let span_ms = span_ms();
+/// One node's chart.
+pub(super) fn svg(
+    name: &str,
+    n: Option<&NodeHistory>,
+    hist: &HistoryStatus,
+    frame: Frame,
+) -> String {
     let pts: Vec<(u64, u32, u32, Phase)> = n
-        .map(|n| visible(n, hist, span_ms).collect())
+        .map(|n| visible(n, hist, frame.window_ms).collect())
         .unwrap_or_default();
+    let window = frame.window();
     let mut s = String::new();
     let _ = write!(
         s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" class="spark" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img"><title>{} : open and misplaced connections, last {}</title>"#,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" class="spark" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img"><title>{} : open and misplaced connections, last {window}</title>"#,
         esc(name),
-        esc(&hist.span)
     );
     let _ = write!(
         s,
@@ -135,8 +186,8 @@ pub(super) fn svg(name: &str, n: Option<&NodeHistory>, hist: &HistoryStatus, axi
         if phase == Phase::InService {
             continue;
         }
-        let x0 = x_of(age);
-        let x1 = pts.get(i + 1).map_or(RIGHT, |p| x_of(p.0));
+        let x0 = frame.x(age);
+        let x1 = pts.get(i + 1).map_or(RIGHT, |p| frame.x(p.0));
         match runs.last_mut() {
             Some(r) if r.2 == phase && (r.1 - x0).abs() < 1e-9 => r.1 = x1,
             _ => runs.push((x0, x1, phase)),
@@ -154,33 +205,40 @@ pub(super) fn svg(name: &str, n: Option<&NodeHistory>, hist: &HistoryStatus, axi
             BOTTOM - TOP
         );
     }
-    // Grid: the middle value, and a line a minute.
+    // Grid: the middle value, and a vertical line every grid step.
     let mid = (TOP + BOTTOM) / 2.0;
     let _ = write!(
         s,
         r##"<line x1="{LEFT}" y1="{mid}" x2="{RIGHT}" y2="{mid}" stroke="#e3e3e3" stroke-dasharray="3 3"/>"##
     );
-    let minutes = SPAN.as_secs() / 60;
-    for m in 1..minutes {
-        let x = x_of(m * 60_000);
+    let step = frame.grid_ms();
+    for age in (step..frame.window_ms).step_by(usize::try_from(step).unwrap_or(usize::MAX)) {
+        let x = frame.x(age);
         let _ = write!(
             s,
             r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{BOTTOM}" stroke="#eee"/>"##
         );
     }
+    let label_x = LEFT - 4.0;
     let _ = write!(
         s,
-        r#"<text x="{}" y="{}" text-anchor="end">{axis}</text><text x="{}" y="{BOTTOM}" text-anchor="end">0</text>"#,
-        LEFT - 4.0,
+        r#"<text x="{label_x}" y="{}" text-anchor="end">{}</text><text x="{label_x}" y="{BOTTOM}" text-anchor="end">0</text>"#,
         TOP + 8.0,
-        LEFT - 4.0,
+        frame.axis,
     );
+    if frame.axis % 2 == 0 {
+        let _ = write!(
+            s,
+            r#"<text x="{label_x}" y="{}" text-anchor="end">{}</text>"#,
+            mid + 4.0,
+            frame.axis / 2
+        );
+    }
     let _ = write!(
         s,
-        r#"<text x="{LEFT}" y="{}">{} ago</text><text x="{RIGHT}" y="{}" text-anchor="end">now</text>"#,
-        BOTTOM + 12.0,
-        esc(&hist.span),
-        BOTTOM + 12.0,
+        r#"<text x="{LEFT}" y="{}">{window} ago</text><text x="{RIGHT}" y="{}" text-anchor="end">now</text>"#,
+        BOTTOM + 13.0,
+        BOTTOM + 13.0,
     );
     if pts.is_empty() {
         let _ = write!(
@@ -192,13 +250,13 @@ pub(super) fn svg(name: &str, n: Option<&NodeHistory>, hist: &HistoryStatus, axi
     } else {
         let line = |f: fn(&(u64, u32, u32, Phase)) -> u32| -> String {
             pts.iter()
-                .map(|p| format!("{:.1},{:.1}", x_of(p.0), y_of(f(p), axis)))
+                .map(|p| format!("{:.1},{:.1}", frame.x(p.0), frame.y(f(p))))
                 .collect::<Vec<_>>()
                 .join(" ")
         };
         let misplaced = line(|p| p.2);
         if pts.iter().any(|p| p.2 > 0) {
-            let (first, last) = (x_of(pts[0].0), x_of(pts[pts.len() - 1].0));
+            let (first, last) = (frame.x(pts[0].0), frame.x(pts[pts.len() - 1].0));
             let _ = write!(
                 s,
                 r#"<polygon class="misplaced-area" points="{first:.1},{BOTTOM} {misplaced} {last:.1},{BOTTOM}" fill="{MISPLACED}" fill-opacity="0.22"/>"#
@@ -232,7 +290,7 @@ fn legend(s: &mut String, last: Option<(u32, u32)>, runs: &[(f64, f64, Phase)]) 
         y - 4.0,
         LEFT + 18.0,
     );
-    let mx = LEFT + 92.0;
+    let mx = LEFT + 110.0;
     let _ = write!(
         s,
         r#"<line x1="{mx}" y1="{}" x2="{}" y2="{}" stroke="{MISPLACED}" stroke-width="3"/><text x="{}" y="{y}">misplaced {mis}</text>"#,
@@ -241,7 +299,7 @@ fn legend(s: &mut String, last: Option<(u32, u32)>, runs: &[(f64, f64, Phase)]) 
         y - 4.0,
         mx + 18.0,
     );
-    let mut bx = LEFT + 196.0;
+    let mut bx = LEFT + 240.0;
     for (phase, fill, word) in [(Phase::Down, DOWN_BG, "down"), (Phase::Out, OUT_BG, "out")] {
         if runs.iter().any(|r| r.2 == phase) {
             let _ = write!(
@@ -388,7 +446,7 @@ mod tests {
                 (0, 5, 2, I),
             ],
         );
-        let svg = svg("a", h.node("p", "a"), &h, 10);
+        let svg = svg("a", h.node("p", "a"), &h, frame(300, 10));
         well_formed(&svg).unwrap();
         let open = points(&svg, "open");
         assert_eq!(
@@ -419,10 +477,49 @@ mod tests {
         // Values above the axis stay inside the plot.
         let svg = svg_of(&hist("a", &[(2, 50, 0, I), (0, 1, 0, I)]), 10);
         assert_eq!(points(&svg, "open")[0].1, TOP);
+        // Grid lines every minute over 5 minutes, every 10 s over one.
+        assert_eq!(svg_of(&h, 10).matches("stroke=\"#eee\"").count(), 4);
+        assert_eq!(
+            super::svg("a", h.node("p", "a"), &h, frame(60, 10))
+                .matches("stroke=\"#eee\"")
+                .count(),
+            5
+        );
     }
 
+    fn frame(window_s: u64, axis: u64) -> Frame {
+        Frame {
+            window_ms: window_s * 1000,
+            axis,
+        }
+    }
+
+    /// The chart of node `a` in the frame the pool of only `a` gets.
     fn svg_of(h: &HistoryStatus, axis: u64) -> String {
-        svg("a", h.node("p", "a"), h, axis)
+        let n = h.node("p", "a");
+        let f = Frame::of(h, &[n]);
+        svg("a", n, h, Frame { axis, ..f })
+    }
+
+    #[test]
+    fn the_window_grows_with_the_history_and_the_axis_covers_what_it_shows() {
+        use Phase::InService as I;
+        let f = |samples: &[(u64, u32, u32, Phase)]| {
+            let h = hist("a", samples);
+            Frame::of(&h, &[h.node("p", "a")])
+        };
+        assert_eq!(f(&[]), frame(60, 5));
+        assert_eq!(f(&[(10, 7, 0, I), (0, 3, 0, I)]), frame(60, 10));
+        assert_eq!(f(&[(60, 1, 0, I), (0, 1, 0, I)]), frame(60, 5));
+        assert_eq!(f(&[(61, 1, 0, I), (0, 1, 0, I)]), frame(90, 5));
+        assert_eq!(f(&[(299, 1, 0, I)]), frame(300, 5));
+        // Older samples than the span are off the chart and off the scale.
+        assert_eq!(f(&[(400, 900, 0, I), (200, 30, 40, I)]), frame(300, 50));
+        let w = frame(90, 5);
+        assert_eq!((w.x(0), w.x(90_000), w.x(200_000)), (RIGHT, LEFT, LEFT));
+        assert_eq!((w.y(0), w.y(5), w.y(50)), (BOTTOM, TOP, TOP));
+        assert_eq!(w.window(), "90s");
+        assert_eq!(frame(60, 5).window(), "1m");
     }
 
     #[test]
@@ -448,8 +545,9 @@ mod tests {
         );
         assert_eq!(svg.matches("class=\"out\"").count(), 1);
         let down = &svg[svg.find("class=\"down\"").unwrap()..];
-        let x0 = x_of(40_000);
-        let w = x_of(10_000) - x0;
+        let f = frame(60, 5);
+        let x0 = f.x(40_000);
+        let w = f.x(10_000) - x0;
         assert!(
             down.starts_with(&format!(
                 "class=\"down\" x=\"{x0:.1}\" y=\"{TOP}\" width=\"{w:.1}\""
@@ -469,7 +567,7 @@ mod tests {
     fn names_are_escaped_and_a_node_without_samples_says_so() {
         let name = "b <&\"x\">";
         let h = hist(name, &[]);
-        let svg = svg(name, h.node("p", name), &h, 5);
+        let svg = svg(name, h.node("p", name), &h, frame(60, 5));
         well_formed(&svg).unwrap();
         assert!(
             svg.contains("<title>b &lt;&amp;&quot;x&quot;&gt; : "),
@@ -477,7 +575,7 @@ mod tests {
         );
         assert!(svg.contains("no samples yet") && !svg.contains("<polyline"));
         assert!(svg.contains(">open -</text>"));
-        let missing = super::svg(name, None, &h, 5);
+        let missing = super::svg(name, None, &h, frame(60, 5));
         assert!(missing.contains("no samples yet"));
         well_formed(&missing).unwrap();
         // The checker itself refuses what it should.
