@@ -171,7 +171,7 @@ pub(super) fn svg(
     let mut s = String::new();
     let _ = write!(
         s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" class="spark" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img"><title>{} : open and misplaced connections, last {window}</title>"#,
+        r#"<svg class="spark" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img"><title>{} : open and misplaced connections, last {window}</title>"#,
         esc(name),
     );
     let _ = write!(
