@@ -73,9 +73,9 @@ until_ok() {
         sleep 0.1
     done
 }
-# history PYTHON: the latest /status?history=1 as `h` (and `last(node)`, that
+# hist_holds PYTHON: the latest /status?history=1 as `h` (and `last(node)`, that
 # node's latest sample as a dict) for a Python expression that must hold.
-history() {
+hist_holds() {
     curl -sf "http://127.0.0.1:$admin/status?history=1" | python3 -c '
 import json, sys
 h = json.load(sys.stdin)["history"]
@@ -87,7 +87,7 @@ sys.exit(0 if eval(sys.argv[1]) else 1)' "$1"
 }
 
 until_ok 10 "the demo's admin endpoint answered" curl -sf "http://127.0.0.1:$admin/status"
-until_ok 10 "the first history sample was taken" history 'len(h["at_unix_ms"]) >= 1'
+until_ok 10 "the first history sample was taken" hist_holds 'len(h["at_unix_ms"]) >= 1'
 
 # Clients from distinct IPs that hold their connection open and reconnect (from
 # the same IP) when it is closed, like the seed app's. Each logs its node.
@@ -122,14 +122,14 @@ while True:
 EOF
 holder=$!
 until_ok 20 "a sample counted the $clients clients, some of them on demo-b" \
-    history "sum(last(n)['open'] for n in nodes) == $clients and last('demo-b')['open'] > 0"
+    hist_holds "sum(last(n)['open'] for n in nodes) == $clients and last('demo-b')['open'] > 0"
 on_b=$(grep -c ' on demo-b$' "$tmp/holder.log" || true)
 
 curl -sf "http://127.0.0.1:$b/health/down" > /dev/null ||
     { echo "FAIL: demo-b (port $b) did not answer; demo log:" >&2; log; exit 1; }
 # Two probes of 200 ms take demo-b down; its clients are closed and reconnect elsewhere.
 until_ok 30 "a sample showed demo-b down with its clients moved to the other nodes" \
-    history "last('demo-b') == {'open': 0, 'misplaced': 0, 'state': 'down'} and sum(last(n)['open'] for n in nodes) == $clients"
+    hist_holds "last('demo-b') == {'open': 0, 'misplaced': 0, 'state': 'down'} and sum(last(n)['open'] for n in nodes) == $clients"
 
 render() {
     timeout 60 "$chrome" --headless --no-sandbox --disable-gpu --disable-quic \
