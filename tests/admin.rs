@@ -229,6 +229,79 @@ async fn metrics_status_and_page_show_traffic_health_and_reloads() {
         "no external assets"
     );
 
+    // The charts' history: 6 held connections show up in a sample of every
+    // node, node-2 is down in it, and only `?history=1` puts it in /status.
+    assert!(
+        !body.contains("\"history\""),
+        "/status has no history unless asked"
+    );
+    let mut held = Vec::new();
+    for i in 100..106 {
+        let mut s = connect_from(client_ip(i), lb).await.unwrap();
+        read_line(&mut s).await.unwrap();
+        held.push(s);
+    }
+    let history = eventually_some(
+        Duration::from_secs(10),
+        "a sample with the 6 held connections",
+        || async {
+            let (_, _, body) = http(admin, "GET", "/status?history=1").await;
+            let v: Value = serde_json::from_str(&body).unwrap();
+            let h = v["history"].clone();
+            let nodes = h["pools"][0]["nodes"].as_array()?;
+            let open: u64 = nodes
+                .iter()
+                .map(|n| {
+                    n["open"]
+                        .as_array()
+                        .unwrap()
+                        .last()
+                        .unwrap()
+                        .as_u64()
+                        .unwrap()
+                })
+                .sum();
+            (open == 6).then_some(h)
+        },
+    )
+    .await;
+    assert_eq!(
+        (history["interval"].as_str(), history["span"].as_str()),
+        (Some("2s"), Some("5m"))
+    );
+    let ticks = history["at_unix_ms"].as_array().unwrap().len();
+    assert!((1..=150).contains(&ticks), "{ticks} samples");
+    let nodes = history["pools"][0]["nodes"].as_array().unwrap();
+    let names: Vec<&str> = nodes.iter().map(|n| n["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["node-0", "node-1", "node-2"]);
+    for n in nodes {
+        for key in ["open", "misplaced", "state"] {
+            assert_eq!(
+                n[key].as_array().unwrap().len(),
+                ticks,
+                "{key} aligned with the ticks"
+            );
+        }
+        let state = n["state"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(
+            state,
+            if n["name"] == "node-2" {
+                "down"
+            } else {
+                "in_service"
+            }
+        );
+    }
+    let (_, _, page) = http(admin, "GET", "/").await;
+    assert_eq!(page.matches("<figure class=\"chart\"").count(), 3, "{page}");
+    assert_eq!(page.matches("<polyline class=\"open\"").count(), 3);
+    assert!(page.contains(">open 0</text>"), "node-2 holds nothing");
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "no external assets"
+    );
+    drop(held);
+
     // Errors.
     assert_eq!(http(admin, "GET", "/nope").await.0, 404);
     assert_eq!(http(admin, "POST", "/status").await.0, 405);

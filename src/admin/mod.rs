@@ -8,16 +8,22 @@
 //! It sees the balancer only through [`Handle`] (never names the server):
 //! - `serve`: accept loop, request heads (`httparse`), auth, routing, responses;
 //! - [`status`](mod@status): the typed `/status` document, built from a handle;
-//! - `page`: the HTML page rendered from that document;
+//! - [`history`]: the samples the page's charts draw (every 2 s, the last 5
+//!   minutes per node), taken by a task that lives with the endpoint;
+//! - `page`: the HTML page rendered from that document, with `chart`, the
+//!   inline SVG chart of one node's history;
 //! - [`client`]: the other side, used by `ringlb node` (blocking std I/O).
 
+mod chart;
 pub mod client;
+pub mod history;
 mod page;
 mod serve;
 pub mod status;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -27,6 +33,7 @@ use tracing::{info, warn};
 use crate::config::AdminState;
 use crate::error::Error;
 use crate::handle::Handle;
+use history::History;
 
 pub use client::{node_command, reach, request, NodeChange, NodeCommandError};
 pub use page::page;
@@ -57,6 +64,7 @@ pub struct AdminServer {
     socket: Option<OwnedFd>,
     stop: CancellationToken,
     task: JoinHandle<()>,
+    sampler: JoinHandle<()>,
 }
 
 impl AdminServer {
@@ -65,10 +73,11 @@ impl AdminServer {
         self.socket.as_ref().map(|s| s.as_fd())
     }
 
-    /// Stop accepting and wait for in-flight requests.
+    /// Stop accepting and sampling, and wait for in-flight requests.
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.task.await;
+        let _ = self.sampler.await;
     }
 }
 
@@ -121,11 +130,14 @@ pub fn spawn(listener: TcpListener, handle: Handle) -> AdminServer {
         }
     };
     let stop = CancellationToken::new();
-    let task = tokio::spawn(serve::serve(listener, handle, stop.clone()));
+    let history = Arc::new(Mutex::new(History::default()));
+    let sampler = history::spawn_sampler(handle.clone(), history.clone(), stop.clone());
+    let task = tokio::spawn(serve::serve(listener, handle, history, stop.clone()));
     AdminServer {
         local_addr,
         socket,
         stop,
         task,
+        sampler,
     }
 }

@@ -1,9 +1,12 @@
 //! The human status page: the [`Status`] document rendered as one HTML page on
-//! the server (no script, no external assets) that refreshes itself. Pure: builds
-//! a string from the typed status; no I/O, and it never reads the handle itself.
+//! the server (no script, no external assets) that refreshes itself, with a live
+//! chart per node ([`chart`](super::chart)) when the document carries the
+//! history. Pure: builds a string from the typed status; no I/O, and it never
+//! reads the handle itself.
 
 use std::fmt::Write as _;
 
+use super::history::HistoryStatus;
 use super::status::{fmt_time, NodeStatus, PoolStatus, Status};
 use crate::config::AdminState;
 
@@ -29,6 +32,8 @@ th{{background:#f0f0f0}} td.num{{text-align:right;font-variant-numeric:tabular-n
 .bar{{background:#eee;width:12em;height:.9em;display:inline-block;vertical-align:middle}}
 .bar span{{display:block;height:100%;background:#4a7bd0}}
 .meta{{color:#666}} .bad{{color:#8a1c14}}
+.charts{{display:flex;flex-wrap:wrap;gap:.6em}} .chart{{margin:0;background:#fff;border:1px solid #ddd;padding:.3em .5em .1em}}
+.chart figcaption{{font-weight:600}} .chart svg{{display:block}} .chart text{{font:11px system-ui,sans-serif;fill:#555}}
 </style></head><body>
 <h1>ringlb</h1>
 <p class="meta">config {} &middot; generation {} &middot; started {} &middot; reloads ok {}, failed {} &middot; refreshes every {PAGE_REFRESH_SECS}s</p>
@@ -96,14 +101,14 @@ th{{background:#f0f0f0}} td.num{{text-align:right;font-variant-numeric:tabular-n
         workers.join(" &middot; ")
     );
     for p in &st.pools {
-        pool(&mut h, p);
+        pool(&mut h, p, st.history.as_ref());
     }
     h.push_str("</body></html>\n");
     h
 }
 
-/// One pool's heading and node table.
-fn pool(h: &mut String, p: &PoolStatus) {
+/// One pool's heading, node table and (with a history) its nodes' charts.
+fn pool(h: &mut String, p: &PoolStatus, history: Option<&HistoryStatus>) {
     let name = esc(&p.name);
     let _ = writeln!(
         h,
@@ -126,6 +131,9 @@ fn pool(h: &mut String, p: &PoolStatus) {
         node(h, n);
     }
     h.push_str("</table>\n");
+    if let Some(history) = history {
+        super::chart::pool_charts(h, p, history);
+    }
 }
 
 /// One node's row: health and operator state together (`UP · DRAIN`).
@@ -172,8 +180,8 @@ fn json_number(x: f64) -> String {
     serde_json::to_string(&x).unwrap_or_default()
 }
 
-/// Text escaped for HTML content and attribute values.
-fn esc(s: &str) -> String {
+/// Text escaped for HTML content and attribute values (and SVG, which is XML).
+pub(super) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -221,6 +229,51 @@ pub(super) mod tests {
         // testdata/page.html was written by the json!-based renderer this one
         // replaced, from the same data.
         assert_eq!(page(&fixed_sample()), include_str!("testdata/page.html"));
+    }
+
+    #[test]
+    fn with_a_history_every_pool_gets_a_chart_per_node_under_its_table() {
+        use crate::admin::history::History;
+        use std::time::Instant;
+        let handle = sample();
+        let mut h = History::new(3);
+        let t0 = Instant::now();
+        for i in 0..3 {
+            h.record(
+                t0 + Duration::from_secs(2 * i),
+                crate::admin::history::tests::read_for_tests(&handle),
+            );
+        }
+        let mut st = fixed_sample();
+        st.history = Some(h.view(
+            t0 + Duration::from_secs(4),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_100),
+        ));
+        let html = page(&st);
+        let plain = page(&fixed_sample());
+        assert!(!plain.contains("<svg"), "no history, no charts");
+        for (pool, nodes) in [("db", 1), ("web", 3)] {
+            let table = html
+                .find(&format!("<table class=\"pool\" id=\"pool-{pool}\">"))
+                .unwrap();
+            let charts = html
+                .find(&format!("<div class=\"charts\" id=\"charts-{pool}\">"))
+                .unwrap();
+            assert!(charts > table);
+            let block = &html[charts..charts + html[charts..].find("</div>").unwrap()];
+            assert_eq!(block.matches("<svg").count(), nodes, "{block}");
+            assert_eq!(block.matches("class=\"open\"").count(), nodes);
+        }
+        assert!(
+            html.contains("<figure class=\"chart\" data-node=\"b &lt;&amp;&quot;x&quot;&gt;\">")
+        );
+        // The page is the plain page plus the chart blocks.
+        let mut rest = html.clone();
+        while let Some(i) = rest.find("<p class=\"meta\">connections over the last") {
+            let end = i + rest[i..].find("</div>\n").unwrap() + 7;
+            rest.replace_range(i..end, "");
+        }
+        assert_eq!(rest, plain);
     }
 
     #[test]

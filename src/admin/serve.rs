@@ -5,7 +5,8 @@
 //! [`REQUEST_TIMEOUT`], and the connection is closed after the answer.
 
 use std::io;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use percent_encoding::percent_decode_str;
 use serde_json::json;
@@ -14,7 +15,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{action_state, page, status};
+use super::history::{self, History};
+use super::{action_state, page, status, Status};
 use crate::config::{AdminState, AdminToken};
 use crate::handle::Handle;
 
@@ -26,7 +28,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_HEADERS: usize = 64;
 
 /// Accept and answer until `stop`; then wait for the requests in flight.
-pub(super) async fn serve(listener: TcpListener, handle: Handle, stop: CancellationToken) {
+pub(super) async fn serve(
+    listener: TcpListener,
+    handle: Handle,
+    history: Arc<Mutex<History>>,
+    stop: CancellationToken,
+) {
     let tracker = TaskTracker::new();
     let mut upkeep = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -40,11 +47,12 @@ pub(super) async fn serve(listener: TcpListener, handle: Handle, stop: Cancellat
             r = listener.accept() => match r {
                 Ok((s, _)) => {
                     let handle = handle.clone();
+                    let history = history.clone();
                     let stop = stop.clone();
                     tracker.spawn(async move {
                         tokio::select! {
                             _ = stop.cancelled() => {}
-                            _ = connection(s, &handle) => {}
+                            _ = connection(s, &handle, &history) => {}
                         }
                     });
                 }
@@ -63,6 +71,8 @@ struct RequestHead {
     method: String,
     /// The target without its query.
     path: String,
+    /// The query (after `?`; empty without one).
+    query: String,
     /// The values of every `Authorization` header.
     authorization: Vec<Vec<u8>>,
     /// An `Origin` header is present (the request comes from a browser page).
@@ -86,6 +96,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<RequestHead>, httparse::Error> {
         return Ok(None);
     }
     let target = req.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let named = |name: &'static str| {
         req.headers
             .iter()
@@ -93,7 +104,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<RequestHead>, httparse::Error> {
     };
     Ok(Some(RequestHead {
         method: req.method.unwrap_or("").to_string(),
-        path: target.split('?').next().unwrap_or("/").to_string(),
+        path: path.to_string(),
+        query: query.to_string(),
         authorization: named("authorization").map(|h| h.value.to_vec()).collect(),
         origin: named("origin").next().is_some(),
     }))
@@ -117,7 +129,7 @@ async fn read_head(s: &mut TcpStream) -> Result<RequestHead, HeadError> {
     }
 }
 
-async fn connection(mut s: TcpStream, handle: &Handle) -> io::Result<()> {
+async fn connection(mut s: TcpStream, handle: &Handle, history: &Mutex<History>) -> io::Result<()> {
     let head = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut s)).await {
         Ok(Ok(head)) => head,
         Err(_) => {
@@ -223,10 +235,14 @@ async fn connection(mut s: TcpStream, handle: &Handle) -> io::Result<()> {
                 body.into_bytes(),
             )
         }
+        "/status" if wants_history(&head.query) => (
+            "application/json",
+            status_json(&with_history(handle, history)),
+        ),
         "/status" => ("application/json", status_json(&status(handle))),
         "/" => (
             "text/html; charset=utf-8",
-            page(&status(handle)).into_bytes(),
+            page(&with_history(handle, history)).into_bytes(),
         ),
         _ => {
             return respond(
@@ -248,6 +264,22 @@ pub(super) fn status_json(st: &super::Status) -> Vec<u8> {
     serde_json::to_value(st)
         .and_then(|v| serde_json::to_vec_pretty(&v))
         .unwrap_or_default()
+}
+
+/// The status document with the charts' samples.
+fn with_history(handle: &Handle, history: &Mutex<History>) -> Status {
+    let mut st = status(handle);
+    st.history = Some(history::lock(history).view(Instant::now(), SystemTime::now()));
+    st
+}
+
+/// Whether a `/status` query asks for the history: `history`, `history=1` or
+/// `history=true` among its `&`-separated pairs.
+fn wants_history(query: &str) -> bool {
+    query.split('&').any(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, "1"));
+        key == "history" && matches!(value, "1" | "true")
+    })
 }
 
 /// `/pools/{pool}/nodes/{node}/{drain|enable|disable}`, with the pool and node
@@ -364,6 +396,9 @@ mod tests {
         let h = head("GET /status?pretty=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\r\nauthorization:  bearer b \r\nOrigin: http://x\r\n\r\n");
         assert_eq!(h.method, "GET");
         assert_eq!(h.path, "/status");
+        assert_eq!(h.query, "pretty=1");
+        assert_eq!(head("GET /?a=1?b HTTP/1.1\r\n\r\n").query, "a=1?b");
+        assert_eq!(head("GET / HTTP/1.1\r\n\r\n").query, "");
         assert_eq!(h.authorization.len(), 2);
         assert!(h.origin);
         assert!(!head("POST / HTTP/1.0\r\n\r\n").origin);
@@ -389,6 +424,29 @@ mod tests {
         assert!(!ok("Authorization: s3cret\r\n"));
         assert!(!ok("Authorization: Basic s3cret\r\n"));
         assert!(!ok("X-Authorization: Bearer s3cret\r\n"));
+    }
+
+    #[test]
+    fn the_history_is_in_status_only_when_asked() {
+        for yes in [
+            "history",
+            "history=1",
+            "history=true",
+            "a=b&history=1",
+            "history=1&x",
+        ] {
+            assert!(wants_history(yes), "{yes}");
+        }
+        for no in [
+            "",
+            "history=0",
+            "history=no",
+            "histories=1",
+            "a=history",
+            "xhistory=1",
+        ] {
+            assert!(!wants_history(no), "{no}");
+        }
     }
 
     #[test]

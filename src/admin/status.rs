@@ -41,6 +41,10 @@ pub struct Status {
     pub listeners: Vec<ListenerStatus>,
     pub pools: Vec<PoolStatus>,
     pub workers: Vec<WorkerStatus>,
+    /// The charts' samples: on the page always, in `/status` only when asked
+    /// (`?history=1`), so the document stays small for scrapers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<super::history::HistoryStatus>,
 }
 
 /// The process answering.
@@ -270,6 +274,7 @@ pub fn status(handle: &Handle) -> Status {
             .iter()
             .map(|w| WorkerStatus::of(w))
             .collect(),
+        history: None,
     }
 }
 

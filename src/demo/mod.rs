@@ -176,6 +176,13 @@ fn instructions(server: &Server, backends: &[Backend]) -> String {
             format!("for i in $(seq 1 8); do curl -s --interface 127.0.0.$i http://{addr}/; done"),
             "8 client IPs, each sticks to its node",
         ),
+        (
+            format!(
+                "for i in $(seq 10 39); do (while :; do nc -d -s 127.0.0.$i {ip} {port} > /dev/null; sleep 1; done) & done"
+            ),
+            "30 clients that hold a connection open and reconnect when it is closed: watch them \
+             move on the status page's charts when a backend goes down and up (kill $(jobs -p) stops them)",
+        ),
     ];
     let mut tries = tries.to_vec();
     if cfg.source.exists() {
@@ -200,7 +207,7 @@ fn instructions(server: &Server, backends: &[Backend]) -> String {
     if let Some(admin) = server.admin_addr() {
         let _ = writeln!(
             s,
-            "\nStatus page: http://{admin}/  (also /status as JSON and /metrics for Prometheus)"
+            "\nStatus page: http://{admin}/  (a live chart per node; also /status as JSON and /metrics for Prometheus)"
         );
     }
     let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
