@@ -26,8 +26,10 @@
 //!                                    half-close, idle timeout) ◀────────────────┘
 //!
 //!  health probes (prober ─▶ health::probe) and passive failures ─▶ pool
+//!  agent reports (agent ─▶ agent::reply, HAProxy's agent-check) ──▶ pool
 //!  operator state (admin POST, ringlb node, config) ───────────────▶ pool
-//!  pool: health state + operator state ─▶ in-service set ─▶ new snapshot
+//!  pool: health + agent state + operator state ─▶ in-service set, points
+//!        ─▶ new snapshot
 //!
 //!  stop: shutdown::signals ─▶ control loop ends ─▶ shutdown::drain
 //!        (stop accepting, connections finish within shutdown_grace, rest closed)
@@ -68,6 +70,10 @@
 //!   `health::state`; does no I/O.
 //! - [`prober`]: one probe loop per node, reporting into the pool. Never picks
 //!   nodes or changes a node's state itself.
+//! - [`agent`]: one agent loop per node (HAProxy's `agent-check`: the node's
+//!   own report of its state, weight and cap), and [`agent::reply`], the pure
+//!   parser of one reply line. Reports into the pool like the prober; never
+//!   picks nodes or changes a node's state itself.
 //!
 //! **Data plane**
 //! - [`admission`]: who may connect through a listener (access lists,
@@ -117,6 +123,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod control;

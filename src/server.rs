@@ -25,6 +25,7 @@ use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminServer};
 use crate::admission::{ListenerShared, ListenerState};
+use crate::agent::Agent;
 use crate::config::{Config, ListenerConfig};
 use crate::error::Error;
 use crate::handle::Shared;
@@ -66,6 +67,9 @@ pub struct Server {
     pub(crate) shared: Arc<Shared>,
     pub(crate) listeners: Vec<Running>,
     pub(crate) probers: BTreeMap<String, Prober>,
+    /// One agent per pool (loops only for pools with `[agent]`); stopped with
+    /// the probers (`probe_stop`).
+    pub(crate) agents: BTreeMap<String, Agent>,
     pub(crate) admin: Option<AdminServer>,
     pub(crate) pending_admin: Option<TcpListener>,
     pub(crate) pid_file: Option<PathBuf>,
@@ -203,6 +207,7 @@ impl Server {
             shared,
             listeners,
             probers: BTreeMap::new(),
+            agents: BTreeMap::new(),
             admin: None,
             pending_admin,
             pid_file: None,
@@ -324,7 +329,7 @@ impl Server {
         info!(listener = %st.config.name, addr = %r.local_addr, pool = %st.config.pool, accept_loops = r.tasks.len(), "listening");
     }
 
-    /// Start every part: the accept loops, one prober per pool, the admin
+    /// Start every part: the accept loops, one prober and agent per pool, the admin
     /// endpoint, and the pid file (if not written yet).
     pub(crate) fn start(&mut self) {
         if std::mem::replace(&mut self.started, true) {
@@ -336,6 +341,8 @@ impl Server {
         for (name, pool) in self.shared.pools.load().iter() {
             self.probers
                 .insert(name.clone(), Prober::start(pool.clone(), &self.probe_stop));
+            self.agents
+                .insert(name.clone(), Agent::start(pool.clone(), &self.probe_stop));
         }
         if let Some(l) = self.pending_admin.take() {
             self.admin = Some(admin::spawn(l, self.handle()));

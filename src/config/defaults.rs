@@ -27,3 +27,6 @@ pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 pub const RISE: u32 = 2;
 pub const FALL: u32 = 3;
 pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(3);
+/// HAProxy's `agent-inter` default.
+pub const AGENT_INTERVAL: Duration = Duration::from_secs(2);
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(1);

@@ -51,3 +51,8 @@ pub const KEEPALIVE_TIME: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(32_767));
 /// `tcp_keepalive.count` (`TCP_KEEPCNT`: 1 to 127).
 pub const KEEPALIVE_COUNT: std::ops::RangeInclusive<u32> = 1..=127;
+/// `agent.interval` and `agent.timeout` (as the health check's).
+pub const AGENT_INTERVAL: (Duration, Duration) = HEALTH_INTERVAL;
+pub const AGENT_TIMEOUT: (Duration, Duration) = HEALTH_TIMEOUT;
+/// Longest `agent.send`.
+pub const AGENT_SEND_LEN: usize = 1024;

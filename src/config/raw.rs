@@ -78,8 +78,21 @@ pub struct RawPool {
     pub balance_factor: Option<f64>,
     pub tcp_keepalive: Option<RawKeepalive>,
     pub health: Option<RawHealth>,
+    pub agent: Option<RawAgent>,
     #[serde(default)]
     pub nodes: Vec<RawNode>,
+}
+
+/// `[pools.NAME.agent]` as written (HAProxy's `agent-check`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    pub port: Option<u16>,
+    #[serde(default, deserialize_with = "super::duration::option")]
+    pub interval: Option<Duration>,
+    #[serde(default, deserialize_with = "super::duration::option")]
+    pub timeout: Option<Duration>,
+    pub send: Option<String>,
 }
 
 /// `tcp_keepalive` as written: `true`, `false`, or a table of the three

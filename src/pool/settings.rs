@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use crate::config::{HealthConfig, Keepalive, OnNodeDown, PoolConfig, ProxyProtocol, WhenAllDown};
+use crate::config::{
+    AgentConfig, HealthConfig, Keepalive, OnNodeDown, PoolConfig, ProxyProtocol, WhenAllDown,
+};
 
 /// Settings a connection or a probe needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +23,7 @@ pub struct PoolSettings {
     pub balance_factor_permille: Option<u32>,
     pub tcp_keepalive: Option<Keepalive>,
     pub health: HealthConfig,
+    pub agent: Option<AgentConfig>,
 }
 
 impl From<&PoolConfig> for PoolSettings {
@@ -39,6 +42,7 @@ impl From<&PoolConfig> for PoolSettings {
             balance_factor_permille: c.balance_factor_permille,
             tcp_keepalive: c.tcp_keepalive,
             health: c.health.clone(),
+            agent: c.agent.clone(),
         }
     }
 }
