@@ -26,8 +26,10 @@
 //!                                    half-close, idle timeout) ◀────────────────┘
 //!
 //!  health probes (prober ─▶ health::probe) and passive failures ─▶ pool
+//!  agent reports (agent ─▶ agent::reply, HAProxy's agent-check) ──▶ pool
 //!  operator state (admin POST, ringlb node, config) ───────────────▶ pool
-//!  pool: health state + operator state ─▶ in-service set ─▶ new snapshot
+//!  pool: health + agent state + operator state ─▶ in-service set, points
+//!        ─▶ new snapshot
 //!
 //!  stop: shutdown::signals ─▶ control loop ends ─▶ shutdown::drain
 //!        (stop accepting, connections finish within shutdown_grace, rest closed)
@@ -72,6 +74,10 @@
 //!   on its own initiative: the pool's close queue (node down with `close`,
 //!   disable, removal, lifetime) and rehome, paced by one token bucket
 //!   ([`lifecycle::pacing`]), and the shutdown spread. Never picks nodes.
+//! - [`agent`]: one agent loop per node (HAProxy's `agent-check`: the node's
+//!   own report of its state, weight and cap), and [`agent::reply`], the pure
+//!   parser of one reply line. Reports into the pool like the prober; never
+//!   picks nodes or changes a node's state itself.
 //!
 //! **Data plane**
 //! - [`admission`]: who may connect through a listener (access lists,
@@ -121,6 +127,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod control;

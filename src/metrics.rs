@@ -25,6 +25,10 @@ pub const NODE_UP: &str = "ringlb_node_up";
 pub const NODE_ADMIN_STATE: &str = "ringlb_node_admin_state";
 pub const NODE_TRANSITIONS: &str = "ringlb_node_transitions_total";
 pub const PROBES: &str = "ringlb_probes_total";
+pub const NODE_AGENT_UP: &str = "ringlb_node_agent_up";
+pub const NODE_AGENT_ADMIN_STATE: &str = "ringlb_node_agent_admin_state";
+pub const NODE_AGENT_WEIGHT_PERCENT: &str = "ringlb_node_agent_weight_percent";
+pub const AGENT_CHECKS: &str = "ringlb_agent_checks_total";
 pub const PROBE_DURATION: &str = "ringlb_probe_duration_seconds";
 pub const RELOADS: &str = "ringlb_reloads_total";
 pub const CONFIG_GENERATION: &str = "ringlb_config_generation";
@@ -72,6 +76,10 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (NODE_ADMIN_STATE, Kind::Gauge, "A node's operator state: 0 enabled, 1 drain, 2 disabled."),
     (NODE_TRANSITIONS, Kind::Counter, "Health state changes of a node, per direction (to up, to down)."),
     (PROBES, Kind::Counter, "Health probes of a node, per result."),
+    (NODE_AGENT_UP, Kind::Gauge, "What a node's agent says of it: 1 up (or nothing said), 0 down, fail or stopped."),
+    (NODE_AGENT_ADMIN_STATE, Kind::Gauge, "A node's state as its agent set it: 0 ready (or nothing said), 1 drain, 2 maint."),
+    (NODE_AGENT_WEIGHT_PERCENT, Kind::Gauge, "A node's weight as its agent set it, in percent of the configured weight (100 when it gave none)."),
+    (AGENT_CHECKS, Kind::Counter, "Checks of a node's agent, per result (ok, connect, timeout, io, invalid)."),
     (PROBE_DURATION, Kind::Histogram, "Health probe latency, in seconds, per node."),
     (RELOADS, Kind::Counter, "Config reloads, per result (ok: applied, failed: refused)."),
     (CONFIG_GENERATION, Kind::Gauge, "Config generation: 1 at start, +1 per applied reload."),
@@ -271,6 +279,12 @@ pub struct NodeMetrics {
     pub probes_ok: Counter,
     pub probes_failed: Counter,
     pub probe_duration: Histogram,
+    /// The agent's word: 1 up, 0 down.
+    pub agent_up: Gauge,
+    /// 0 ready, 1 drain, 2 maint.
+    pub agent_admin_state: Gauge,
+    pub agent_weight_percent: Gauge,
+    agent_checks: [Counter; 5],
 }
 
 impl NodeMetrics {
@@ -293,12 +307,25 @@ impl NodeMetrics {
             went_down: counter!(NODE_TRANSITIONS, L_POOL => p.clone(), L_NODE => n.clone(), L_TO => "down"),
             probes_ok: counter!(PROBES, L_POOL => p.clone(), L_NODE => n.clone(), L_RESULT => "ok"),
             probes_failed: counter!(PROBES, L_POOL => p.clone(), L_NODE => n.clone(), L_RESULT => "fail"),
-            probe_duration: histogram!(PROBE_DURATION, L_POOL => p, L_NODE => n),
+            probe_duration: histogram!(PROBE_DURATION, L_POOL => p.clone(), L_NODE => n.clone()),
+            agent_up: gauge!(NODE_AGENT_UP, L_POOL => p.clone(), L_NODE => n.clone()),
+            agent_admin_state: gauge!(NODE_AGENT_ADMIN_STATE, L_POOL => p.clone(), L_NODE => n.clone()),
+            agent_weight_percent: gauge!(NODE_AGENT_WEIGHT_PERCENT, L_POOL => p.clone(), L_NODE => n.clone()),
+            agent_checks: AGENT_RESULTS.map(
+                |r| counter!(AGENT_CHECKS, L_POOL => p.clone(), L_NODE => n.clone(), L_RESULT => r),
+            ),
         }
     }
 
     pub fn failure(&self, f: ConnectFailure) -> &Counter {
         &self.failures[f as usize]
+    }
+
+    /// The counter of agent checks of this node that ended with `result`
+    /// (the `result` labels are [`AGENT_RESULTS`], in that order).
+    pub fn agent_check(&self, result: impl Into<usize>) -> &Counter {
+        let i: usize = result.into();
+        &self.agent_checks[i.min(AGENT_RESULTS.len() - 1)]
     }
 }
 
@@ -334,6 +361,9 @@ impl PoolMetrics {
             .map(|(_, c)| c)
     }
 }
+/// The `result` labels of [`AGENT_CHECKS`], in the order of
+/// `pool::AgentResult` (metrics names no runtime type).
+pub const AGENT_RESULTS: [&str; 5] = ["ok", "connect", "timeout", "io", "invalid"];
 
 /// Process-wide handles of the reload machinery.
 #[derive(Debug, Clone)]

@@ -17,10 +17,10 @@ use crate::health::{probe, probe_addr};
 use crate::pool::{Node, Pool};
 
 /// A small deterministic-per-node jitter source (no global RNG needed).
-struct Jitter(u64);
+pub(crate) struct Jitter(u64);
 
 impl Jitter {
-    fn new(name: &str) -> Jitter {
+    pub(crate) fn new(name: &str) -> Jitter {
         let t = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -32,11 +32,70 @@ impl Jitter {
     }
 
     /// A factor in [lo, hi).
-    fn factor(&mut self, lo: f64, hi: f64) -> f64 {
+    pub(crate) fn factor(&mut self, lo: f64, hi: f64) -> f64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         lo + (hi - lo) * ((self.0 >> 11) as f64 / (1u64 << 53) as f64)
+    }
+}
+
+/// One task per node of a pool, each with its own token, under one stop token
+/// and one tracker: what the prober and the [`agent`](crate::agent) keep.
+#[derive(Debug)]
+pub(crate) struct NodeTasks {
+    tasks: Vec<(Arc<Node>, CancellationToken)>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl NodeTasks {
+    pub(crate) fn new(stop: &CancellationToken) -> NodeTasks {
+        NodeTasks {
+            tasks: Vec::new(),
+            stop: stop.child_token(),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    /// One task per node of `nodes`: stop those of the nodes not in it, start
+    /// `spawn(node, its token)` for the new ones.
+    pub(crate) fn sync<F, Fut>(&mut self, nodes: Vec<Arc<Node>>, mut spawn: F)
+    where
+        F: FnMut(Arc<Node>, CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.retain(|(n, tok)| {
+            let keep = nodes.iter().any(|m| Arc::ptr_eq(m, n));
+            if !keep {
+                tok.cancel();
+            }
+            keep
+        });
+        for n in nodes {
+            if !self.tasks.iter().any(|(m, _)| Arc::ptr_eq(m, &n)) {
+                let tok = self.stop.child_token();
+                self.tracker.spawn(spawn(n.clone(), tok.clone()));
+                self.tasks.push((n, tok));
+            }
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Stop every task without waiting for them.
+    pub(crate) fn cancel(self) {
+        self.stop.cancel();
+        self.tracker.close();
+    }
+
+    /// Stop every task and wait for them.
+    pub(crate) async fn shutdown(self) {
+        self.stop.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
     }
 }
 
@@ -45,9 +104,7 @@ impl Jitter {
 #[derive(Debug)]
 pub struct Prober {
     pool: Arc<Pool>,
-    tasks: Vec<(Arc<Node>, CancellationToken)>,
-    stop: CancellationToken,
-    tracker: TaskTracker,
+    tasks: NodeTasks,
 }
 
 impl Prober {
@@ -55,9 +112,7 @@ impl Prober {
     pub fn start(pool: Arc<Pool>, stop: &CancellationToken) -> Prober {
         let mut p = Prober {
             pool,
-            tasks: Vec::new(),
-            stop: stop.child_token(),
-            tracker: TaskTracker::new(),
+            tasks: NodeTasks::new(stop),
         };
         p.sync();
         p
@@ -72,21 +127,9 @@ impl Prober {
         } else {
             self.pool.nodes()
         };
-        self.tasks.retain(|(n, tok)| {
-            let keep = nodes.iter().any(|m| Arc::ptr_eq(m, n));
-            if !keep {
-                tok.cancel();
-            }
-            keep
-        });
-        for n in nodes {
-            if !self.tasks.iter().any(|(m, _)| Arc::ptr_eq(m, &n)) {
-                let tok = self.stop.child_token();
-                self.tracker
-                    .spawn(probe_loop(self.pool.clone(), n.clone(), tok.clone()));
-                self.tasks.push((n, tok));
-            }
-        }
+        let pool = &self.pool;
+        self.tasks
+            .sync(nodes, |n, tok| probe_loop(pool.clone(), n, tok));
     }
 
     /// Number of running probe tasks.
@@ -95,14 +138,12 @@ impl Prober {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
+        self.len() == 0
     }
 
     /// Stop every probe and wait for them.
     pub async fn shutdown(self) {
-        self.stop.cancel();
-        self.tracker.close();
-        self.tracker.wait().await;
+        self.tasks.shutdown().await;
     }
 }
 

@@ -27,6 +27,15 @@ pub struct RingNode<'a> {
     pub weight: u32,
 }
 
+/// A node with an explicit number of points (its indexes `0..points`): what
+/// [`Ring::with_points`] builds from. A node with fewer points than another of
+/// the same name has exactly that one's lowest-index points.
+#[derive(Debug, Clone, Copy)]
+pub struct RingPoints<'a> {
+    pub name: &'a str,
+    pub points: u32,
+}
+
 /// One point on the ring. Only `name` and `index` define its position.
 #[derive(Debug, Clone)]
 struct Point {
@@ -120,17 +129,29 @@ pub struct Ring {
 impl Ring {
     /// Build the ring: each node gets `weight × points_per_weight` points.
     pub fn new(nodes: &[RingNode<'_>], points_per_weight: u32) -> Ring {
+        let nodes: Vec<RingPoints> = nodes
+            .iter()
+            .map(|n| RingPoints {
+                name: n.name,
+                points: n.weight.saturating_mul(points_per_weight),
+            })
+            .collect();
+        Ring::with_points(&nodes)
+    }
+
+    /// Build the ring with a given number of points per node: node `i` owns
+    /// its points `0..points`. Lowering a node's count removes only its
+    /// highest-index points, so only the keys on those points move; raising it
+    /// back adds exactly them again.
+    pub fn with_points(nodes: &[RingPoints<'_>]) -> Ring {
         let hasher = DefaultHashBuilder;
         let names: Vec<Arc<str>> = nodes.iter().map(|n| Arc::from(n.name)).collect();
-        let total: usize = nodes
-            .iter()
-            .map(|n| n.weight as usize * points_per_weight as usize)
-            .sum();
+        let total: usize = nodes.iter().map(|n| n.points as usize).sum();
         // (position, node index, point)
         let mut all: Vec<(u64, u32, Point)> = Vec::with_capacity(total);
         let mut points = Vec::with_capacity(nodes.len());
         for (i, n) in nodes.iter().enumerate() {
-            let count = n.weight.saturating_mul(points_per_weight);
+            let count = n.points;
             points.push(count);
             for index in 0..count {
                 let p = Point {
@@ -210,6 +231,14 @@ impl Ring {
         self.ring
             .get(key)
             .map(|p| self.owners[p.slot as usize] as usize)
+    }
+
+    /// The point a key maps to: its owner (node index) and the point's index
+    /// among that node's points.
+    pub fn point(&self, key: &Key) -> Option<(usize, u32)> {
+        self.ring
+            .get(key)
+            .map(|p| (self.owners[p.slot as usize] as usize, p.index))
     }
 
     /// The node a key maps to, then the next distinct nodes clockwise: at most `max`
@@ -448,6 +477,57 @@ mod tests {
             let k = key(ip);
             let (b, a) = (before.primary(&k).unwrap(), after.primary(&k).unwrap());
             assert!(a == b || a == 0, "{ip} moved from {b} to {a}");
+        }
+    }
+
+    #[test]
+    fn fewer_points_move_only_the_keys_of_the_removed_points_and_back_restores() {
+        let pts = |b: u32| {
+            Ring::with_points(&[
+                RingPoints {
+                    name: "node-a",
+                    points: 160,
+                },
+                RingPoints {
+                    name: "node-b",
+                    points: b,
+                },
+                RingPoints {
+                    name: "node-c",
+                    points: 160,
+                },
+            ])
+        };
+        // `new` is `with_points` with weight x points_per_weight.
+        let full = pts(160);
+        for ip in ips(20_000, 17) {
+            let k = key(ip);
+            assert_eq!(full.point(&k), ring(&THREE).point(&k));
+        }
+        let half = pts(80);
+        assert_eq!(half.points_of(1), 80);
+        let (mut moved, mut on_b) = (0, 0);
+        for ip in ips(100_000, 19) {
+            let k = key(ip);
+            let (owner, index) = full.point(&k).unwrap();
+            let now = half.point(&k).unwrap();
+            if owner == 1 && index >= 80 {
+                // A removed point: its key goes to the next point clockwise.
+                moved += usize::from(now.0 != 1);
+            } else {
+                assert_eq!(now, (owner, index), "{ip}: its point stayed, so must it");
+            }
+            on_b += usize::from(owner == 1);
+        }
+        // About half of b's keys were on its points 80..160.
+        assert!(
+            moved > on_b * 3 / 10 && moved < on_b * 6 / 10,
+            "{moved} of {on_b}"
+        );
+        let again = pts(160);
+        for ip in ips(100_000, 19) {
+            let k = key(ip);
+            assert_eq!(again.point(&k), full.point(&k));
         }
     }
 

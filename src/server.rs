@@ -25,6 +25,7 @@ use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminServer};
 use crate::admission::{ListenerShared, ListenerState};
+use crate::agent::Agent;
 use crate::config::{Config, ListenerConfig};
 use crate::error::Error;
 use crate::handle::Shared;
@@ -69,6 +70,9 @@ pub struct Server {
     pub(crate) probers: BTreeMap<String, Prober>,
     /// One lifecycle loop per pool (paced closes, rehome, lifetime).
     pub(crate) lifecycles: Lifecycles,
+    /// One agent per pool (loops only for pools with `[agent]`); stopped with
+    /// the probers (`probe_stop`).
+    pub(crate) agents: BTreeMap<String, Agent>,
     pub(crate) admin: Option<AdminServer>,
     pub(crate) pending_admin: Option<TcpListener>,
     pub(crate) pid_file: Option<PathBuf>,
@@ -207,6 +211,7 @@ impl Server {
             listeners,
             probers: BTreeMap::new(),
             lifecycles: Lifecycles::default(),
+            agents: BTreeMap::new(),
             admin: None,
             pending_admin,
             pid_file: None,
@@ -328,7 +333,7 @@ impl Server {
         info!(listener = %st.config.name, addr = %r.local_addr, pool = %st.config.pool, accept_loops = r.tasks.len(), "listening");
     }
 
-    /// Start every part: the accept loops, one prober per pool, the admin
+    /// Start every part: the accept loops, one prober and agent per pool, the admin
     /// endpoint, and the pid file (if not written yet).
     pub(crate) fn start(&mut self) {
         if std::mem::replace(&mut self.started, true) {
@@ -340,6 +345,8 @@ impl Server {
         for (name, pool) in self.shared.pools.load().iter() {
             self.probers
                 .insert(name.clone(), Prober::start(pool.clone(), &self.probe_stop));
+            self.agents
+                .insert(name.clone(), Agent::start(pool.clone(), &self.probe_stop));
         }
         self.lifecycles.sync(&self.shared.pools.load());
         if let Some(l) = self.pending_admin.take() {

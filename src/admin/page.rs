@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use super::history::HistoryStatus;
-use super::status::{fmt_time, NodeStatus, PoolStatus, Status};
+use super::status::{fmt_time, AgentStatus, NodeStatus, PoolStatus, Status};
 use crate::config::AdminState;
 
 /// Seconds between refreshes of the HTML page.
@@ -123,9 +123,15 @@ fn pool(h: &mut String, p: &PoolStatus, history: Option<&HistoryStatus>) {
             ""
         }
     );
+    // The agent's column only for pools with an agent.
+    let agent_th = if p.agent.is_some() {
+        "<th>agent</th>"
+    } else {
+        ""
+    };
     let _ = writeln!(
         h,
-        "<table class=\"pool\" id=\"pool-{name}\"><tr><th>node</th><th>address</th><th>state</th><th>since</th><th>last probe</th><th>ring share</th><th>active</th><th>max</th><th>total</th><th>to node</th><th>to client</th></tr>"
+        "<table class=\"pool\" id=\"pool-{name}\"><tr><th>node</th><th>address</th><th>state</th>{agent_th}<th>since</th><th>last probe</th><th>ring share</th><th>active</th><th>max</th><th>total</th><th>to node</th><th>to client</th></tr>"
     );
     for n in &p.nodes {
         node(h, n);
@@ -158,10 +164,11 @@ fn node(h: &mut String, n: &NodeStatus) {
         .unwrap_or_else(|| "-".into());
     let _ = writeln!(
         h,
-        "<tr class=\"node\" data-node=\"{nm}\"><td>{nm}</td><td>{addr}</td><td class=\"{state}\">{STATE}</td><td title=\"{reason}\">{since}</td><td>{probe}</td><td><span class=\"bar\"><span style=\"width:{share:.1}%\"></span></span> {share:.1}%</td><td class=\"num\">{act}</td><td class=\"num\">{max}</td><td class=\"num\">{tot}</td><td class=\"num\">{bn}</td><td class=\"num\">{bc}</td></tr>",
+        "<tr class=\"node\" data-node=\"{nm}\"><td>{nm}</td><td>{addr}</td><td class=\"{state}\">{STATE}</td>{agent}<td title=\"{reason}\">{since}</td><td>{probe}</td><td><span class=\"bar\"><span style=\"width:{share:.1}%\"></span></span> {share:.1}%</td><td class=\"num\">{act}</td><td class=\"num\">{max}</td><td class=\"num\">{tot}</td><td class=\"num\">{bn}</td><td class=\"num\">{bc}</td></tr>",
         nm = esc(&n.name),
         addr = esc(&n.addr.to_string()),
         STATE = label,
+        agent = n.agent.as_ref().map(agent_cell).unwrap_or_default(),
         reason = esc(&n.reason),
         since = fmt_time(n.since),
         act = n.active_connections,
@@ -172,6 +179,41 @@ fn node(h: &mut String, n: &NodeStatus) {
         bn = bytes(n.bytes_to_node),
         bc = bytes(n.bytes_to_client),
     );
+}
+
+/// A node's agent cell: its words (`UP · READY`, `DOWN (fail) · DRAIN`), the
+/// weight and cap it set, and its last error in the tooltip.
+fn agent_cell(a: &AgentStatus) -> String {
+    let class = if a.state == "down" {
+        "down"
+    } else if a.admin_state != "ready" {
+        "drain"
+    } else {
+        "up"
+    };
+    let mut words = a.state.to_uppercase();
+    if !a.word.is_empty() && !a.word.eq_ignore_ascii_case(&a.state) {
+        let _ = write!(words, " ({})", esc(&a.word));
+    }
+    let _ = write!(words, " · {}", a.admin_state.to_uppercase());
+    if let Some(w) = &a.weight {
+        let _ = write!(words, " · {}", esc(w));
+    }
+    if let Some(m) = a.maxconn {
+        let _ = write!(words, " · maxconn {m}");
+    }
+    let mut title = esc(&a.reason);
+    if let Some(e) = &a.last_error {
+        let _ = write!(
+            title,
+            "{}last error {}: {} ({})",
+            if title.is_empty() { "" } else { "; " },
+            fmt_time(e.at),
+            esc(&e.detail),
+            esc(&e.result)
+        );
+    }
+    format!("<td class=\"agent {class}\" title=\"{title}\">{words}</td>")
 }
 
 /// A number written as `/status` writes it (`2.0`, `0.125`; `null` if not finite),
@@ -274,6 +316,42 @@ pub(super) mod tests {
             rest.replace_range(i..end, "");
         }
         assert_eq!(rest, plain);
+    }
+
+    #[test]
+    fn pools_with_an_agent_get_its_column() {
+        let mut st = fixed_sample();
+        let line = "down drain 50% maxconn:3 #disk <full>";
+        st.pools[1].agent = Some(crate::admin::status::AgentSettingsStatus {
+            port: 9,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            send: None,
+        });
+        let text = format!(
+            "{}\n[pools.w.agent]\nport = 9\n",
+            crate::config::tests::MIN.replace("web", "w")
+        );
+        let cfg = crate::config::Config::parse(&text, "a.toml").unwrap();
+        let pool = crate::pool::Pool::new(&cfg.pools["w"]);
+        let n = pool.nodes()[0].clone();
+        pool.agent_report(&n, line, &crate::agent::reply::parse(line.as_bytes()));
+        let json = serde_json::to_value(status(&sample())).unwrap();
+        assert!(json["pools"][1]["nodes"][0]["agent"].is_null());
+        let agent = crate::admin::status::tests::agent_status_of(&n);
+        for node in &mut st.pools[1].nodes {
+            node.agent = Some(agent.clone());
+        }
+        let html = page(&st);
+        assert!(
+            html.contains("<th>state</th><th>agent</th><th>since</th>"),
+            "{html}"
+        );
+        assert!(html.contains(
+            "<td class=\"agent down\" title=\"disk &lt;full&gt;\">DOWN · DRAIN · 50% · maxconn 3</td>"
+        ), "{html}");
+        // The other pool has no agent: no column.
+        assert_eq!(html.matches("<th>agent</th>").count(), 1);
     }
 
     #[test]

@@ -18,10 +18,10 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Serialize, Serializer};
 
-use crate::config::{fmt_duration, AdminState, HealthKind, Keepalive, ProxyProtocol};
+use crate::config::{fmt_duration, AdminState, AgentConfig, HealthKind, Keepalive, ProxyProtocol};
 use crate::handle::{Handle, ListenerView, ReloadRecord};
 use crate::health::ProbeRecord;
-use crate::pool::{CloseReason, Node, Pool, PoolSnapshot};
+use crate::pool::{AgentCheck, AgentState, CloseReason, Node, Pool, PoolSnapshot};
 use crate::workers::WorkerLoad;
 
 /// The whole `/status` document.
@@ -138,6 +138,8 @@ pub struct PoolStatus {
     pub closes_pending: usize,
     /// Connections the pool closed itself since start, per reason.
     pub closed: BTreeMap<&'static str, u64>,
+    /// The pool's agent settings (`null`: no agent).
+    pub agent: Option<AgentSettingsStatus>,
     pub nodes: Vec<NodeStatus>,
 }
 
@@ -147,6 +149,104 @@ pub struct RehomeStatus {
     #[serde(serialize_with = "duration")]
     pub after: Duration,
     pub rate: u32,
+}
+
+/// A pool's `[agent]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentSettingsStatus {
+    pub port: u16,
+    #[serde(serialize_with = "duration")]
+    pub interval: Duration,
+    #[serde(serialize_with = "duration")]
+    pub timeout: Duration,
+    pub send: Option<String>,
+}
+
+impl From<&AgentConfig> for AgentSettingsStatus {
+    fn from(a: &AgentConfig) -> AgentSettingsStatus {
+        AgentSettingsStatus {
+            port: a.port,
+            interval: a.interval,
+            timeout: a.timeout,
+            send: a.send.clone(),
+        }
+    }
+}
+
+/// What a node's agent reported: a third fact beside health (`state`) and the
+/// operator's state (`admin_state`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentStatus {
+    /// `up` or `down` (`up` until the agent says otherwise).
+    pub state: String,
+    /// The health word as the agent wrote it (`down`, `fail`, `stopped`, `up`;
+    /// empty until it said one).
+    pub word: String,
+    /// The text after `#` that came with it.
+    pub reason: String,
+    /// `ready`, `drain` or `maint`.
+    pub admin_state: String,
+    /// The agent's weight, in percent of the configured weight (100 when it gave
+    /// none).
+    pub weight_percent: f64,
+    /// The weight as the agent gave it (`50%`, `weight:3`; `null`: none).
+    pub weight: Option<String>,
+    /// The agent's `maxconn` (`null`: none, the configured cap applies; 0: no cap).
+    pub maxconn: Option<u64>,
+    /// The agent lets the node take new clients.
+    pub serving: bool,
+    /// When the agent last changed any of the above (`null`: never).
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub since: Option<SystemTime>,
+    pub checks: u64,
+    pub failures: u64,
+    pub last_check: Option<AgentCheckStatus>,
+    /// The last check that failed or carried ignored words.
+    pub last_error: Option<AgentCheckStatus>,
+}
+
+/// One agent check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentCheckStatus {
+    #[serde(serialize_with = "rfc3339")]
+    pub at: SystemTime,
+    /// `ok`, `connect`, `timeout`, `io` or `invalid`.
+    pub result: String,
+    /// The line read, or what went wrong.
+    pub detail: String,
+}
+
+impl From<&AgentCheck> for AgentCheckStatus {
+    fn from(c: &AgentCheck) -> AgentCheckStatus {
+        AgentCheckStatus {
+            at: c.at,
+            result: c.result.as_str().to_string(),
+            detail: c.detail.clone(),
+        }
+    }
+}
+
+impl AgentStatus {
+    fn of(st: &AgentState, configured_weight: u32) -> AgentStatus {
+        let a = &st.set;
+        AgentStatus {
+            state: a.oper.as_str().to_string(),
+            word: a.oper_word.clone(),
+            reason: a.reason.clone(),
+            admin_state: a.admin.as_str().to_string(),
+            weight_percent: a.weight.map_or(100.0, |w| {
+                (w.percent_of(configured_weight) * 100.0).round() / 100.0
+            }),
+            weight: a.weight.map(|w| w.text()),
+            maxconn: a.maxconn,
+            serving: st.serving(),
+            since: st.since,
+            checks: st.checks,
+            failures: st.failures,
+            last_check: st.last.as_ref().map(AgentCheckStatus::from),
+            last_error: st.last_error.as_ref().map(AgentCheckStatus::from),
+        }
+    }
 }
 
 /// A pool's health-check settings.
@@ -201,13 +301,16 @@ pub struct NodeStatus {
     /// Open connections, with those still connecting (a place is taken when a
     /// connection picks the node).
     pub active_connections: u64,
-    /// The node's cap (`null`: none).
+    /// The node's cap now (`null`: none): the agent's `maxconn` while it has
+    /// one, else the configured one.
     pub max_connections: Option<u64>,
     /// Open connections whose client's home (its ring node now) is another
     /// node (recounted a few times a second).
     pub misplaced: u64,
     /// Connections closed so their client reconnects home (rehome).
     pub rehomed: u64,
+    /// The configured cap (`null`: none).
+    pub configured_max_connections: Option<u64>,
     pub total_connections: u64,
     pub connect_failures: u64,
     pub bytes_to_node: u64,
@@ -216,6 +319,8 @@ pub struct NodeStatus {
     pub ring_points: u32,
     /// Share of the hash space in percent, two decimals (0.0 when off the ring).
     pub ring_share_pct: f64,
+    /// What its agent reported (`null`: the pool has no agent).
+    pub agent: Option<AgentStatus>,
 }
 
 /// A node's last probe.
@@ -335,6 +440,7 @@ impl PoolStatus {
                 .iter()
                 .map(|&r| (r.as_str(), pool.closed(r)))
                 .collect(),
+            agent: s.agent.as_ref().map(AgentSettingsStatus::from),
             nodes: snap.nodes.iter().map(|n| NodeStatus::of(snap, n)).collect(),
         }
     }
@@ -365,6 +471,7 @@ impl NodeStatus {
             max_connections: n.max_connections(),
             misplaced: count(&n.misplaced),
             rehomed: count(&n.rehomed),
+            configured_max_connections: n.config_max_connections(),
             total_connections: count(&n.total),
             connect_failures: count(&n.connect_failures),
             bytes_to_node: count(&n.bytes_to_node),
@@ -372,6 +479,11 @@ impl NodeStatus {
             ring_points: on_ring.map_or(0, |i| snap.ring.points_of(i)),
             ring_share_pct: on_ring
                 .map_or(0.0, |i| (snap.ring.share_of(i) * 10_000.0).round() / 100.0),
+            agent: snap
+                .settings
+                .agent
+                .as_ref()
+                .map(|_| AgentStatus::of(&n.agent(), n.weight())),
         }
     }
 }
@@ -405,6 +517,13 @@ pub(super) fn fmt_time(t: SystemTime) -> String {
 
 fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&fmt_time(*t))
+}
+
+fn rfc3339_opt<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&fmt_time(*t)),
+        None => s.serialize_none(),
+    }
 }
 
 fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -599,6 +718,11 @@ addr = "10.0.1.1:5432"
         }
     }
 
+    /// A node's agent status as `/status` shows it.
+    pub(in crate::admin) fn agent_status_of(n: &Node) -> AgentStatus {
+        AgentStatus::of(&n.agent(), n.weight())
+    }
+
     /// Every key of a JSON value as a dotted path (`[]` for array items), with
     /// the JSON types its values have.
     fn shape(v: &Value, path: &str, out: &mut BTreeMap<String, BTreeSet<&'static str>>) {
@@ -625,6 +749,43 @@ addr = "10.0.1.1:5432"
             }
             _ => {}
         }
+    }
+
+    #[test]
+    fn a_pool_with_an_agent_shows_health_operator_and_agent_state_apart() {
+        let text = format!(
+            "{}\n[pools.web.agent]\nport = 9\n",
+            crate::config::tests::MIN
+        );
+        let cfg = Config::parse(&text, "a.toml").unwrap();
+        let pool = Pool::new(&cfg.pools["web"]);
+        let n = pool.nodes()[0].clone();
+        let line = "drain 50% maxconn:3 bogus # disk";
+        pool.agent_report(&n, line, &crate::agent::reply::parse(line.as_bytes()));
+        let v = serde_json::to_value(PoolStatus::of("web", &pool)).unwrap();
+        assert_eq!(v["agent"]["port"], 9);
+        assert_eq!(v["agent"]["interval"], "2s");
+        let node = &v["nodes"][0];
+        assert_eq!(node["state"], "up");
+        assert_eq!(node["admin_state"], "enabled");
+        assert_eq!(node["in_service"], false);
+        assert_eq!(node["max_connections"], 3);
+        assert!(node["configured_max_connections"].is_null());
+        let a = &node["agent"];
+        assert_eq!(a["state"], "up");
+        assert_eq!(a["admin_state"], "drain");
+        assert_eq!(a["weight_percent"], 50.0);
+        assert_eq!(a["weight"], "50%");
+        assert_eq!(a["maxconn"], 3);
+        assert_eq!(a["serving"], false);
+        assert_eq!(a["checks"], 1);
+        assert_eq!(a["last_check"]["result"], "ok");
+        assert_eq!(a["last_check"]["detail"], line);
+        assert!(a["last_error"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("unknown word \"bogus\""));
+        assert!(a["since"].is_string());
     }
 
     #[test]
@@ -695,6 +856,7 @@ addr = "10.0.1.1:5432"
             (".pools[].health.timeout", "string"),
             (".pools[].health.rise", "integer"),
             (".pools[].health.fall", "integer"),
+            (".pools[].agent", "null"),
             (".pools[].nodes", "array"),
             (".pools[].nodes[]", "object"),
             (".pools[].nodes[].name", "string"),
@@ -716,12 +878,17 @@ addr = "10.0.1.1:5432"
             (".pools[].nodes[].max_connections", "integer|null"),
             (".pools[].nodes[].misplaced", "integer"),
             (".pools[].nodes[].rehomed", "integer"),
+            (
+                ".pools[].nodes[].configured_max_connections",
+                "integer|null",
+            ),
             (".pools[].nodes[].total_connections", "integer"),
             (".pools[].nodes[].connect_failures", "integer"),
             (".pools[].nodes[].bytes_to_node", "integer"),
             (".pools[].nodes[].bytes_to_client", "integer"),
             (".pools[].nodes[].ring_points", "integer"),
             (".pools[].nodes[].ring_share_pct", "float"),
+            (".pools[].nodes[].agent", "null"),
             (".workers", "array"),
             (".workers[]", "object"),
             (".workers[].worker", "integer"),

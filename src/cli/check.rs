@@ -3,7 +3,9 @@
 //! [`keepalive`](crate::keepalive)) to say how long a vanished peer can go
 //! unnoticed; otherwise pure. Opens no sockets and changes nothing.
 
-use crate::config::{fmt_duration, AdminState, Config, HealthKind, Keepalive, ProxyProtocol};
+use crate::config::{
+    fmt_duration, AdminState, AgentConfig, Config, HealthKind, Keepalive, ProxyProtocol,
+};
 
 /// A short human summary, as printed by `ringlb check`.
 pub fn summary(cfg: &Config) -> String {
@@ -162,6 +164,13 @@ pub fn summary(cfg: &Config) -> String {
             pool.on_node_down.as_str(),
             pool.when_all_down.as_str()
         );
+        if let Some(a) = &pool.agent {
+            let _ = writeln!(
+                s,
+                "    agent on each node's IP, {} (HAProxy agent-check replies: state, weight, maxconn)",
+                AgentConfig::describe(Some(a))
+            );
+        }
         let mut extra = Vec::new();
         if pool.proxy_protocol != ProxyProtocol::Off {
             extra.push(format!("proxy_protocol {}", pool.proxy_protocol.as_str()));
@@ -241,6 +250,21 @@ mod tests {
             summary.contains("127.0.0.1:9002         weight 1\n"),
             "{summary}"
         );
+    }
+
+    #[test]
+    fn the_agent_has_a_line_when_set() {
+        let text = format!(
+            "{}\n[pools.web.agent]\nport = 9777\nsend = \"status\\n\"\n",
+            crate::config::tests::MIN
+        );
+        let text = summary(&Config::parse(&text, "a.toml").unwrap());
+        assert!(
+            text.contains("    agent on each node's IP, port 9777 every 2s (timeout 1s, send \"status\\n\") (HAProxy agent-check replies: state, weight, maxconn)\n"),
+            "{text}"
+        );
+        let plain = summary(&Config::parse(crate::config::tests::MIN, "m.toml").unwrap());
+        assert!(!plain.contains("agent"), "{plain}");
     }
 
     #[test]

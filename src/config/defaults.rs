@@ -33,3 +33,6 @@ pub const CLOSE_RATE: u32 = 100;
 pub const REHOME_AFTER: Duration = Duration::from_secs(30);
 pub const REHOME_RATE: u32 = 20;
 pub const MAX_CONNECTION_DURATION_JITTER: Duration = Duration::ZERO;
+/// HAProxy's `agent-inter` default.
+pub const AGENT_INTERVAL: Duration = Duration::from_secs(2);
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(1);

@@ -61,3 +61,8 @@ pub const MAX_CONNECTION_DURATION_JITTER: (Duration, Duration) =
     (Duration::ZERO, Duration::from_secs(365 * 24 * 3600));
 pub const ACCESS_LOG_INTERVAL: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(24 * 3600));
+/// `agent.interval` and `agent.timeout` (as the health check's).
+pub const AGENT_INTERVAL: (Duration, Duration) = HEALTH_INTERVAL;
+pub const AGENT_TIMEOUT: (Duration, Duration) = HEALTH_TIMEOUT;
+/// Longest `agent.send`.
+pub const AGENT_SEND_LEN: usize = 1024;

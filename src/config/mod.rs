@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 
+mod agent;
 pub mod defaults;
 pub mod duration;
 mod lifecycle;
@@ -38,7 +39,8 @@ mod validate;
 use source::syntax_error;
 
 pub use raw::{
-    RawAdmin, RawConfig, RawHealth, RawKeepalive, RawKeepaliveParams, RawListener, RawNode, RawPool,
+    RawAdmin, RawAgent, RawConfig, RawHealth, RawKeepalive, RawKeepaliveParams, RawListener,
+    RawNode, RawPool,
 };
 
 /// The working directory's config: the third step of the search order in
@@ -366,6 +368,8 @@ pub struct PoolConfig {
     pub close_rate: u32,
     /// `None`: misplaced connections stay (the default).
     pub rehome: Option<Rehome>,
+    /// Capacity reports from an agent on each node (`None`: no agent).
+    pub agent: Option<AgentConfig>,
     /// In file order (the ring does not depend on it).
     pub nodes: Vec<NodeConfig>,
 }
@@ -405,6 +409,20 @@ impl Default for HealthConfig {
             fall: defaults::FALL,
         }
     }
+}
+
+/// `[pools.NAME.agent]`: an agent on each node's IP that reports, in
+/// HAProxy's `agent-check` words, the node's state, weight and cap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// The agent's TCP port, on each node's IP.
+    pub port: u16,
+    /// Time from one check of a node's agent to the next.
+    pub interval: Duration,
+    /// Time one check gets: connect, send, and the reply line.
+    pub timeout: Duration,
+    /// Written to the agent first (verbatim, as HAProxy's `agent-send`).
+    pub send: Option<String>,
 }
 
 /// A set of HTTP status codes, written as ranges and lists: `"200-399"`,

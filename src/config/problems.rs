@@ -79,4 +79,25 @@ impl Problems {
         }
         v
     }
+
+    /// `timeout` (at `key`) must be shorter than `interval`, so that checks of
+    /// one node never overlap (`what`: whose checks).
+    pub(super) fn timeout_below_interval(
+        &mut self,
+        key: String,
+        timeout: Duration,
+        interval: Duration,
+        what: &str,
+    ) {
+        if !timeout.is_zero() && timeout >= interval {
+            self.push(
+                key,
+                format!(
+                    "{} must be shorter than interval ({}) so {what} of one node never overlap",
+                    fmt_duration(timeout),
+                    fmt_duration(interval)
+                ),
+            );
+        }
+    }
 }

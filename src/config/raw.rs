@@ -86,6 +86,7 @@ pub struct RawPool {
     pub health: Option<RawHealth>,
     pub close_rate: Option<u32>,
     pub rehome: Option<RawRehome>,
+    pub agent: Option<RawAgent>,
     #[serde(default)]
     pub nodes: Vec<RawNode>,
 }
@@ -97,6 +98,18 @@ pub struct RawRehome {
     #[serde(default, deserialize_with = "super::duration::option")]
     pub after: Option<Duration>,
     pub rate: Option<u32>,
+}
+
+/// `[pools.NAME.agent]` as written (HAProxy's `agent-check`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    pub port: Option<u16>,
+    #[serde(default, deserialize_with = "super::duration::option")]
+    pub interval: Option<Duration>,
+    #[serde(default, deserialize_with = "super::duration::option")]
+    pub timeout: Option<Duration>,
+    pub send: Option<String>,
 }
 
 /// `tcp_keepalive` as written: `true`, `false`, or a table of the three

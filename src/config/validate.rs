@@ -323,6 +323,7 @@ fn pool(p: &mut Problems, pname: &str, rp: &RawPool) -> PoolConfig {
         proxy_protocol: rp.proxy_protocol.unwrap_or(ProxyProtocol::Off),
         balance_factor_permille: balance_factor(p, &key, rp.balance_factor),
         tcp_keepalive: keepalive(p, &key, rp.tcp_keepalive.as_ref()),
+        agent: super::agent::agent(p, &key, rp.agent.as_ref()),
         health,
         close_rate: super::lifecycle::close_rate(p, &key, rp.close_rate),
         rehome: super::lifecycle::rehome(p, &key, rp.rehome.as_ref()),
@@ -795,16 +796,7 @@ fn health(p: &mut Problems, pool_key: &str, raw: Option<&RawHealth>) -> HealthCo
         d.timeout,
         limits::HEALTH_TIMEOUT,
     );
-    if !timeout.is_zero() && timeout >= interval {
-        p.push(
-            format!("{key}.timeout"),
-            format!(
-                "{} must be shorter than interval ({}) so probes of one node never overlap",
-                fmt_duration(timeout),
-                fmt_duration(interval)
-            ),
-        );
-    }
+    p.timeout_below_interval(format!("{key}.timeout"), timeout, interval, "probes");
     let rise = p.range(format!("{key}.rise"), h.rise, d.rise, limits::RISE_FALL);
     let fall = p.range(format!("{key}.fall"), h.fall, d.fall, limits::RISE_FALL);
     if let Some(port) = h.port {

@@ -6,6 +6,8 @@
 //! of those nodes is built and swapped in. Nothing here does network I/O.
 //!
 //! * `node`: one [`Node`], its admin state and counters.
+//! * `agent`: what a node's agent reported ([`AgentState`]), kept apart from
+//!   health and the operator's state, and how a report applies.
 //! * `snapshot`: the hot path alone: [`PoolSnapshot`], [`Selection`] and the
 //!   building of a new snapshot.
 //! * `reconfigure`: a reload's node diff applied to the live pool ([`PoolChange`]).
@@ -28,6 +30,7 @@ use crate::config::{AdminState, OnNodeDown, PoolConfig, WhenAllDown};
 use crate::health::state::ProbeOutcome;
 use crate::metrics::PoolMetrics;
 
+mod agent;
 mod conns;
 mod node;
 mod reconfigure;
@@ -35,6 +38,10 @@ mod settings;
 mod snapshot;
 mod takeover;
 
+pub use agent::{
+    AgentAdmin, AgentCheck, AgentOper, AgentRecord, AgentReport, AgentResult, AgentState,
+    AgentWeight,
+};
 pub use conns::{CloseReason, ConnCtl, Live, RehomeCandidate, Scan};
 pub use node::{Node, Slot};
 pub use reconfigure::PoolChange;

@@ -1,5 +1,6 @@
 //! One backend node: its identity, weight, health (the hysteresis state from
-//! [`crate::health::state`]), the operator's admin state, and its live counters.
+//! [`crate::health::state`]), the operator's admin state, what its agent
+//! reported ([`AgentState`], kept apart from both), and its live counters.
 //!
 //! Everything here is an atomic, a `Mutex` only probes and state changes take, or
 //! an `ArcSwap`: a connection reads a node without a lock. A connection holds a
@@ -15,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::agent::{AgentState, AgentWeight};
 use crate::config::{AdminState, NodeConfig};
 use crate::health::state::NodeHealth;
 use crate::metrics::NodeMetrics;
@@ -49,8 +51,20 @@ pub struct Node {
     /// Connections holding a [`Slot`] of this node: open ones, and those still
     /// connecting to it.
     pub active: AtomicU64,
-    /// `max_connections` ([`NO_CAP`] when unset); a reload may change it.
+    /// The effective `max_connections` ([`NO_CAP`] when none): the agent's
+    /// `maxconn:N` while it has one, else the configured one. The one the hot
+    /// path reads.
     max_connections: AtomicU64,
+    /// The configured `max_connections` ([`NO_CAP`] when unset); a reload may
+    /// change it.
+    config_max_connections: AtomicU64,
+    /// What the node's agent has set (only the agent, or a reload that removes
+    /// `[agent]`, changes it); only agent reports, status and rebuilds lock it.
+    agent: Mutex<AgentState>,
+    /// The agent lets the node take new clients (it has not said `down`,
+    /// `drain`, `maint` or a zero weight): the agent's part of
+    /// [`Node::in_service`], kept beside the state so that reads need no lock.
+    agent_serving: AtomicBool,
     /// Open connections on this node whose client's home (the ring's first node
     /// for its key) is another node now; kept by the pool's lifecycle loop.
     pub misplaced: AtomicU64,
@@ -72,6 +86,9 @@ impl Node {
         metrics
             .max_connections
             .set(cfg.max_connections.map_or(0.0, f64::from));
+        metrics.agent_up.set(1.0);
+        metrics.agent_weight_percent.set(100.0);
+        let cap = cfg.max_connections.map_or(NO_CAP, u64::from);
         Node {
             name: cfg.name.clone(),
             addr: cfg.addr,
@@ -85,7 +102,10 @@ impl Node {
             service_since: AtomicU64::new(0),
             service_points: AtomicU32::new(0),
             active: AtomicU64::new(0),
-            max_connections: AtomicU64::new(cfg.max_connections.map_or(NO_CAP, u64::from)),
+            max_connections: AtomicU64::new(cap),
+            config_max_connections: AtomicU64::new(cap),
+            agent: Mutex::new(AgentState::default()),
+            agent_serving: AtomicBool::new(true),
             misplaced: AtomicU64::new(0),
             rehomed: AtomicU64::new(0),
             total: AtomicU64::new(0),
@@ -112,15 +132,75 @@ impl Node {
         self.active.load(Ordering::Relaxed) >= self.max_connections.load(Ordering::Relaxed)
     }
 
-    /// A (re)load gave this cap; returns the one before. Open connections stay
-    /// even when they are more than a lowered cap: only new ones wait for room.
+    /// A (re)load gave this cap; returns the configured one before. Open
+    /// connections stay even when they are more than a lowered cap: only new
+    /// ones wait for room. An agent's `maxconn:N` still wins while it has one.
     pub(super) fn set_max_connections(&self, cap: Option<u32>) -> Option<u64> {
         let new = cap.map_or(NO_CAP, u64::from);
-        let old = self.max_connections.swap(new, Ordering::Relaxed);
-        if old != new {
-            self.metrics.max_connections.set(cap.map_or(0.0, f64::from));
-        }
+        let old = self.config_max_connections.swap(new, Ordering::Relaxed);
+        let agent = self.lock_agent().set.maxconn;
+        self.refresh_cap(agent);
         (old != NO_CAP).then_some(old)
+    }
+
+    /// The configured `max_connections`, whatever the agent says.
+    pub fn config_max_connections(&self) -> Option<u64> {
+        let cap = self.config_max_connections.load(Ordering::Relaxed);
+        (cap != NO_CAP).then_some(cap)
+    }
+
+    /// Make the effective cap the agent's `maxconn` (`Some(0)`: no cap, as in
+    /// HAProxy) or, without one, the configured cap. The metric follows.
+    pub(super) fn refresh_cap(&self, agent_maxconn: Option<u64>) {
+        let configured = self.config_max_connections.load(Ordering::Relaxed);
+        let cap = match agent_maxconn {
+            Some(0) => NO_CAP,
+            Some(n) => n,
+            None => configured,
+        };
+        if self.max_connections.swap(cap, Ordering::Relaxed) != cap {
+            self.metrics
+                .max_connections
+                .set(if cap == NO_CAP { 0.0 } else { cap as f64 });
+        }
+    }
+
+    /// A copy of what the agent has set and the last checks (status output).
+    pub fn agent(&self) -> AgentState {
+        self.lock_agent().clone()
+    }
+
+    pub(super) fn lock_agent(&self) -> MutexGuard<'_, AgentState> {
+        self.agent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keep [`Node::in_service`]'s agent part in step with `state`; true if it
+    /// changed.
+    pub(super) fn set_agent_serving(&self, state: &AgentState) -> bool {
+        let serving = state.serving();
+        self.agent_serving.swap(serving, Ordering::AcqRel) != serving
+    }
+
+    /// The agent lets the node take new clients.
+    pub fn agent_serving(&self) -> bool {
+        self.agent_serving.load(Ordering::Acquire)
+    }
+
+    /// Points on the ring at `points_per_weight`: weight x points_per_weight,
+    /// scaled by the agent's weight (`NN%` of the configured weight, capped at
+    /// weight 256 as in HAProxy; or an absolute `weight:N`). Points, not
+    /// weights, are scaled, so 50% of weight 1 is half its points; a weight
+    /// above 0% keeps at least one point.
+    pub fn ring_points(&self, points_per_weight: u32) -> u32 {
+        let base = u64::from(self.weight()) * u64::from(points_per_weight);
+        let max = 256 * u64::from(points_per_weight);
+        let points = match self.lock_agent().set.weight {
+            None => base,
+            Some(AgentWeight::Percent(0) | AgentWeight::Absolute(0)) => 0,
+            Some(AgentWeight::Percent(p)) => (base * u64::from(p.min(25_600)) / 100).clamp(1, max),
+            Some(AgentWeight::Absolute(w)) => u64::from(w.min(256)) * u64::from(points_per_weight),
+        };
+        u32::try_from(points).unwrap_or(u32::MAX)
     }
 
     /// Take a place for one new connection, or `None` when the node is at its
@@ -152,9 +232,10 @@ impl Node {
         state_from_u8(self.admin.load(Ordering::Acquire))
     }
 
-    /// On the ring for new connections: up and enabled.
+    /// On the ring for new connections: healthy (probes), enabled (operator)
+    /// and serving (agent). The one place membership is derived from the three.
     pub fn in_service(&self) -> bool {
-        self.is_up() && self.admin_state() == AdminState::Enabled
+        self.is_up() && self.admin_state() == AdminState::Enabled && self.agent_serving()
     }
 
     /// A copy of the health state (for status output).

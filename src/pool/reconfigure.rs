@@ -1,7 +1,8 @@
 //! A reload applied to a live pool: [`Pool::reconfigure`] diffs the new node list
 //! against the current one by name and address, keeps the nodes that stayed (with
 //! their health and counters), adds and removes the others, applies weights,
-//! `max_connections` and the file's admin states, and publishes one new snapshot. [`PoolChange`] says
+//! `max_connections` and the file's admin states, clears what the agent set when
+//! `[agent]` is gone, and publishes one new snapshot. [`PoolChange`] says
 //! what changed, for the reload summary.
 //!
 //! Must not: close an open connection unless the config says so
@@ -26,6 +27,8 @@ pub struct PoolChange {
     /// `"name old->new"` for nodes whose `max_connections` changed (`none`: no
     /// cap). Open connections stay, even above a lowered cap.
     pub recapped: Vec<String>,
+    /// Nodes whose agent state was cleared because `[agent]` was removed.
+    pub agent_cleared: Vec<String>,
     pub settings_changed: bool,
 }
 
@@ -36,6 +39,7 @@ impl PoolChange {
             && self.reweighted.is_empty()
             && self.state_changed.is_empty()
             && self.recapped.is_empty()
+            && self.agent_cleared.is_empty()
             && !self.settings_changed
     }
 }
@@ -98,6 +102,10 @@ impl Pool {
             }
         }
         change.settings_changed = *old.settings != *settings;
+        if settings.agent.is_none() {
+            // Without an agent nobody could undo what it set: clear it.
+            change.agent_cleared = self.clear_agent(&nodes);
+        }
         self.snapshot
             .store(Arc::new(build_snapshot(settings, nodes)));
         // After the new settings are in (close_rate): the removed nodes' closes.
@@ -221,6 +229,29 @@ mod tests {
         assert!(change.is_empty(), "{change:?}");
         drop((held, third));
         assert_eq!(a.active.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_reload_without_the_agent_clears_what_it_set_and_one_with_it_keeps_it() {
+        use crate::pool::{AgentAdmin, AgentReport};
+        let ab = [node_toml("a", 1001, 1), node_toml("b", 1002, 1)].concat();
+        let agent = "[pools.p.agent]\nport = 9\n";
+        let p = Pool::new(&cfg_with(&format!("{ab}{agent}"), ""));
+        let a = p.node("a").unwrap();
+        let drain = AgentReport {
+            admin: Some(AgentAdmin::Drain),
+            ..AgentReport::default()
+        };
+        p.agent_report(&a, "drain", &drain);
+        assert!(!a.in_service());
+        // Another interval: the agent's state stays.
+        let change = p.reconfigure(&cfg_with(&format!("{ab}{agent}interval = \"5s\"\n"), ""));
+        assert!(change.agent_cleared.is_empty() && change.settings_changed);
+        assert!(!a.in_service());
+        let change = p.reconfigure(&cfg_with(&ab, ""));
+        assert_eq!(change.agent_cleared, vec!["a"]);
+        assert!(a.in_service() && a.agent().is_clear());
+        assert_eq!(p.snapshot().members.len(), 2);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use crate::config::{
-    HealthConfig, Keepalive, OnNodeDown, PoolConfig, ProxyProtocol, Rehome, WhenAllDown,
+    AgentConfig, HealthConfig, Keepalive, OnNodeDown, PoolConfig, ProxyProtocol, Rehome,
+    WhenAllDown,
 };
 
 /// Settings a connection or a probe needs.
@@ -26,6 +27,7 @@ pub struct PoolSettings {
     /// Closes per second ringlb decides on (0: unpaced).
     pub close_rate: u32,
     pub rehome: Option<Rehome>,
+    pub agent: Option<AgentConfig>,
 }
 
 impl From<&PoolConfig> for PoolSettings {
@@ -46,6 +48,7 @@ impl From<&PoolConfig> for PoolSettings {
             health: c.health.clone(),
             close_rate: c.close_rate,
             rehome: c.rehome,
+            agent: c.agent.clone(),
         }
     }
 }

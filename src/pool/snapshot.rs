@@ -14,8 +14,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{Node, PoolSettings, Slot};
-use crate::config::{AdminState, WhenAllDown};
-use crate::ring::{Key, Ring, RingNode};
+use crate::config::{limits, AdminState, WhenAllDown};
+use crate::ring::{Key, Ring, RingPoints};
 
 /// An immutable view used by connections: the ring over the nodes in service.
 #[derive(Debug)]
@@ -188,8 +188,12 @@ impl Iterator for Selection<'_> {
 }
 
 /// A new snapshot of `nodes`: the ring over those in service (or, when none is
-/// and `when_all_down = "any"`, over every enabled node), with each node's
-/// `ring_points` metric set. Called on state changes, never per connection.
+/// and `when_all_down = "any"`, over every enabled node at its configured
+/// weight), with each node's `ring_points` metric set. A node's points are its
+/// weight's, scaled by its agent's weight ([`Node::ring_points`]); should the
+/// agents' raises take the pool past its limit of ring points, the raises do not
+/// apply (the configured weights fit, validation saw to that). Called on state
+/// changes, never per connection.
 pub(super) fn build_snapshot(settings: Arc<PoolSettings>, nodes: Vec<Arc<Node>>) -> PoolSnapshot {
     let mut members: Vec<Arc<Node>> = nodes.iter().filter(|n| n.in_service()).cloned().collect();
     let mut failing_open = false;
@@ -202,14 +206,32 @@ pub(super) fn build_snapshot(settings: Arc<PoolSettings>, nodes: Vec<Arc<Node>>)
             .collect();
         failing_open = !members.is_empty();
     }
-    let ring_nodes: Vec<RingNode> = members
+    let ppw = settings.points_per_weight;
+    let configured = |n: &Node| n.weight().saturating_mul(ppw);
+    let mut points: Vec<u32> = members
         .iter()
-        .map(|n| RingNode {
-            name: &n.name,
-            weight: n.weight(),
+        .map(|n| {
+            if failing_open {
+                configured(n)
+            } else {
+                n.ring_points(ppw)
+            }
         })
         .collect();
-    let ring = Ring::new(&ring_nodes, settings.points_per_weight);
+    if points.iter().map(|&p| u64::from(p)).sum::<u64>() > limits::MAX_POOL_POINTS {
+        for (p, n) in points.iter_mut().zip(&members) {
+            *p = (*p).min(configured(n));
+        }
+    }
+    let ring_nodes: Vec<RingPoints> = members
+        .iter()
+        .zip(&points)
+        .map(|(n, &points)| RingPoints {
+            name: &n.name,
+            points,
+        })
+        .collect();
+    let ring = Ring::with_points(&ring_nodes);
     for n in &nodes {
         n.metrics.ring_points.set(0.0);
     }

@@ -1,6 +1,6 @@
 //! Node states handed from one process to the next in a binary upgrade: what the
-//! old process knows of each node (health up/down, the operator's state and the
-//! file's state at its last load), and [`Pool::take_over`], which applies them to
+//! old process knows of each node (health up/down, the operator's state, the
+//! file's state at its last load, and what the node's agent set), and [`Pool::take_over`], which applies them to
 //! a freshly built pool with the rule a reload follows. No I/O.
 
 use std::time::SystemTime;
@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use super::Pool;
+use super::{AgentRecord, Pool};
 use crate::config::AdminState;
 
 /// One node's state as the old process knows it.
@@ -27,6 +27,10 @@ pub struct NodeRecord {
     pub admin: AdminState,
     /// The state the old process's config file gave it.
     pub config_state: AdminState,
+    /// What the node's agent had set (`None`: nothing, or a process from
+    /// before agents). It applies when this process's pool has an agent too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentRecord>,
 }
 
 /// What [`Pool::take_over`] changed.
@@ -40,6 +44,8 @@ pub struct TakeOver {
     /// Nodes whose operator state (set through the admin endpoint or `ringlb node`)
     /// was carried over.
     pub admin: Vec<(String, AdminState)>,
+    /// Nodes whose agent state was carried over.
+    pub agent: Vec<String>,
 }
 
 impl Pool {
@@ -57,6 +63,7 @@ impl Pool {
                     since_unix: unix(health.since),
                     admin: n.admin_state(),
                     config_state: n.config_state(),
+                    agent: Some(n.agent().set).filter(|r| *r != AgentRecord::default()),
                 }
             })
             .collect()
@@ -67,10 +74,13 @@ impl Pool {
     /// later, fresher record can set it up again before they start), and
     /// the operator's state carries over unless the config file changed that node's
     /// `state` since the old process loaded it (then the file wins, as on a reload).
+    /// What the node's agent had set carries over when this pool has an agent
+    /// (the agent's next reply updates it; without one nobody could undo it).
     /// Records of other pools, of nodes this pool does not have, or of a node
     /// whose address changed, are ignored.
     pub fn take_over(&self, records: &[NodeRecord]) -> TakeOver {
         let mut done = TakeOver::default();
+        let with_agent = self.settings().agent.is_some();
         for r in records.iter().filter(|r| r.pool == self.name) {
             let Some(node) = self.node(&r.node) else {
                 continue;
@@ -90,9 +100,19 @@ impl Pool {
                 self.set_admin_state(&r.node, r.admin, "previous process (upgrade)");
                 done.admin.push((r.node.clone(), r.admin));
             }
+            if with_agent {
+                let agent = r.agent.clone().unwrap_or_default();
+                if self.take_over_agent(&node, &agent) {
+                    done.agent.push(r.node.clone());
+                }
+            }
         }
-        if !done.down.is_empty() || !done.up.is_empty() || !done.admin.is_empty() {
-            info!(pool = %self.name, down = ?done.down, up = ?done.up, operator_state = ?done.admin,
+        if !done.down.is_empty()
+            || !done.up.is_empty()
+            || !done.admin.is_empty()
+            || !done.agent.is_empty()
+        {
+            info!(pool = %self.name, down = ?done.down, up = ?done.up, operator_state = ?done.admin, agent = ?done.agent,
                 "node states taken over from the previous process");
         }
         done
@@ -169,6 +189,46 @@ nodes = [
             changed.node("b").unwrap().admin_state(),
             AdminState::Disabled
         );
+    }
+
+    #[test]
+    fn the_agents_state_carries_over_to_a_pool_with_an_agent() {
+        use crate::pool::{AgentAdmin, AgentReport, AgentWeight};
+        let with_agent = |p: &str| {
+            let cfg = Config::parse(
+                &format!("[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\n{p}\nnodes = [{{ name = \"a\", addr = \"127.0.0.1:1\" }}, {{ name = \"b\", addr = \"127.0.0.1:2\" }}]\n"),
+                "t.toml",
+            )
+            .unwrap();
+            Pool::new(&cfg.pools["p"])
+        };
+        let old = with_agent("agent = { port = 9 }");
+        let a = old.node("a").unwrap();
+        let report = AgentReport {
+            admin: Some(AgentAdmin::Drain),
+            weight: Some(AgentWeight::Percent(50)),
+            maxconn: Some(4),
+            ..AgentReport::default()
+        };
+        old.agent_report(&a, "drain 50% maxconn:4", &report);
+        let records = old.node_records();
+        // JSON as the upgrade channel sends it; a record without the field
+        // (an older process) reads as no agent state.
+        let json = serde_json::to_string(&records).unwrap();
+        let back: Vec<NodeRecord> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, records);
+        assert!(back[1].agent.is_none());
+        let new = with_agent("agent = { port = 9 }");
+        let t = new.take_over(&records);
+        assert_eq!(t.agent, vec!["a".to_string()]);
+        let na = new.node("a").unwrap();
+        assert_eq!(na.agent().set, a.agent().set);
+        assert!(!na.in_service() && na.max_connections() == Some(4));
+        assert_eq!(new.snapshot().members.len(), 1);
+        // No agent in the new config: nothing set carries over.
+        let plain = with_agent("");
+        assert!(plain.take_over(&records).agent.is_empty());
+        assert!(plain.node("a").unwrap().in_service());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Applying a reload to a running [`Server`]: read and validate the file, diff it
 //! ([`diff`](mod@super::diff)), bind every new socket first (any failure refuses the
 //! whole reload and the running config stays untouched), then swap pools, update
-//! kept listeners, close removed ones, start new ones, follow the probers, the
-//! admin endpoint and the pid file, and publish the new generation. Open
+//! kept listeners, close removed ones, start new ones, follow the probers and
+//! agents, the admin endpoint and the pid file, and publish the new generation. Open
 //! connections are never closed here unless the config says so (a removed node
 //! with `on_node_down = "close"`, a node set to `disabled`: the pool does that).
 
@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 use super::diff::{diff, summary};
 use crate::admin;
 use crate::admission::ListenerState;
+use crate::agent::Agent;
 use crate::config::Config;
 use crate::error::ConfigError;
 use crate::handle::ReloadRecord;
@@ -193,6 +194,27 @@ pub async fn apply_read(server: &mut Server, read: Result<Config, ConfigError>) 
     }
     server.probers = probers;
     server.lifecycles.sync(&pools);
+    // Agents follow too: changed agent settings restart a pool's loops.
+    let mut agents = std::mem::take(&mut server.agents);
+    for (name, pool) in &pools {
+        match agents.get_mut(name) {
+            Some(a) => a.sync(),
+            None => {
+                agents.insert(name.clone(), Agent::start(pool.clone(), &server.probe_stop));
+            }
+        }
+    }
+    let removed: Vec<String> = agents
+        .keys()
+        .filter(|n| !pools.contains_key(*n))
+        .cloned()
+        .collect();
+    for name in removed {
+        if let Some(a) = agents.remove(&name) {
+            a.shutdown().await;
+        }
+    }
+    server.agents = agents;
 
     // 7. Admin endpoint and pid file.
     if let Some(next) = new_admin {

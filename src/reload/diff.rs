@@ -5,7 +5,9 @@
 
 use std::fmt::Write as _;
 
-use crate::config::{fmt_duration, AdminState, Config, Keepalive, ListenerConfig, PoolConfig};
+use crate::config::{
+    fmt_duration, AdminState, AgentConfig, Config, Keepalive, ListenerConfig, PoolConfig,
+};
 use crate::pool::{PoolChange, PoolSettings};
 
 /// What a reload changes.
@@ -197,6 +199,11 @@ fn changed_pool_keys(o: &PoolConfig, n: &PoolConfig) -> Vec<String> {
     if o.health != n.health {
         v.push("health settings".to_string());
     }
+    key!(
+        "agent",
+        AgentConfig::describe(o.agent.as_ref()),
+        AgentConfig::describe(n.agent.as_ref())
+    );
     v
 }
 
@@ -283,6 +290,9 @@ pub fn summary(
         }
         if !c.recapped.is_empty() {
             let _ = write!(s, " max_connections {}", c.recapped.join(","));
+        }
+        if !c.agent_cleared.is_empty() {
+            let _ = write!(s, " agent state cleared {}", c.agent_cleared.join(","));
         }
         if c.settings_changed {
             match (old.pools.get(p), new.pools.get(p)) {
