@@ -14,6 +14,7 @@
 //!   inline SVG chart of one node's history;
 //! - [`client`]: the other side, used by `ringlb node` (blocking std I/O).
 
+mod agent_status;
 mod chart;
 pub mod client;
 pub mod history;

@@ -110,6 +110,25 @@ pub fn summary(cfg: &Config) -> String {
         if !rules.is_empty() {
             let _ = writeln!(s, "    access: {}", rules.join(", "));
         }
+        if let Some(max) = l.lifetime.max {
+            let _ = writeln!(
+                s,
+                "    connections closed at {} old{} (max_connection_duration, paced by the pool's close_rate)",
+                fmt_duration(max),
+                if l.lifetime.jitter.is_zero() {
+                    String::new()
+                } else {
+                    format!(" + up to {} of jitter", fmt_duration(l.lifetime.jitter))
+                }
+            );
+        }
+        if let Some(every) = l.access_log_interval {
+            let _ = writeln!(
+                s,
+                "    open connections log their bytes every {}",
+                fmt_duration(every)
+            );
+        }
     }
     for pool in cfg.pools.values() {
         let _ = writeln!(
@@ -163,6 +182,23 @@ pub fn summary(cfg: &Config) -> String {
             pool.passive_failures,
             pool.on_node_down.as_str(),
             pool.when_all_down.as_str()
+        );
+        let _ = writeln!(
+            s,
+            "    closes ringlb decides on: {}; rehome {}",
+            if pool.close_rate == 0 {
+                "unpaced (close_rate 0)".to_string()
+            } else {
+                format!("at most {}/s (close_rate)", pool.close_rate)
+            },
+            pool.rehome.map_or_else(
+                || "off".to_string(),
+                |r| format!(
+                    "after {} in service, {}/s",
+                    crate::config::fmt_duration(r.after),
+                    r.rate
+                )
+            )
         );
         if let Some(a) = &pool.agent {
             let _ = writeln!(
@@ -250,6 +286,28 @@ mod tests {
             summary.contains("127.0.0.1:9002         weight 1\n"),
             "{summary}"
         );
+    }
+
+    #[test]
+    fn lifetime_interval_log_close_rate_and_rehome_have_lines() {
+        let text = crate::config::tests::MIN
+            .replace(
+                "[pools.web]",
+                "[pools.web]\nclose_rate = 0\nrehome = { after = \"10s\", rate = 5 }",
+            )
+            .replacen(
+                "pool = \"web\"",
+                "pool = \"web\"\nmax_connection_duration = \"1h\"\nmax_connection_duration_jitter = \"5m\"\naccess_log_interval = \"1m\"",
+                1,
+            );
+        let out = summary(&crate::config::Config::parse(&text, "t.toml").unwrap());
+        for want in [
+            "    closes ringlb decides on: unpaced (close_rate 0); rehome after 10s in service, 5/s\n",
+            "    connections closed at 1h old + up to 5m of jitter (max_connection_duration, paced by the pool's close_rate)\n",
+            "    open connections log their bytes every 1m\n",
+        ] {
+            assert!(out.contains(want), "{want}\n{out}");
+        }
     }
 
     #[test]

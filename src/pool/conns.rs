@@ -676,3 +676,21 @@ mod tests {
         assert_eq!(p.scan(Instant::now(), None).open, 0);
     }
 }
+
+#[cfg(test)]
+mod size {
+    use super::*;
+
+    /// What the bookkeeping costs each open connection: its registry entry
+    /// (in the node's slab) and its `ConnCtl` (behind an `Arc`: two counts).
+    #[test]
+    fn the_bookkeeping_per_connection_stays_small() {
+        // A slab slot is the entry or a vacant marker (no larger).
+        let entry = std::mem::size_of::<Option<Entry>>();
+        let ctl = std::mem::size_of::<ConnCtl>() + 2 * std::mem::size_of::<usize>();
+        let live = std::mem::size_of::<Live>();
+        eprintln!("registry entry {entry} B, ConnCtl {ctl} B, Live {live} B");
+        assert!(entry + ctl <= 160, "{entry} + {ctl}");
+        assert!(live <= 24, "{live}");
+    }
+}
