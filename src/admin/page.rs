@@ -27,7 +27,7 @@ body{{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#faf
 h1{{font-size:1.3em;margin:0 0 .3em}} h2{{font-size:1.1em;margin:1.2em 0 .4em}}
 table{{border-collapse:collapse;background:#fff;min-width:60em}}
 th,td{{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:middle}}
-th{{background:#f0f0f0}} td.num{{text-align:right;font-variant-numeric:tabular-nums}}
+th{{background:#f0f0f0}} td.num{{text-align:right;font-variant-numeric:tabular-nums}} td.misplaced{{color:#c2570c;font-weight:bold}}
 .up{{background:#d9f2d9;color:#14591a;font-weight:600}} .down{{background:#f9d6d5;color:#8a1c14;font-weight:600}} .drain{{background:#fdf0c4;color:#6b5200;font-weight:600}} .disabled{{background:#e4e4e4;color:#444;font-weight:600}}
 .bar{{background:#eee;width:12em;height:.9em;display:inline-block;vertical-align:middle}}
 .bar span{{display:block;height:100%;background:#4a7bd0}}
@@ -112,11 +112,12 @@ fn pool(h: &mut String, p: &PoolStatus, history: Option<&HistoryStatus>) {
     let name = esc(&p.name);
     let _ = writeln!(
         h,
-        "<h2>Pool {name}</h2>\n<p class=\"meta\">{} of {} nodes up &middot; health {} every {}{}</p>",
+        "<h2>Pool {name}</h2>\n<p class=\"meta\">{} of {} nodes up &middot; health {} every {} &middot; {}{}</p>",
         p.nodes_up,
         p.nodes_total,
         p.health.kind.as_str(),
         crate::config::fmt_duration(p.health.interval),
+        closes(p),
         if p.failing_open {
             " &middot; <b class=\"bad\">all down: failing open</b>"
         } else {
@@ -131,7 +132,7 @@ fn pool(h: &mut String, p: &PoolStatus, history: Option<&HistoryStatus>) {
     };
     let _ = writeln!(
         h,
-        "<table class=\"pool\" id=\"pool-{name}\"><tr><th>node</th><th>address</th><th>state</th>{agent_th}<th>since</th><th>last probe</th><th>ring share</th><th>active</th><th>max</th><th>total</th><th>to node</th><th>to client</th></tr>"
+        "<table class=\"pool\" id=\"pool-{name}\"><tr><th>node</th><th>address</th><th>state</th>{agent_th}<th>since</th><th>last probe</th><th>ring share</th><th>active</th><th>max</th><th>misplaced</th><th>rehomed</th><th>total</th><th>to node</th><th>to client</th></tr>"
     );
     for n in &p.nodes {
         node(h, n);
@@ -140,6 +141,31 @@ fn pool(h: &mut String, p: &PoolStatus, history: Option<&HistoryStatus>) {
     if let Some(history) = history {
         super::chart::pool_charts(h, p, history);
     }
+}
+
+/// How the pool closes connections itself: `close_rate`, `rehome`, and the
+/// closes waiting for their turn.
+fn closes(p: &PoolStatus) -> String {
+    let mut s = if p.close_rate == 0 {
+        "closes unpaced".to_string()
+    } else {
+        format!("closes at most {}/s", p.close_rate)
+    };
+    match &p.rehome {
+        Some(r) => {
+            let _ = write!(
+                s,
+                " &middot; rehome after {} at {}/s",
+                crate::config::fmt_duration(r.after),
+                r.rate
+            );
+        }
+        None => s.push_str(" &middot; rehome off"),
+    }
+    if p.closes_pending > 0 {
+        let _ = write!(s, " &middot; <b>{} closes pending</b>", p.closes_pending);
+    }
+    s
 }
 
 /// One node's row: health and operator state together (`UP · DRAIN`).
@@ -164,7 +190,7 @@ fn node(h: &mut String, n: &NodeStatus) {
         .unwrap_or_else(|| "-".into());
     let _ = writeln!(
         h,
-        "<tr class=\"node\" data-node=\"{nm}\"><td>{nm}</td><td>{addr}</td><td class=\"{state}\">{STATE}</td>{agent}<td title=\"{reason}\">{since}</td><td>{probe}</td><td><span class=\"bar\"><span style=\"width:{share:.1}%\"></span></span> {share:.1}%</td><td class=\"num\">{act}</td><td class=\"num\">{max}</td><td class=\"num\">{tot}</td><td class=\"num\">{bn}</td><td class=\"num\">{bc}</td></tr>",
+        "<tr class=\"node\" data-node=\"{nm}\"><td>{nm}</td><td>{addr}</td><td class=\"{state}\">{STATE}</td>{agent}<td title=\"{reason}\">{since}</td><td>{probe}</td><td><span class=\"bar\"><span style=\"width:{share:.1}%\"></span></span> {share:.1}%</td><td class=\"num\">{act}</td><td class=\"num\">{max}</td><td class=\"num{mis_class}\">{mis}</td><td class=\"num\">{reh}</td><td class=\"num\">{tot}</td><td class=\"num\">{bn}</td><td class=\"num\">{bc}</td></tr>",
         nm = esc(&n.name),
         addr = esc(&n.addr.to_string()),
         STATE = label,
@@ -175,6 +201,9 @@ fn node(h: &mut String, n: &NodeStatus) {
         max = n
             .max_connections
             .map_or_else(|| "-".to_string(), |m| m.to_string()),
+        mis = n.misplaced,
+        mis_class = if n.misplaced > 0 { " misplaced" } else { "" },
+        reh = n.rehomed,
         tot = n.total_connections,
         bn = bytes(n.bytes_to_node),
         bc = bytes(n.bytes_to_client),
@@ -270,7 +299,15 @@ pub(super) mod tests {
     fn the_page_is_the_one_operators_and_the_browser_test_know() {
         // testdata/page.html was written by the json!-based renderer this one
         // replaced, from the same data.
-        assert_eq!(page(&fixed_sample()), include_str!("testdata/page.html"));
+        let html = page(&fixed_sample());
+        if std::env::var_os("RINGLB_UPDATE_GOLDEN").is_some() {
+            std::fs::write(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/src/admin/testdata/page.html"),
+                &html,
+            )
+            .unwrap();
+        }
+        assert_eq!(html, include_str!("testdata/page.html"));
     }
 
     #[test]
