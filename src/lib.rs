@@ -31,8 +31,14 @@
 //!  pool: health + agent state + operator state ─▶ in-service set, points
 //!        ─▶ new snapshot
 //!
+//!  lifecycle (one loop per pool): connections registered on their node
+//!  (pool::conns) ─▶ misplaced (node ≠ home now), expired (lifetime) ─▶ paced
+//!  closes (close_rate token bucket): node down with close, disable, removal,
+//!  rehome, lifetime, end of the shutdown grace
+//!
 //!  stop: shutdown::signals ─▶ control loop ends ─▶ shutdown::drain
-//!        (stop accepting, connections finish within shutdown_grace, rest closed)
+//!        (stop accepting, connections finish within shutdown_grace, the rest
+//!        closed spread over its end, then anything left)
 //!
 //!  upgrade (ringlb upgrade, SIGUSR2) ─▶ upgrade::handover: new binary gets every
 //!        listening socket (SCM_RIGHTS) and node state ─▶ upgrade::takeover: it
@@ -64,10 +70,12 @@
 //! - [`health`]: [`health::state`] (rise/fall hysteresis, std only) and
 //!   [`health::probe`] (one TCP or HTTP probe, parsed with `httparse`). Must not
 //!   name the pool.
-//! - [`pool`]: a pool's nodes (health, operator state, counters), its settings and
-//!   the immutable [`pool::PoolSnapshot`] each connection loads (the hot path,
-//!   alone in `pool/snapshot.rs`), and reconfigure. Depends only on
-//!   `health::state`; does no I/O.
+//! - [`pool`]: a pool's nodes (health, operator state, agent state, counters),
+//!   its settings and the immutable [`pool::PoolSnapshot`] each connection loads
+//!   (the hot path, alone in `pool/snapshot.rs`), reconfigure, and each node's
+//!   registry of open connections with the pool's close queue (`pool/conns.rs`:
+//!   what can be closed and why; the lifecycle loop decides when). Depends only
+//!   on `health::state`; does no I/O.
 //! - [`prober`]: one probe loop per node, reporting into the pool. Never picks
 //!   nodes or changes a node's state itself.
 //! - [`lifecycle`]: one loop per pool, the only place ringlb closes connections

@@ -356,6 +356,11 @@ fn pool_strategy() -> BoxedStrategy<Pool> {
         ("on_node_down", prop_oneof![3 => one_of(&["\"keep\"", "\"close\""]), 1 => one_of(&["\"Keep\"", "\"\"", "\"drop\"", "1"])].boxed()),
         ("when_all_down", prop_oneof![3 => one_of(&["\"reject\"", "\"any\""]), 1 => one_of(&["\"all\"", "\"\"", "true"])].boxed()),
         ("passive_failures", int_value(0, 1000)),
+        ("close_rate", int_value(0, 100_000)),
+        ("rehome", prop_oneof![
+            3 => (duration_value(), int_value(1, 100_000)).prop_map(|(a, r)| format!("{{ after = {a}, rate = {r} }}")).boxed(),
+            1 => one_of(&["{}", "{ rate = 0 }", "{ after = 5 }", "{ every = \"1s\" }", "true", "\"30s\""]),
+        ].boxed()),
     ];
     let health: Keys = vec![
         ("kind", prop_oneof![3 => one_of(&["\"tcp\"", "\"http\"", "\"none\""]), 1 => one_of(&["\"HTTP\"", "\"udp\"", "\"\"", "0"])].boxed()),
@@ -435,6 +440,9 @@ fn wild_config() -> BoxedStrategy<String> {
             "ipv6_only",
             prop_oneof![3 => one_of(&["true", "false"]), 1 => scalar_garbage()].boxed(),
         ),
+        ("max_connection_duration", duration_value()),
+        ("max_connection_duration_jitter", duration_value()),
+        ("access_log_interval", duration_value()),
     ];
     (
         entries(top, &["shutdown", "listeners", "admin", "pool"]),
@@ -669,6 +677,11 @@ fn damage() -> BoxedStrategy<Damage> {
         "proxy_header_timeout",
         "proxy_protocol",
         "balance_factor",
+        "close_rate",
+        "rehome",
+        "max_connection_duration",
+        "max_connection_duration_jitter",
+        "access_log_interval",
         "state",
         "user",
         "group",

@@ -12,6 +12,9 @@
 //!   building of a new snapshot.
 //! * `reconfigure`: a reload's node diff applied to the live pool ([`PoolChange`]).
 //! * `settings`: [`PoolSettings`], what connections and probes read.
+//! * `conns`: each node's registry of open connections ([`Live`], [`ConnCtl`]),
+//!   the pool's close queue, and the scan that finds misplaced and expired
+//!   connections ([`Pool::scan`]); the lifecycle loop decides when to close.
 //! * `takeover`: node states handed to the next process in a binary upgrade
 //!   ([`NodeRecord`], [`Pool::take_over`]).
 //!
