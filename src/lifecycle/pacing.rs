@@ -14,9 +14,11 @@ pub struct Pacer {
     last: Instant,
 }
 
-/// Tokens the bucket holds at most: a tenth of a second of closes, at least one.
+/// Tokens the bucket holds at most: a tenth of a second of closes, at least
+/// two (so the token that comes during a jitter delay is not lost, and the
+/// long-run rate stays `rate` however low it is).
 pub fn burst(rate: u32) -> f64 {
-    f64::from(rate.div_ceil(10).max(1))
+    f64::from(rate.div_ceil(10).max(2))
 }
 
 impl Pacer {
@@ -129,8 +131,8 @@ mod tests {
     }
 
     #[test]
-    fn burst_is_a_tenth_of_a_second_and_at_least_one() {
-        assert_eq!(burst(1), 1.0);
+    fn burst_is_a_tenth_of_a_second_and_at_least_two() {
+        assert_eq!(burst(1), 2.0);
         assert_eq!(burst(20), 2.0);
         assert_eq!(burst(100), 10.0);
         assert_eq!(burst(101), 11.0);
@@ -140,6 +142,30 @@ mod tests {
         assert!(!p.take(now), "two tokens, then wait");
         assert_eq!(p.next_token(now), now + Duration::from_millis(50));
         assert!(p.take(now + Duration::from_millis(50)));
+    }
+
+    #[test]
+    fn the_jitter_the_loop_adds_keeps_the_long_run_rate() {
+        // As the lifecycle loop waits: until the next token, plus a random
+        // share of one token interval.
+        let mut rng = fastrand::Rng::with_seed(7);
+        for rate in [1u32, 2, 5, 20, 100] {
+            let t0 = Instant::now();
+            let mut p = Pacer::new(rate, t0);
+            let (mut now, mut n) = (t0, 0u32);
+            let secs = 20;
+            while now < t0 + Duration::from_secs(secs) {
+                while p.take(now) {
+                    n += 1;
+                }
+                now = p.next_token(now) + p.interval().mul_f64(rng.f64());
+            }
+            let per_sec = f64::from(n) / secs as f64;
+            assert!(
+                (per_sec - f64::from(rate)).abs() <= f64::from(rate) * 0.05 + 0.15,
+                "rate {rate}: {per_sec}/s"
+            );
+        }
     }
 
     #[test]
@@ -153,8 +179,8 @@ mod tests {
         assert_eq!(p.interval(), Duration::ZERO);
         let mut p = Pacer::new(1000, now);
         p.set_rate(10, now);
-        assert!(p.take(now));
-        assert!(!p.take(now), "burst(10) = 1");
+        assert!(p.take(now) && p.take(now));
+        assert!(!p.take(now), "burst(10) = 2");
         assert_eq!(p.rate(), 10);
         assert_eq!(p.interval(), Duration::from_millis(100));
     }

@@ -398,7 +398,7 @@ pub fn span(times: &[SystemTime]) -> Duration {
 
 /// The token bucket of a `close_rate`: `max(1, ceil(rate / 10))` closes at once.
 pub fn burst(rate: u32) -> usize {
-    rate.div_ceil(10).max(1) as usize
+    rate.div_ceil(10).max(2) as usize
 }
 
 /// How many of `times` are before `t`.
