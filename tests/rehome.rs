@@ -426,7 +426,7 @@ fn the_labs_window_counts_histograms_and_log_lines_are_right() {
             burst(20),
             burst(100)
         ],
-        [1, 1, 1, 2, 2, 10]
+        [2, 2, 2, 2, 2, 10]
     );
     // A JSON line as ringlb writes it (`--log-format json`).
     let line = r#"{"timestamp":"2026-12-02T03:15:11.123456Z","level":"INFO","message":"connection closed","client":"127.1.0.5:40000","node":"node-1","reason":"rehome","duration_ms":2500}"#;

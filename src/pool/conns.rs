@@ -198,11 +198,15 @@ impl Drop for Live {
         let mut inner = self.slot.conns.lock();
         if let Some(e) = inner.slab.try_remove(self.key) {
             if e.misplaced {
-                // The gauge follows at once; the next scan recounts anyway.
-                let _ =
+                // The count follows at once (under the registry's lock, as the
+                // scan's recount); the next scan recounts anyway.
+                if let Ok(n) =
                     self.slot
                         .misplaced
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                {
+                    self.slot.metrics.misplaced.set((n - 1) as f64);
+                }
             }
         }
     }
@@ -452,9 +456,9 @@ impl Pool {
                     }
                 }
             }
-            drop(inner);
             node.misplaced.store(misplaced, Ordering::Relaxed);
             node.metrics.misplaced.set(misplaced as f64);
+            drop(inner);
         }
         scan.rehome.sort_by_key(|c| c.since);
         if !expired.is_empty() {
