@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Context;
 use std::time::Instant;
@@ -75,6 +75,9 @@ impl CloseReason {
 #[derive(Debug, Default)]
 pub struct ConnCtl {
     reason: AtomicU8,
+    /// A close is queued (or was asked): the scans and other closes leave it
+    /// alone. Cleared when a queued close turns out no longer wanted.
+    queued: AtomicBool,
     waker: AtomicWaker,
 }
 
@@ -87,9 +90,19 @@ impl ConnCtl {
             .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if first {
+            self.queued.store(true, Ordering::Release);
             self.waker.wake();
         }
         first
+    }
+
+    /// Mark it queued for a close; false if it is queued (or closing) already.
+    fn queue(&self) -> bool {
+        !self.queued.swap(true, Ordering::AcqRel)
+    }
+
+    fn is_queued(&self) -> bool {
+        self.queued.load(Ordering::Acquire)
     }
 
     /// The reason it was asked to close, if it was.
@@ -118,8 +131,6 @@ struct Entry {
     /// The snapshot generation `misplaced` was computed for (0: never).
     seen: u64,
     misplaced: bool,
-    /// A close is queued or was asked: the scans leave it alone.
-    queued: bool,
 }
 
 /// A node's open connections (see the module docs).
@@ -172,7 +183,6 @@ impl Slot {
             deadline,
             seen: 0,
             misplaced: false,
-            queued: false,
         });
         drop(inner);
         Live {
@@ -297,11 +307,8 @@ impl Pool {
             inner
                 .slab
                 .iter_mut()
-                .filter(|(_, e)| !e.queued)
-                .map(|(_, e)| {
-                    e.queued = true;
-                    (e.since, e.ctl.clone())
-                })
+                .filter(|(_, e)| e.ctl.queue())
+                .map(|(_, e)| (e.since, e.ctl.clone()))
                 .collect()
         };
         if self.settings().close_rate == 0 {
@@ -344,6 +351,8 @@ impl Pool {
         let mut q = self.closes.lock();
         while let Some(p) = q.front() {
             if !p.wanted() {
+                // Free again for the scans and a later close.
+                p.ctl.queued.store(false, Ordering::Release);
                 q.pop_front();
                 continue;
             }
@@ -367,7 +376,6 @@ impl Pool {
             let mut inner = node.conns.lock();
             inner.sealed = Some(reason);
             for (_, e) in &mut inner.slab {
-                e.queued = true;
                 closed += usize::from(self.shut(&e.ctl, reason));
             }
         }
@@ -382,8 +390,7 @@ impl Pool {
         for node in self.all_nodes() {
             let mut inner = node.conns.lock();
             for (_, e) in &mut inner.slab {
-                if !e.queued {
-                    e.queued = true;
+                if e.ctl.queue() {
                     batch.push((e.since, e.ctl.clone(), node.clone()));
                 }
             }
@@ -405,10 +412,16 @@ impl Pool {
     /// are still open (pruned here once they have none).
     pub(super) fn all_nodes(&self) -> Vec<Arc<Node>> {
         let mut nodes = self.snapshot().nodes.clone();
+        nodes.extend(self.retired_nodes());
+        nodes
+    }
+
+    /// Nodes a reload removed whose connections are still open (pruned here
+    /// once they have none).
+    fn retired_nodes(&self) -> Vec<Arc<Node>> {
         let mut retired = self.lock_retired();
         retired.retain(|n| n.active.load(Ordering::Relaxed) > 0);
-        nodes.extend(retired.iter().cloned());
-        nodes
+        retired.clone()
     }
 
     /// Look at every open connection: recount the misplaced ones (a connection
@@ -421,23 +434,22 @@ impl Pool {
         let generation = snap.generation;
         let mut scan = Scan::default();
         let mut expired: Vec<(Arc<ConnCtl>, Arc<Node>)> = Vec::new();
-        let live_nodes = snap.nodes.len();
-        for (n, node) in self.all_nodes().into_iter().enumerate() {
-            let removed = n >= live_nodes;
+        let retired = self.retired_nodes();
+        let nodes = snap.nodes.iter().map(|n| (n, false));
+        for (node, removed) in nodes.chain(retired.iter().map(|n| (n, true))) {
             let mut misplaced = 0u64;
             let mut inner = node.conns.lock();
             scan.open += inner.slab.len();
             for (_, e) in &mut inner.slab {
                 if e.seen != generation {
                     e.seen = generation;
-                    e.misplaced = removed || !snap.is_home(&node, e.ip);
+                    e.misplaced = removed || !snap.is_home(node, e.ip);
                 }
                 misplaced += u64::from(e.misplaced);
-                if e.queued {
+                if e.ctl.is_queued() {
                     continue;
                 }
-                if e.deadline.is_some_and(|d| d <= now) {
-                    e.queued = true;
+                if e.deadline.is_some_and(|d| d <= now) && e.ctl.queue() {
                     expired.push((e.ctl.clone(), node.clone()));
                     continue;
                 }
@@ -573,6 +585,9 @@ mod tests {
             on_a.iter().filter(|l| l.ctl().reason().is_some()).count(),
             3
         );
+        // Down again: the ones it kept are queued again (and only those).
+        p.set_up("a", false, "test");
+        assert_eq!(p.closes_pending(), on_a.len() - 3);
     }
 
     #[test]
