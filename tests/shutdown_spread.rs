@@ -153,9 +153,14 @@ async fn two_thousand_connections_close_at_the_rate_over_the_end_of_the_grace() 
     let last = d.end() - Duration::from_millis(50);
     let paced: Vec<SystemTime> = d.logged.iter().copied().filter(|t| *t < last).collect();
     let most = max_in_window(&paced, Duration::from_secs(1));
+    // The log's timestamps are taken when each connection's task ends, a few
+    // ms after the close was decided: under load a few more land in a window
+    // than were decided in it (2% of the rate allowed for that).
+    let slack = rate as usize / 50;
     assert!(
-        most <= rate as usize + burst(rate),
-        "{most} closes in one second at close_rate {rate}"
+        most <= rate as usize + burst(rate) + slack,
+        "{most} closes in one second at close_rate {rate} (+ burst {}, + {slack} for the log's lag)",
+        burst(rate)
     );
     let remainder = n - paced.len();
     assert!(
