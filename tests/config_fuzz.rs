@@ -334,6 +334,7 @@ struct Pool {
     name: String,
     keys: Vec<(String, String)>,
     health: Option<Vec<(String, String)>>,
+    agent: Option<Vec<(String, String)>>,
     nodes: Vec<Vec<(String, String)>>,
 }
 
@@ -378,6 +379,12 @@ fn pool_strategy() -> BoxedStrategy<Pool> {
         ("rise", int_value(1, 100)),
         ("fall", int_value(1, 100)),
     ];
+    let agent: Keys = vec![
+        ("port", int_value(1, 65535)),
+        ("interval", duration_value()),
+        ("timeout", duration_value()),
+        ("send", prop_oneof![one_of(&["status\\n", "", "a"]), text()].prop_map(|s| qs(&s)).boxed()),
+    ];
     let node: Keys = vec![
         ("name", text().prop_map(|s| qs(&s)).boxed()),
         ("addr", node_addr()),
@@ -389,12 +396,14 @@ fn pool_strategy() -> BoxedStrategy<Pool> {
         pool_name(),
         entries(keys, &["points", "idle", "nodes_x", "health_kind", "ключ"]),
         proptest::option::weighted(0.5, entries(health, &["intervall", "method", "expect"])),
+        proptest::option::weighted(0.3, entries(agent, &["agent_port", "inter", "addr"])),
         proptest::collection::vec(entries(node, &["weigth", "port", "host"]), 0..5),
     )
-        .prop_map(|(name, keys, health, nodes)| Pool {
+        .prop_map(|(name, keys, health, agent, nodes)| Pool {
             name,
             keys,
             health,
+            agent,
             nodes: nodes
                 .into_iter()
                 // `addr` is listed twice above to make it likely; keep the first
@@ -472,6 +481,10 @@ fn wild_config() -> BoxedStrategy<String> {
                 if let Some(h) = &p.health {
                     ps.push_str(&format!("\n[pools.{name}.health]\n"));
                     render(h, &mut ps);
+                }
+                if let Some(a) = &p.agent {
+                    ps.push_str(&format!("\n[pools.{name}.agent]\n"));
+                    render(a, &mut ps);
                 }
                 for n in &p.nodes {
                     ps.push_str(&format!("\n[[pools.{name}.nodes]]\n"));
@@ -679,6 +692,8 @@ fn damage() -> BoxedStrategy<Damage> {
         "balance_factor",
         "close_rate",
         "rehome",
+        "agent",
+        "send",
         "max_connection_duration",
         "max_connection_duration_jitter",
         "access_log_interval",
