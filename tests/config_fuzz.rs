@@ -383,7 +383,12 @@ fn pool_strategy() -> BoxedStrategy<Pool> {
         ("port", int_value(1, 65535)),
         ("interval", duration_value()),
         ("timeout", duration_value()),
-        ("send", prop_oneof![one_of(&["status\\n", "", "a"]), text()].prop_map(|s| qs(&s)).boxed()),
+        (
+            "send",
+            prop_oneof![one_of(&["status\\n", "", "a"]), text()]
+                .prop_map(|s| qs(&s))
+                .boxed(),
+        ),
     ];
     let node: Keys = vec![
         ("name", text().prop_map(|s| qs(&s)).boxed()),
