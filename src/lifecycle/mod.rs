@@ -125,6 +125,13 @@ impl Default for Lifecycles {
     }
 }
 
+impl Drop for Lifecycles {
+    /// A server dropped without its shutdown stops its loops too.
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 impl Lifecycles {
     /// One loop per pool of `pools` (on the current runtime): new pools get
     /// one, removed ones are retired.
@@ -175,9 +182,13 @@ impl Lifecycles {
     }
 
     /// Stop every loop and wait for them.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.stop.cancel();
-        for l in self.running.into_values().chain(self.retired) {
+        let loops: Vec<Lifecycle> = std::mem::take(&mut self.running)
+            .into_values()
+            .chain(std::mem::take(&mut self.retired))
+            .collect();
+        for l in loops {
             l.shutdown().await;
         }
     }
@@ -272,7 +283,8 @@ async fn run(
             biased;
             _ = stop.cancelled() => return,
             _ = pool.closes_queued().notified() => {}
-            _ = drain.changed() => {}
+            // The sender gone (its server dropped without a shutdown): stop.
+            changed = drain.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep_until(wake) => {}
         }
     }
@@ -388,6 +400,37 @@ impl Drain {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn dropped_or_shut_down_the_loops_end() {
+        let cfg = crate::config::Config::parse(
+            "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\n[[pools.p.nodes]]\naddr = \"127.0.0.1:1001\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let pools: BTreeMap<String, Arc<Pool>> =
+            [("p".to_string(), Arc::new(Pool::new(&cfg.pools["p"])))].into();
+        let mut ls = Lifecycles::default();
+        ls.sync(&pools);
+        let stop = ls.stop.clone();
+        let task_of = |ls: &Lifecycles| ls.running["p"].stop.clone();
+        let child = task_of(&ls);
+        drop(ls);
+        assert!(stop.is_cancelled() && child.is_cancelled());
+        // A removed pool's loop ends once it has no connection.
+        let mut ls = Lifecycles::default();
+        ls.sync(&pools);
+        ls.sync(&BTreeMap::new());
+        assert_eq!(ls.retired.len(), 1);
+        for _ in 0..100 {
+            if ls.retired[0].is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(ls.retired[0].is_finished());
+        ls.shutdown().await;
+    }
 
     #[test]
     fn drain_rate_is_close_rate_unless_the_grace_is_too_short() {
