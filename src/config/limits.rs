@@ -66,3 +66,9 @@ pub const AGENT_INTERVAL: (Duration, Duration) = HEALTH_INTERVAL;
 pub const AGENT_TIMEOUT: (Duration, Duration) = HEALTH_TIMEOUT;
 /// Longest `agent.send`.
 pub const AGENT_SEND_LEN: usize = 1024;
+/// `[pools.NAME.discover]`: time between two resolutions.
+pub const DISCOVER_INTERVAL: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(24 * 3600));
+/// How long a node may be missing from the answers before it leaves (0: at once).
+pub const DISCOVER_REMOVE_AFTER: (Duration, Duration) =
+    (Duration::ZERO, Duration::from_secs(7 * 24 * 3600));

@@ -27,6 +27,7 @@ use crate::error::ConfigError;
 
 mod agent;
 pub mod defaults;
+mod discover;
 pub mod duration;
 mod lifecycle;
 pub mod limits;
@@ -36,11 +37,12 @@ pub mod resolve;
 mod source;
 mod validate;
 
+pub use discover::{srv_weights, DiscoverConfig, DiscoverType};
 use source::syntax_error;
 
 pub use raw::{
-    RawAdmin, RawAgent, RawConfig, RawHealth, RawKeepalive, RawKeepaliveParams, RawListener,
-    RawNode, RawPool,
+    RawAdmin, RawAgent, RawConfig, RawDiscover, RawHealth, RawKeepalive, RawKeepaliveParams,
+    RawListener, RawNode, RawPool,
 };
 
 /// The working directory's config: the third step of the search order in
@@ -370,6 +372,9 @@ pub struct PoolConfig {
     pub rehome: Option<Rehome>,
     /// Capacity reports from an agent on each node (`None`: no agent).
     pub agent: Option<AgentConfig>,
+    /// Nodes from DNS (`nodes` is then empty: the `discovery` module fills the
+    /// pool at run time).
+    pub discover: Option<DiscoverConfig>,
     /// In file order (the ring does not depend on it).
     pub nodes: Vec<NodeConfig>,
 }

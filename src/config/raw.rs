@@ -87,8 +87,24 @@ pub struct RawPool {
     pub close_rate: Option<u32>,
     pub rehome: Option<RawRehome>,
     pub agent: Option<RawAgent>,
-    #[serde(default)]
-    pub nodes: Vec<RawNode>,
+    /// `nodes` is an option so that `discover` can stand in for it.
+    pub nodes: Option<Vec<RawNode>>,
+    pub discover: Option<RawDiscover>,
+}
+
+/// `[pools.NAME.discover]` as written: the pool's nodes from DNS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscover {
+    pub name: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub port: Option<u16>,
+    #[serde(default, deserialize_with = "super::duration::option")]
+    pub interval: Option<Duration>,
+    pub resolver: Option<String>,
+    #[serde(default, deserialize_with = "super::duration::option")]
+    pub remove_after: Option<Duration>,
 }
 
 /// `rehome = { after = "30s", rate = 20 }`.

@@ -306,7 +306,17 @@ fn pool(p: &mut Problems, pname: &str, rp: &RawPool) -> PoolConfig {
         defaults::KEY_PREFIX_V6,
         limits::KEY_PREFIX_V6,
     );
-    let nodes = nodes(p, &key, &rp.nodes, points_per_weight);
+    let discover = super::discover::discover(p, &key, rp.discover.as_ref(), rp.nodes.is_some());
+    let nodes = match (&rp.nodes, &rp.discover) {
+        // Discovered at run time; a static list with discover is refused above.
+        (_, Some(_)) => Vec::new(),
+        (raw, None) => nodes(
+            p,
+            &key,
+            raw.as_deref().unwrap_or_default(),
+            points_per_weight,
+        ),
+    };
     let health = health(p, &key, rp.health.as_ref());
     let passive_failures = passive_failures(p, &key, rp.passive_failures, health.kind);
     PoolConfig {
@@ -327,6 +337,7 @@ fn pool(p: &mut Problems, pname: &str, rp: &RawPool) -> PoolConfig {
         health,
         close_rate: super::lifecycle::close_rate(p, &key, rp.close_rate),
         rehome: super::lifecycle::rehome(p, &key, rp.rehome.as_ref()),
+        discover,
         nodes,
     }
 }
@@ -338,7 +349,7 @@ fn nodes(p: &mut Problems, key: &str, raw: &[RawNode], points_per_weight: u32) -
     if raw.is_empty() {
         p.push(
             format!("{key}.nodes"),
-            "a pool needs at least one node ([[pools.NAME.nodes]] with addr)",
+            "a pool needs at least one node ([[pools.NAME.nodes]] with addr) or a [pools.NAME.discover] table",
         );
     }
     if raw.len() > limits::MAX_NODES_PER_POOL {
