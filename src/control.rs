@@ -105,6 +105,7 @@ impl Server {
                         None => upgrading = self.begin_upgrade(req),
                     }
                 }
+                _ = self.shared.nodes_changed.notified() => self.follow_nodes(),
                 _ = self.shared.reload_requested.notified() => {
                     if shutdown.is_cancelled() {
                         break End::Stop;

@@ -88,6 +88,11 @@ pub(crate) struct Shared {
     pub(crate) reloads_failed: AtomicU64,
     pub(crate) last_reload: Mutex<Option<ReloadRecord>>,
     pub(crate) reload_requested: Notify,
+    /// Discovery changed a pool's nodes: the control loop makes the probers
+    /// and agents follow.
+    pub(crate) nodes_changed: Arc<Notify>,
+    /// Each discovering pool's shared state, by pool (for `/status`).
+    pub(crate) discovery: Mutex<BTreeMap<String, Arc<crate::discovery::Shared>>>,
     pub(crate) started: SystemTime,
     /// This process's id (fixed in tests).
     pub(crate) pid: u32,
@@ -114,6 +119,16 @@ impl Handle {
     /// two reloads never run at once.
     pub fn reload(&self) {
         self.shared.reload_requested.notify_one();
+    }
+
+    /// What DNS discovery of `pool` did last (`None`: the pool lists its nodes).
+    pub fn discovery(&self, pool: &str) -> Option<crate::discovery::DiscoveryStatus> {
+        let map = self
+            .shared
+            .discovery
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        map.get(pool).map(|s| s.status())
     }
 
     /// Config generation: 1 at start, +1 per applied reload.

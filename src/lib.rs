@@ -78,6 +78,11 @@
 //!   on `health::state`; does no I/O.
 //! - [`prober`]: one probe loop per node, reporting into the pool. Never picks
 //!   nodes or changes a node's state itself.
+//! - [`discovery`]: nodes from DNS (`[pools.NAME.discover]`: A, AAAA, SRV),
+//!   one task per such pool, applied through the reload path
+//!   ([`pool::Pool::reconfigure_with`]); a node's identity is its address
+//!   text or SRV `target:port`. Keeps the last good set on any failure. Never
+//!   picks nodes or changes a node's health.
 //! - [`lifecycle`]: one loop per pool, the only place ringlb closes connections
 //!   on its own initiative: the pool's close queue (node down with `close`,
 //!   disable, removal, lifetime) and rehome, paced by one token bucket
@@ -140,6 +145,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod discovery;
 pub mod error;
 pub mod handle;
 pub mod health;

@@ -61,7 +61,10 @@ fn init_tracing(format: LogFormat, level: Option<&str>, default_level: &str) -> 
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Check { config } => Ok(check(&config_path::from_environment(config.as_deref()))),
+        Command::Check { config, probe } => Ok(check(
+            &config_path::from_environment(config.as_deref()),
+            probe,
+        )),
         Command::Which {
             config,
             pool,
@@ -267,10 +270,15 @@ fn upgrade(
     }
 }
 
-fn check(choice: &ConfigChoice) -> ExitCode {
+fn check(choice: &ConfigChoice, probe: bool) -> ExitCode {
     match load(choice) {
-        Ok(cfg) => {
+        Ok(mut cfg) => {
             print!("{}", ringlb::cli::check::summary(&cfg));
+            if probe {
+                for line in ringlb::cli::check::resolve_discovered(&mut cfg) {
+                    println!("{line}");
+                }
+            }
             if let Some(line) = ringlb::cli::running::running_instance(&cfg) {
                 println!("{line}");
             }

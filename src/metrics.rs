@@ -17,6 +17,9 @@ pub const NODE_MISPLACED: &str = "ringlb_node_misplaced_connections";
 pub const NODE_REHOMED: &str = "ringlb_node_rehomed_total";
 pub const PACED_CLOSES: &str = "ringlb_paced_closes_total";
 pub const CLOSES_PENDING: &str = "ringlb_closes_pending";
+pub const DISCOVERY_RESOLUTIONS: &str = "ringlb_discovery_resolutions_total";
+pub const DISCOVERY_NODES: &str = "ringlb_discovery_nodes";
+pub const DISCOVERY_LAST: &str = "ringlb_discovery_last_resolution_timestamp_seconds";
 pub const CONNECT_ATTEMPTS: &str = "ringlb_connect_attempts_total";
 pub const CONNECT_FAILURES: &str = "ringlb_connect_failures_total";
 pub const BYTES: &str = "ringlb_bytes_total";
@@ -68,6 +71,9 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (NODE_REHOMED, Kind::Counter, "Connections of a node closed so that their client reconnects to its home node (rehome)."),
     (PACED_CLOSES, Kind::Counter, "Connections ringlb closed itself, per pool and reason (node_down, disabled, removed, rehome, lifetime, shutdown)."),
     (CLOSES_PENDING, Kind::Gauge, "Closes waiting for their turn under the pool's close_rate."),
+    (DISCOVERY_RESOLUTIONS, Kind::Counter, "DNS resolutions of a pool's [discover] name, by outcome (ok, failed: the last good nodes stay)."),
+    (DISCOVERY_NODES, Kind::Gauge, "Nodes a pool has from DNS discovery."),
+    (DISCOVERY_LAST, Kind::Gauge, "Unix time of a pool's last DNS resolution (good or failed)."),
     (CONNECT_ATTEMPTS, Kind::Counter, "Connects to a node tried."),
     (CONNECT_FAILURES, Kind::Counter, "Connects to a node that failed, per reason."),
     (BYTES, Kind::Counter, "Bytes forwarded, per node and direction, counted as they move."),
@@ -361,6 +367,27 @@ impl PoolMetrics {
             .map(|(_, c)| c)
     }
 }
+/// A pool's DNS discovery handles.
+#[derive(Debug, Clone)]
+pub struct DiscoveryMetrics {
+    pub ok: Counter,
+    pub failed: Counter,
+    pub nodes: Gauge,
+    pub last_resolution: Gauge,
+}
+
+impl DiscoveryMetrics {
+    pub fn new(pool: &str) -> Self {
+        let p = || pool.to_string();
+        DiscoveryMetrics {
+            ok: counter!(DISCOVERY_RESOLUTIONS, L_POOL => p(), "outcome" => "ok"),
+            failed: counter!(DISCOVERY_RESOLUTIONS, L_POOL => p(), "outcome" => "failed"),
+            nodes: gauge!(DISCOVERY_NODES, L_POOL => p()),
+            last_resolution: gauge!(DISCOVERY_LAST, L_POOL => p()),
+        }
+    }
+}
+
 /// The `result` labels of [`AGENT_CHECKS`], in the order of
 /// `pool::AgentResult` (metrics names no runtime type).
 pub const AGENT_RESULTS: [&str; 5] = ["ok", "connect", "timeout", "io", "invalid"];

@@ -27,6 +27,7 @@ use crate::admin::{self, AdminServer};
 use crate::admission::{ListenerShared, ListenerState};
 use crate::agent::Agent;
 use crate::config::{Config, ListenerConfig};
+use crate::discovery::Discovery;
 use crate::error::Error;
 use crate::handle::Shared;
 pub use crate::handle::{
@@ -73,6 +74,9 @@ pub struct Server {
     /// One agent per pool (loops only for pools with `[agent]`); stopped with
     /// the probers (`probe_stop`).
     pub(crate) agents: BTreeMap<String, Agent>,
+    /// One DNS discovery task per pool with `[discover]`; stopped with the
+    /// probers (`probe_stop`).
+    pub(crate) discoveries: BTreeMap<String, Discovery>,
     pub(crate) admin: Option<AdminServer>,
     pub(crate) pending_admin: Option<TcpListener>,
     pub(crate) pid_file: Option<PathBuf>,
@@ -196,6 +200,8 @@ impl Server {
             reloads_failed: AtomicU64::new(0),
             last_reload: Mutex::new(None),
             reload_requested: Notify::new(),
+            nodes_changed: Default::default(),
+            discovery: Default::default(),
             started,
             pid: std::process::id(),
             upgraded_from: OnceLock::new(),
@@ -212,6 +218,7 @@ impl Server {
             probers: BTreeMap::new(),
             lifecycles: Lifecycles::default(),
             agents: BTreeMap::new(),
+            discoveries: BTreeMap::new(),
             admin: None,
             pending_admin,
             pid_file: None,
@@ -349,11 +356,58 @@ impl Server {
                 .insert(name.clone(), Agent::start(pool.clone(), &self.probe_stop));
         }
         self.lifecycles.sync(&self.shared.pools.load());
+        let config = self.shared.config.load_full();
+        for (name, pool) in self.shared.pools.load().iter() {
+            if let Some(pc) = config.pools.get(name) {
+                self.start_discovery(pool.clone(), pc, Vec::new(), false);
+            }
+        }
+        self.publish_discovery();
         if let Some(l) = self.pending_admin.take() {
             self.admin = Some(admin::spawn(l, self.handle()));
         }
         let pid_file = self.shared.config.load().pid_file.clone();
         self.set_pid_file(pid_file);
+    }
+
+    /// Start the discovery task of `pool` if its config has `[discover]`
+    /// (`seed`, `keep`: see [`Discovery::start`]).
+    pub(crate) fn start_discovery(
+        &mut self,
+        pool: Arc<Pool>,
+        pc: &crate::config::PoolConfig,
+        seed: Vec<crate::config::NodeConfig>,
+        keep: bool,
+    ) {
+        let changed = self.shared.nodes_changed.clone();
+        if let Some(d) = Discovery::start(pool, pc.clone(), seed, keep, changed, &self.probe_stop) {
+            self.discoveries.insert(pc.name.clone(), d);
+        }
+    }
+
+    /// `/status` reads the running discovery tasks' state.
+    pub(crate) fn publish_discovery(&self) {
+        let map = self
+            .discoveries
+            .iter()
+            .map(|(n, d)| (n.clone(), d.shared().clone()))
+            .collect();
+        *self
+            .shared
+            .discovery
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = map;
+    }
+
+    /// Discovery changed some pool's nodes: probes and agents follow them, as
+    /// after a reload.
+    pub(crate) fn follow_nodes(&mut self) {
+        for p in self.probers.values_mut() {
+            p.sync();
+        }
+        for a in self.agents.values_mut() {
+            a.sync();
+        }
     }
 
     /// Write the configured pid file now (before dropping privileges, so it may

@@ -124,6 +124,17 @@ fn pool(h: &mut String, p: &PoolStatus, history: Option<&HistoryStatus>) {
             ""
         }
     );
+    if let Some(d) = &p.discover {
+        let _ = writeln!(
+            h,
+            "<p class=\"meta discover\">from DNS: {} {} &middot; last resolution {} &middot; {} &middot; {} nodes</p>",
+            d.kind,
+            esc(&d.name),
+            d.last_resolution_at.map_or_else(|| "none yet".to_string(), fmt_time),
+            esc(&d.outcome),
+            d.nodes.len()
+        );
+    }
     // The agent's column only for pools with an agent.
     let agent_th = if p.agent.is_some() {
         "<th>agent</th>"

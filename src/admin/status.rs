@@ -142,7 +142,52 @@ pub struct PoolStatus {
     pub closed: BTreeMap<&'static str, u64>,
     /// The pool's agent settings (`null`: no agent).
     pub agent: Option<AgentSettingsStatus>,
+    /// DNS discovery (`null`: the pool lists its nodes).
+    pub discover: Option<DiscoverStatus>,
     pub nodes: Vec<NodeStatus>,
+}
+
+/// A pool's DNS discovery: its settings, the last resolution and the nodes it
+/// gave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DiscoverStatus {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub port: Option<u16>,
+    #[serde(serialize_with = "duration")]
+    pub interval: Duration,
+    /// `IP:port`, or `null`: the system's resolver.
+    pub resolver: Option<SocketAddr>,
+    #[serde(serialize_with = "duration")]
+    pub remove_after: Duration,
+    /// `null`: none yet.
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub last_resolution_at: Option<SystemTime>,
+    /// `ok`, `pending`, or `failed: why` (the last good nodes stay).
+    pub outcome: String,
+    pub nodes: Vec<String>,
+    pub resolutions_ok: u64,
+    pub resolutions_failed: u64,
+}
+
+impl From<crate::discovery::DiscoveryStatus> for DiscoverStatus {
+    fn from(d: crate::discovery::DiscoveryStatus) -> Self {
+        let c = d.config;
+        DiscoverStatus {
+            name: c.name,
+            kind: c.kind.as_str(),
+            port: c.port,
+            interval: c.interval,
+            resolver: c.resolver,
+            remove_after: c.remove_after,
+            last_resolution_at: d.last_resolution_at,
+            outcome: d.outcome,
+            nodes: d.nodes,
+            resolutions_ok: d.resolutions_ok,
+            resolutions_failed: d.resolutions_failed,
+        }
+    }
 }
 
 /// A pool's `rehome` setting.
@@ -276,7 +321,9 @@ pub fn status(handle: &Handle) -> Status {
         pools: handle
             .pools()
             .iter()
-            .map(|(name, pool)| PoolStatus::of(name, pool))
+            .map(|(name, pool)| {
+                PoolStatus::of(name, pool, handle.discovery(name).map(DiscoverStatus::from))
+            })
             .collect(),
         workers: handle
             .workers()
@@ -314,7 +361,7 @@ impl ListenerStatus {
 }
 
 impl PoolStatus {
-    fn of(name: &str, pool: &Pool) -> PoolStatus {
+    fn of(name: &str, pool: &Pool, discover: Option<DiscoverStatus>) -> PoolStatus {
         let snap = &pool.snapshot();
         let s = &snap.settings;
         let h = &s.health;
@@ -345,6 +392,7 @@ impl PoolStatus {
                 .map(|&r| (r.as_str(), pool.closed(r)))
                 .collect(),
             agent: s.agent.as_ref().map(AgentSettingsStatus::from),
+            discover,
             nodes: snap.nodes.iter().map(|n| NodeStatus::of(snap, n)).collect(),
         }
     }
@@ -607,6 +655,8 @@ addr = "10.0.1.1:5432"
                     generation: 3,
                 })),
                 reload_requested: Notify::new(),
+                nodes_changed: Default::default(),
+                discovery: Default::default(),
                 started: at - Duration::from_secs(3600),
                 pid: 4242,
                 upgraded_from: std::sync::OnceLock::from(crate::handle::Predecessor {
@@ -666,7 +716,7 @@ addr = "10.0.1.1:5432"
         let n = pool.nodes()[0].clone();
         let line = "drain 50% maxconn:3 bogus # disk";
         pool.agent_report(&n, line, &crate::agent::reply::parse(line.as_bytes()));
-        let v = serde_json::to_value(PoolStatus::of("web", &pool)).unwrap();
+        let v = serde_json::to_value(PoolStatus::of("web", &pool, None)).unwrap();
         assert_eq!(v["agent"]["port"], 9);
         assert_eq!(v["agent"]["interval"], "2s");
         let node = &v["nodes"][0];
@@ -793,6 +843,7 @@ addr = "10.0.1.1:5432"
             (".pools[].nodes[].ring_points", "integer"),
             (".pools[].nodes[].ring_share_pct", "float"),
             (".pools[].nodes[].agent", "null"),
+            (".pools[].discover", "null"),
             (".workers", "array"),
             (".workers[]", "object"),
             (".workers[].worker", "integer"),

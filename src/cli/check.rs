@@ -200,6 +200,13 @@ pub fn summary(cfg: &Config) -> String {
                 )
             )
         );
+        if let Some(d) = &pool.discover {
+            let _ = writeln!(
+                s,
+                "    nodes from DNS: {} (check --probe resolves once)",
+                d.describe()
+            );
+        }
         if let Some(a) = &pool.agent {
             let _ = writeln!(
                 s,
@@ -243,6 +250,40 @@ pub fn summary(cfg: &Config) -> String {
         }
     }
     s
+}
+
+/// Resolve every pool's `[discover]` once and put the answers in as its
+/// nodes (for `check --probe` and `which`). Returns one line per such pool:
+/// the nodes found, or why there are none.
+pub fn resolve_discovered(cfg: &mut Config) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (name, pool) in cfg.pools.iter_mut() {
+        let Some(d) = &pool.discover else { continue };
+        match crate::discovery::resolve_blocking(d) {
+            Ok(a) => {
+                let nodes: Vec<String> = a
+                    .nodes
+                    .iter()
+                    .map(|n| format!("{} (addr {}, weight {})", n.name, n.addr, n.weight))
+                    .collect();
+                lines.push(format!(
+                    "pool {name}: resolved {} {} now: {} node{}: {}",
+                    d.kind.as_str(),
+                    d.name,
+                    nodes.len(),
+                    plural(nodes.len()),
+                    nodes.join(", ")
+                ));
+                pool.nodes = a.nodes;
+            }
+            Err(why) => lines.push(format!(
+                "pool {name}: resolving {} {} failed: {why} (ringlb run starts this pool with no nodes and keeps trying)",
+                d.kind.as_str(),
+                d.name
+            )),
+        }
+    }
+    lines
 }
 
 fn plural(n: usize) -> &'static str {

@@ -85,6 +85,9 @@ pub enum Command {
     Check {
         #[arg(long, short, help = CONFIG_HELP)]
         config: Option<PathBuf>,
+        /// Also resolve every pool's [discover] name once and print its nodes.
+        #[arg(long)]
+        probe: bool,
     },
     /// Print the node each client IP maps to, then its fallback order.
     Which {

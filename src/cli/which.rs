@@ -62,6 +62,10 @@ pub fn command(
     }
     let ips = parse_ips(&all)?;
     let pools = pools_for(cfg, pool, listener)?;
+    // Pools with `[discover]` get their nodes from one resolution now.
+    let mut resolved = cfg.clone();
+    let notes = crate::cli::check::resolve_discovered(&mut resolved);
+    let cfg = &resolved;
     let probed = if probe {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -75,7 +79,12 @@ pub fn command(
         None
     };
     let mappings = map(cfg, &pools, &ips, probed.as_ref());
-    Ok(render(cfg, &mappings, probed.as_ref()))
+    let mut out = String::new();
+    for n in notes {
+        out.push_str(&format!("note: {n}\n"));
+    }
+    out.push_str(&render(cfg, &mappings, probed.as_ref()));
+    Ok(out)
 }
 
 /// One answer: pool, client, node and the rest of the order.

@@ -51,6 +51,14 @@ impl Pool {
     /// connections continue, or close with `on_node_down = "close"`). Settings,
     /// health included, apply from now on. One new ring is published.
     pub fn reconfigure(&self, cfg: &PoolConfig) -> PoolChange {
+        self.reconfigure_with(cfg, false)
+    }
+
+    /// [`Pool::reconfigure`] for a change of discovered nodes: with
+    /// `probe_first` (and active health checks) an added node starts down, so
+    /// it gets no client before its probes pass `rise` times.
+    pub fn reconfigure_with(&self, cfg: &PoolConfig, probe_first: bool) -> PoolChange {
+        let probe_first = probe_first && cfg.health.kind != crate::config::HealthKind::None;
         let _guard = self.lock_rebuild();
         let old = self.snapshot();
         let mut change = PoolChange::default();
@@ -85,7 +93,15 @@ impl Pool {
                 }
                 None => {
                     change.added.push(nc.name.clone());
-                    nodes.push(Arc::new(Node::new(&cfg.name, nc)));
+                    let node = Node::new(&cfg.name, nc);
+                    if probe_first {
+                        node.up.store(false, Ordering::Release);
+                        node.metrics.up.set(0.0);
+                        let mut h = node.lock_health();
+                        h.force(false, std::time::SystemTime::now());
+                        h.reason = "discovered: waiting for its probes to pass".to_string();
+                    }
+                    nodes.push(Arc::new(node));
                 }
             }
         }

@@ -95,10 +95,58 @@ pub async fn apply_read(server: &mut Server, read: Result<Config, ConfigError>) 
     };
 
     // 2. Pools: new rings swapped in where the diff names a change; stayed nodes
-    //    keep state and counters. Unchanged pools keep their snapshot.
+    //    keep state and counters. Unchanged pools keep their snapshot. A pool
+    //    whose config changed stops its discovery first (so nothing applies
+    //    meanwhile) and keeps the nodes it discovered until the new task's
+    //    first good answer.
     let mut pools = (*server.shared.pools.load_full()).clone();
+    let mut restart = Vec::new();
+    let names: Vec<String> = server.discoveries.keys().cloned().collect();
+    for name in names {
+        let new_pc = new.pools.get(&name);
+        if new_pc == server.discoveries.get(&name).map(|d| &d.pool_config) {
+            continue;
+        }
+        if let Some(dt) = server.discoveries.remove(&name) {
+            let before = dt.pool_config.discover.clone();
+            let seed = dt.shutdown().await.nodes();
+            if let Some(pc) = new_pc.filter(|pc| pc.discover.is_some()) {
+                let keep = match (&before, &pc.discover) {
+                    (Some(a), Some(b)) => {
+                        (&a.name, a.kind, a.port, a.resolver)
+                            == (&b.name, b.kind, b.port, b.resolver)
+                    }
+                    _ => false,
+                };
+                restart.push((name.clone(), seed, keep));
+            }
+        }
+    }
+    for (name, pc) in &new.pools {
+        if pc.discover.is_some()
+            && !server.discoveries.contains_key(name)
+            && !restart.iter().any(|(n, _, _)| n == name)
+        {
+            // Switched from `nodes`, or a new pool: the first good answer
+            // replaces what the pool has.
+            let seed = pools
+                .get(name)
+                .map_or_else(Vec::new, |p| crate::discovery::node_configs(p));
+            restart.push((name.clone(), seed, false));
+        }
+    }
     let mut pool_changes = Vec::new();
     for (name, pc) in &new.pools {
+        let seeded;
+        let pc = match restart.iter().find(|(n, _, _)| n == name) {
+            Some((_, seed, _)) => {
+                let mut c = pc.clone();
+                c.nodes = seed.clone();
+                seeded = c;
+                &seeded
+            }
+            None => pc,
+        };
         match pools.get(name) {
             Some(_) if !d.pools_changed.iter().any(|(n, _)| n == name) => {}
             Some(p) => {
@@ -215,6 +263,14 @@ pub async fn apply_read(server: &mut Server, read: Result<Config, ConfigError>) 
         }
     }
     server.agents = agents;
+    // Discovery: the tasks stopped above start again with the new settings.
+    for (name, seed, keep) in restart {
+        if let (Some(pool), Some(pc)) = (pools.get(&name), new.pools.get(&name)) {
+            info!(pool = %name, discover = %pc.discover.as_ref().map(|d| d.describe()).unwrap_or_default(), "DNS discovery (re)started");
+            server.start_discovery(pool.clone(), pc, seed, keep);
+        }
+    }
+    server.publish_discovery();
 
     // 7. Admin endpoint and pid file.
     if let Some(next) = new_admin {
