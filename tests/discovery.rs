@@ -39,41 +39,74 @@ struct Dns {
 }
 
 impl Dns {
-    fn start(bin: &str, dir: &Path, hosts: &str, extra: &[String]) -> Dns {
+    /// Started and answering (another port if dnsmasq could not bind one:
+    /// parallel tests hold ports too).
+    async fn start(bin: &str, dir: &Path, hosts: &str, extra: &[String]) -> Dns {
         let path = dir.join("hosts");
         std::fs::write(&path, hosts).unwrap();
         // Readable by the user dnsmasq drops to when started as root.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(bin)
-            .args([
-                "--no-daemon",
-                "--conf-file=/dev/null",
-                &format!("--port={port}"),
-                "--listen-address=127.0.0.1",
-                "--bind-interfaces",
-                "--no-resolv",
-                "--no-hosts",
-                "--pid-file=",
-                "--local-ttl=1",
-                &format!("--addn-hosts={}", path.display()),
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start dnsmasq");
-        Dns {
-            child: Kill(child),
-            port,
-            hosts: path,
+        for _ in 0..20 {
+            let port = std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = Command::new(bin)
+                .args([
+                    "--no-daemon",
+                    "--conf-file=/dev/null",
+                    &format!("--port={port}"),
+                    "--listen-address=127.0.0.1",
+                    "--bind-interfaces",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--pid-file=",
+                    "--local-ttl=1",
+                    "--host-record=ready.test,127.0.0.1",
+                    &format!("--addn-hosts={}", path.display()),
+                ])
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start dnsmasq");
+            let mut dns = Dns {
+                child: Kill(child),
+                port,
+                hosts: path.clone(),
+            };
+            let cfg = DiscoverConfig {
+                name: "ready.test".to_string(),
+                kind: DiscoverType::A,
+                port: Some(1),
+                interval: Duration::from_secs(1),
+                resolver: Some(dns.resolver()),
+                remove_after: Duration::ZERO,
+            };
+            let up = common::poll(Duration::from_secs(10), Duration::from_millis(50), || {
+                let exited = !matches!(dns.child.0.try_wait(), Ok(None));
+                let cfg = cfg.clone();
+                async move {
+                    if exited {
+                        return Some(false);
+                    }
+                    ringlb::discovery::resolve(&cfg)
+                        .await
+                        .is_ok()
+                        .then_some(true)
+                }
+            })
+            .await;
+            if up == Some(true) {
+                return dns;
+            }
+            let _ = dns.child.0.kill();
+            let _ = dns.child.0.wait();
         }
+        panic!("dnsmasq did not start on any of 20 ports");
     }
 
     fn resolver(&self) -> SocketAddr {
@@ -173,7 +206,7 @@ async fn records_added_and_removed_move_only_their_clients_and_an_outage_keeps_t
     let Some(bin) = dnsmasq_bin() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (port, _backends) = backends(&[11, 12, 13, 14]).await;
-    let dns = Dns::start(bin, dir.path(), &hosts(&[11, 12, 13], "web.test"), &[]);
+    let dns = Dns::start(bin, dir.path(), &hosts(&[11, 12, 13], "web.test"), &[]).await;
     answering(&dns, "web.test", DiscoverType::A, Some(port)).await;
     let text = config(
         dns.resolver(),
@@ -293,7 +326,7 @@ async fn two_instances_resolving_one_name_map_100000_ips_identically() {
     let Some(bin) = dnsmasq_bin() else { return };
     let dir = tempfile::tempdir().unwrap();
     let octets = [21, 22, 23, 24, 25];
-    let dns = Dns::start(bin, dir.path(), &hosts(&octets, "many.test"), &[]);
+    let dns = Dns::start(bin, dir.path(), &hosts(&octets, "many.test"), &[]).await;
     answering(&dns, "many.test", DiscoverType::A, Some(7000)).await;
     let text = config(
         dns.resolver(),
@@ -350,7 +383,7 @@ async fn srv_records_give_target_port_nodes_weighted_at_the_lowest_priority() {
     ]
     .map(String::from)
     .to_vec();
-    let dns = Dns::start(bin, dir.path(), "", &extra);
+    let dns = Dns::start(bin, dir.path(), "", &extra).await;
     answering(&dns, "_app._tcp.srv.test", DiscoverType::Srv, None).await;
     let text = config(
         dns.resolver(),
@@ -402,6 +435,114 @@ async fn srv_records_give_target_port_nodes_weighted_at_the_lowest_priority() {
         out.contains("a.srv.test:7001 (addr 127.0.0.31:7001, weight 85), b.srv.test:7002 (addr 127.0.0.32:7002, weight 256)"),
         "{out}"
     );
+    served.stop().await;
+    dns.stop();
+}
+
+#[tokio::test]
+async fn a_first_resolution_that_fails_starts_with_no_nodes_and_keeps_trying() {
+    // Nothing listens on this port: every resolution fails.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let resolver = SocketAddr::from(([127, 0, 0, 1], port));
+    let text = config(resolver, "name = \"none.test\"\ntype = \"a\"\nport = 80\n");
+    let served = Served::start(&text, "none.toml", "lb");
+    let handle = served.handle.clone();
+    eventually(
+        patient(Duration::from_secs(20)),
+        "two failed resolutions",
+        || {
+            let n = handle.discovery("p").map_or(0, |d| d.resolutions_failed);
+            async move { n >= 2 }
+        },
+    )
+    .await;
+    assert!(handle.pool("p").unwrap().nodes().is_empty());
+    // A client is closed at once (no node), and the balancer stays up.
+    let mut s = tokio::net::TcpStream::connect(served.addr).await.unwrap();
+    let got = common::read_to_eof(&mut s, patient(Duration::from_secs(5))).await;
+    assert!(got.map_or(true, |b| b.is_empty()));
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_switches_between_nodes_and_discover_and_restarts_a_changed_discovery() {
+    let Some(bin) = dnsmasq_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (port, _backends) = backends(&[41, 42, 43]).await;
+    let dns = Dns::start(bin, dir.path(), &hosts(&[41, 42], "sw.test"), &[]).await;
+    answering(&dns, "sw.test", DiscoverType::A, Some(port)).await;
+    let listed = config(dns.resolver(), "")
+        .split("[pools.p.discover]")
+        .next()
+        .unwrap()
+        .to_string()
+        + &format!("[[pools.p.nodes]]\nname = \"static\"\naddr = \"127.0.0.43:{port}\"\n");
+    let discover = |name: &str| {
+        config(
+            dns.resolver(),
+            &format!("name = \"{name}\"\ntype = \"a\"\nport = {port}\n"),
+        )
+    };
+    let path = dir.path().join("sw.toml");
+    std::fs::write(&path, &listed).unwrap();
+    let served = Served::run(
+        ringlb::Server::bind(ringlb::Config::from_file(&path).unwrap()).unwrap(),
+        "lb",
+    );
+    let handle = served.handle.clone();
+    let pool = handle.pool("p").unwrap();
+    assert_eq!(names(&pool), vec!["static"]);
+    assert!(handle.discovery("p").is_none());
+
+    // nodes -> discover: the first good answer replaces the listed node.
+    std::fs::write(&path, discover("sw.test")).unwrap();
+    handle.reload();
+    let two: Vec<String> = [41, 42].map(|o| format!("127.0.0.{o}:{port}")).to_vec();
+    eventually(
+        patient(Duration::from_secs(10)),
+        "the discovered nodes",
+        || {
+            let ok = names(&pool) == two;
+            async move { ok }
+        },
+    )
+    .await;
+    assert_eq!(handle.discovery("p").unwrap().config.name, "sw.test");
+
+    // Another name: the discovery restarts with it.
+    dns.set_hosts(&(hosts(&[41, 42], "sw.test") + &hosts(&[43], "other.test")));
+    std::fs::write(&path, discover("other.test")).unwrap();
+    handle.reload();
+    let other = vec![format!("127.0.0.43:{port}")];
+    eventually(
+        patient(Duration::from_secs(10)),
+        "the other name's node",
+        || {
+            let ok = names(&pool) == other
+                && handle
+                    .discovery("p")
+                    .is_some_and(|d| d.config.name == "other.test");
+            async move { ok }
+        },
+    )
+    .await;
+
+    // discover -> nodes: the listed node, and no discovery any more.
+    std::fs::write(&path, &listed).unwrap();
+    handle.reload();
+    eventually(
+        patient(Duration::from_secs(10)),
+        "the listed node again",
+        || {
+            let ok = names(&pool) == vec!["static"] && handle.discovery("p").is_none();
+            async move { ok }
+        },
+    )
+    .await;
     served.stop().await;
     dns.stop();
 }
