@@ -133,15 +133,18 @@ pub fn summary(cfg: &Config) -> String {
     for pool in cfg.pools.values() {
         let _ = writeln!(
             s,
-            "  pool {:<16} {} node{}, points_per_weight {}, connect_timeout {}, idle_timeout {}, {} attempt{}, key /{} v4 /{} v6",
+            "  pool {:<16} {}, points_per_weight {}, connect_timeout {}, idle_timeout {}, {} attempt{}, key /{} v4 /{} v6",
             pool.name,
-            pool.nodes.len(),
-            plural(pool.nodes.len()),
+            if pool.discover.is_some() {
+                "nodes from DNS".to_string()
+            } else {
+                format!("{} node{}", pool.nodes.len(), plural(pool.nodes.len()))
+            },
             pool.points_per_weight,
             fmt_duration(pool.connect_timeout),
             fmt_duration(pool.idle_timeout),
             pool.connect_attempts,
-            if pool.connect_attempts as usize > pool.nodes.len() {
+            if pool.discover.is_none() && pool.connect_attempts as usize > pool.nodes.len() {
                 format!("s ({} effective: one per node)", pool.nodes.len())
             } else {
                 plural(pool.connect_attempts as usize).to_string()
@@ -349,6 +352,21 @@ mod tests {
         ] {
             assert!(out.contains(want), "{want}\n{out}");
         }
+    }
+
+    #[test]
+    fn a_discover_pool_has_its_settings_line() {
+        let text = "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n\
+                    [pools.p.discover]\nname = \"_a._tcp.x\"\ntype = \"srv\"\nresolver = \"127.0.0.1:53\"\n";
+        let out = summary(&Config::parse(text, "d.toml").unwrap());
+        assert!(
+            out.contains("  pool p                nodes from DNS, points_per_weight 160"),
+            "{out}"
+        );
+        assert!(
+            out.contains("    nodes from DNS: srv _a._tcp.x every 5s (or its TTL if shorter), resolver 127.0.0.1:53, remove_after 10s (check --probe resolves once)\n"),
+            "{out}"
+        );
     }
 
     #[test]
