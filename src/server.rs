@@ -205,6 +205,8 @@ impl Server {
                 .map(|i| Arc::new(WorkerLoad::new(i)))
                 .collect(),
             metrics,
+            stopping: Mutex::new(Default::default()),
+            skip_withdrawal: CancellationToken::new(),
         });
         let server = Server {
             shared,
