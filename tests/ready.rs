@@ -145,10 +145,7 @@ async fn a_second_sigterm_during_the_withdrawal_stops_at_once() {
     let (mut lb, addr, admin) = start(dir.path(), &config("10m", node));
     signal(&lb, Signal::SIGTERM);
     let body = not_ready(admin).await;
-    assert!(
-        body.starts_with("withdrawing: stopping in "),
-        "{body:?}"
-    );
+    assert!(body.starts_with("withdrawing: stopping in "), "{body:?}");
     assert_eq!(node_for(client_ip(7), addr).await.unwrap(), node.0);
     let t1 = Instant::now();
     signal(&lb, Signal::SIGINT);
