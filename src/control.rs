@@ -151,15 +151,46 @@ impl Server {
                         );
                     }
                 }
-                notify::stopping("stopping: draining open connections");
+                self.withdraw().await;
             }
             End::HandedOver => {}
         }
+        self.handle().set_stopping(|s| s.draining = true);
         let report = shutdown::drain(self).await;
         if let Some(c) = control {
             c.stop().await;
         }
         report
+    }
+
+    /// The withdrawal: for `withdraw_delay`, `/ready` answers 503 (so a BGP
+    /// speaker or an upstream balancer's checker takes this instance out of
+    /// rotation) while it still accepts and serves; a second stop signal ends it
+    /// early. Nothing with a zero delay.
+    async fn withdraw(&self) {
+        let delay = self.shared.config.load().withdraw_delay;
+        if delay.is_zero() {
+            notify::stopping("stopping: draining open connections");
+            return;
+        }
+        let handle = self.handle();
+        handle.set_stopping(|s| s.withdraw_until = Some(Instant::now() + delay));
+        let delay_text = crate::config::fmt_duration(delay);
+        notify::stopping(&format!(
+            "withdrawing: /ready answers 503; still accepting for {delay_text}, then draining"
+        ));
+        info!(withdraw_delay = %delay_text, open = self.tracker.len(),
+            "withdrawing: /ready answers 503; still accepting and serving for {delay_text}");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {
+                info!(withdraw_delay = %delay_text, open = self.tracker.len(),
+                    "withdrawal over: stopping accepting");
+            }
+            _ = self.shared.skip_withdrawal.cancelled() => {
+                info!(open = self.tracker.len(),
+                    "withdrawal cut short by a second stop signal: stopping accepting");
+            }
+        }
     }
 
     fn status_line(&self) -> String {

@@ -11,10 +11,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
 
 use crate::admission::ListenerShared;
 use crate::config::Config;
@@ -105,6 +106,18 @@ pub(crate) struct Shared {
     /// One per data-plane runtime (one for the runtime `run` is called on).
     pub(crate) workers: Vec<Arc<WorkerLoad>>,
     pub(crate) metrics: ServerMetrics,
+    /// Where the process is in its stop, for `/ready`.
+    pub(crate) stopping: Mutex<Stopping>,
+    /// Cancelled by a second stop signal during the withdrawal: stop now.
+    pub(crate) skip_withdrawal: CancellationToken,
+}
+
+/// Where a process is in its stop: serving (neither), withdrawing (`/ready`
+/// answers 503 while it still accepts, until `withdraw_until`), draining.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Stopping {
+    pub(crate) withdraw_until: Option<Instant>,
+    pub(crate) draining: bool,
 }
 
 /// A cheap, cloneable handle on a server: ask for a reload, read its state.
@@ -216,6 +229,63 @@ impl Handle {
     /// Each worker's connections.
     pub fn workers(&self) -> &[Arc<WorkerLoad>] {
         &self.shared.workers
+    }
+
+    /// Whether the balancer should get new traffic (`GET /ready`): `Ok` while it
+    /// serves and every pool has a node in service; otherwise why not, e.g.
+    /// `withdrawing: stopping in 3s`, `draining`, `pool web: no node in service`
+    /// (every pool without one, `; `-separated).
+    pub fn readiness(&self) -> Result<(), String> {
+        let stopping = self.stopping();
+        if stopping.draining || self.handed_over_to().is_some() {
+            return Err("draining".into());
+        }
+        if let Some(until) = stopping.withdraw_until {
+            let left = until.saturating_duration_since(Instant::now());
+            // Whole seconds, rounded up: "in 0s" only once it is over.
+            let secs = left.as_millis().div_ceil(1000);
+            return Err(format!("withdrawing: stopping in {secs}s"));
+        }
+        let empty: Vec<String> = self
+            .pools()
+            .iter()
+            .filter(|(_, p)| !p.nodes().iter().any(|n| n.in_service()))
+            .map(|(name, _)| format!("pool {name}: no node in service"))
+            .collect();
+        if empty.is_empty() {
+            Ok(())
+        } else {
+            Err(empty.join("; "))
+        }
+    }
+
+    /// Whether the process is withdrawing (stopping, `/ready` answers 503, still
+    /// accepting for `withdraw_delay`).
+    pub fn withdrawing(&self) -> bool {
+        let s = self.stopping();
+        s.withdraw_until.is_some() && !s.draining
+    }
+
+    /// End the withdrawal now (a second stop signal): stop accepting, then drain.
+    pub fn skip_withdrawal(&self) {
+        self.shared.skip_withdrawal.cancel();
+    }
+
+    fn stopping(&self) -> Stopping {
+        *self
+            .shared
+            .stopping
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Mark the stop's phases (for `/ready`).
+    pub(crate) fn set_stopping(&self, f: impl FnOnce(&mut Stopping)) {
+        f(&mut self
+            .shared
+            .stopping
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()));
     }
 }
 

@@ -35,6 +35,8 @@ pub const AGENT_CHECKS: &str = "ringlb_agent_checks_total";
 pub const PROBE_DURATION: &str = "ringlb_probe_duration_seconds";
 pub const RELOADS: &str = "ringlb_reloads_total";
 pub const CONFIG_GENERATION: &str = "ringlb_config_generation";
+/// 1 while `/ready` answers 200, else 0 (read when `/metrics` or `/ready` is asked).
+pub const READY: &str = "ringlb_ready";
 /// When this process started (unix seconds).
 pub const PROCESS_START_TIME: &str = "ringlb_process_start_time_seconds";
 /// The pid this process took over from in a binary upgrade (0: started fresh).
@@ -89,6 +91,7 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (PROBE_DURATION, Kind::Histogram, "Health probe latency, in seconds, per node."),
     (RELOADS, Kind::Counter, "Config reloads, per result (ok: applied, failed: refused)."),
     (CONFIG_GENERATION, Kind::Gauge, "Config generation: 1 at start, +1 per applied reload."),
+    (READY, Kind::Gauge, "1 while /ready answers 200 (serving, every pool has a node in service), 0 while withdrawing, draining or a pool has none."),
     (PROCESS_START_TIME, Kind::Gauge, "When this process started (unix seconds)."),
     (UPGRADE_PREDECESSOR_PID, Kind::Gauge, "The pid this process took over from in a binary upgrade; 0 when started fresh."),
     (UPGRADE_TAKEOVER_TIMESTAMP, Kind::Gauge, "When this process took over from its predecessor (unix seconds); 0 when started fresh."),
@@ -116,6 +119,11 @@ fn describe_all() {
 /// Count one admin request refused for a missing or wrong bearer token.
 pub fn admin_unauthorized() {
     counter!(ADMIN_UNAUTHORIZED).increment(1);
+}
+
+/// Whether `/ready` answers 200.
+pub fn set_ready(ready: bool) {
+    gauge!(READY).set(if ready { 1.0 } else { 0.0 });
 }
 
 pub const L_LISTENER: &str = "listener";

@@ -211,6 +211,8 @@ impl Server {
                 .map(|i| Arc::new(WorkerLoad::new(i)))
                 .collect(),
             metrics,
+            stopping: Mutex::new(Default::default()),
+            skip_withdrawal: CancellationToken::new(),
         });
         let server = Server {
             shared,

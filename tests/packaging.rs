@@ -348,8 +348,9 @@ fn the_unit_agrees_with_the_example_config_and_explains_every_setting() {
     let stop = get("TimeoutStopSec");
     let stop = humantime::parse_duration(stop[0]).expect("TimeoutStopSec");
     assert!(
-        stop >= cfg.shutdown_grace + std::time::Duration::from_secs(10),
-        "TimeoutStopSec {stop:?} leaves no margin over shutdown_grace {:?}",
+        stop >= cfg.withdraw_delay + cfg.shutdown_grace + std::time::Duration::from_secs(10),
+        "TimeoutStopSec {stop:?} leaves no margin over withdraw_delay {:?} + shutdown_grace {:?}",
+        cfg.withdraw_delay,
         cfg.shutdown_grace
     );
 }

@@ -1,5 +1,6 @@
 //! The admin endpoint: a small HTTP/1.1 server (GET and HEAD, one request per
-//! connection) with `/metrics` (Prometheus text), `/status` (JSON) and `/` (a
+//! connection) with `/ready` (200 or 503 with the reason; no token needed),
+//! `/metrics` (Prometheus text), `/status` (JSON) and `/` (a
 //! self-refreshing HTML page with the same data), and
 //! `POST /pools/{pool}/nodes/{node}/drain|enable|disable`. Loopback by default; on any
 //! other address the config must set a bearer token, and with a token set every
@@ -117,7 +118,7 @@ pub fn spawn(listener: TcpListener, handle: Handle) -> AdminServer {
         .as_ref()
         .is_some_and(|a| a.token.is_some());
     if local_addr.ip().is_loopback() || token {
-        info!(addr = %local_addr, bearer_token = token, "admin endpoint listening (/metrics, /status, /)");
+        info!(addr = %local_addr, bearer_token = token, "admin endpoint listening (/ready, /metrics, /status, /)");
     } else {
         // Config validation requires a token off loopback; this is a last guard.
         warn!(addr = %local_addr,

@@ -166,6 +166,11 @@ async fn connection(mut s: TcpStream, handle: &Handle, history: &Mutex<History>)
         Ok(Err(HeadError::Closed)) => return Ok(()),
         Ok(Err(HeadError::Io(e))) => return Err(e),
     };
+    if head.path == "/ready" {
+        // No token: load balancers' and BGP speakers' checkers poll this, and it
+        // tells no more than whether to send traffic here (and why not).
+        return ready(&mut s, handle, &head).await;
+    }
     let config = handle.config();
     if let Some(token) = config.admin.as_ref().and_then(|a| a.token.as_ref()) {
         if !authorized(&head, token) {
@@ -225,6 +230,7 @@ async fn connection(mut s: TcpStream, handle: &Handle, history: &Mutex<History>)
         "/metrics" => {
             let body = match crate::metrics::prometheus() {
                 Some(p) => {
+                    crate::metrics::set_ready(handle.readiness().is_ok());
                     p.run_upkeep();
                     p.render()
                 }
@@ -256,6 +262,38 @@ async fn connection(mut s: TcpStream, handle: &Handle, history: &Mutex<History>)
         }
     };
     respond(&mut s, "200 OK", content_type, &body, head_only).await
+}
+
+/// `GET /ready`: `200 ready`, or `503` with the reason.
+async fn ready(s: &mut TcpStream, handle: &Handle, head: &RequestHead) -> io::Result<()> {
+    let head_only = head.method == "HEAD";
+    if head.method != "GET" && !head_only {
+        return respond_with(
+            s,
+            "405 Method Not Allowed",
+            "text/plain",
+            b"GET or HEAD only\n",
+            "Allow: GET, HEAD\r\n",
+            false,
+        )
+        .await;
+    }
+    let readiness = handle.readiness();
+    crate::metrics::set_ready(readiness.is_ok());
+    match readiness {
+        Ok(()) => respond(s, "200 OK", "text/plain", b"ready\n", head_only).await,
+        Err(why) => {
+            let body = format!("{why}\n");
+            respond(
+                s,
+                "503 Service Unavailable",
+                "text/plain",
+                body.as_bytes(),
+                head_only,
+            )
+            .await
+        }
+    }
 }
 
 /// The `/status` body: pretty JSON. Written through a `serde_json::Value`, so the

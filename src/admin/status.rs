@@ -62,6 +62,10 @@ pub struct ProcessStatus {
     pub upgraded_from: Option<UpgradedFrom>,
     /// The process this one handed over to (it only drains now).
     pub handed_over_to: Option<u32>,
+    /// Whether `GET /ready` answers 200.
+    pub ready: bool,
+    /// Why it does not (its 503 body), `null` when ready.
+    pub not_ready_reason: Option<String>,
 }
 
 /// The predecessor of an upgraded process.
@@ -298,6 +302,7 @@ pub struct WorkerStatus {
 pub fn status(handle: &Handle) -> Status {
     let config = handle.config();
     let (ok, failed) = handle.reload_counts();
+    let readiness = handle.readiness();
     Status {
         config: config.source.clone(),
         generation: handle.generation(),
@@ -314,6 +319,8 @@ pub fn status(handle: &Handle) -> Status {
                 takeover_ms: p.takeover_ms,
             }),
             handed_over_to: handle.handed_over_to(),
+            ready: readiness.is_ok(),
+            not_ready_reason: readiness.err(),
         },
         reloads: ReloadCounts { ok, failed },
         last_reload: handle.last_reload().map(LastReload::from),
@@ -668,6 +675,8 @@ addr = "10.0.1.1:5432"
                 upgrades: tokio::sync::mpsc::unbounded_channel().0,
                 workers,
                 metrics: ServerMetrics::new(),
+                stopping: Mutex::new(Default::default()),
+                skip_withdrawal: Default::default(),
             }),
         }
     }
@@ -765,6 +774,8 @@ addr = "10.0.1.1:5432"
             (".process.upgraded_from.at_unix", "integer"),
             (".process.upgraded_from.takeover_ms", "integer"),
             (".process.handed_over_to", "null"),
+            (".process.ready", "bool"),
+            (".process.not_ready_reason", "string"),
             (".reloads", "object"),
             (".reloads.ok", "integer"),
             (".reloads.failed", "integer"),

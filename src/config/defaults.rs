@@ -5,6 +5,7 @@ use std::time::Duration;
 
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const WITHDRAW_DELAY: Duration = Duration::ZERO;
 pub const MAX_CONNECTIONS: usize = 50_000;
 pub const BACKLOG: u32 = 4_096;
 pub const IPV6_ONLY: bool = true;

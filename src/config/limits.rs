@@ -20,6 +20,8 @@ pub const IDLE_TIMEOUT: (Duration, Duration) = (
     Duration::from_secs(30 * 24 * 3600),
 );
 pub const SHUTDOWN_GRACE: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(24 * 3600));
+/// A BGP withdrawal converges in seconds; an hour is far past any sane delay.
+pub const WITHDRAW_DELAY: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(3600));
 pub const UPGRADE_TIMEOUT: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(600));
 pub const HEALTH_INTERVAL: (Duration, Duration) =

@@ -177,6 +177,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How long the new process of a binary upgrade gets to be ready.
     pub upgrade_timeout: Duration,
+    /// On a stop signal, how long `/ready` answers 503 while the balancer still
+    /// accepts and serves, before it stops accepting and drains (0: at once).
+    pub withdraw_delay: Duration,
     /// Write the process id here while running (for `ringlb reload`).
     pub pid_file: Option<PathBuf>,
     /// Runtime worker threads (`None`: one per core). `RINGLB_WORKERS` overrides.

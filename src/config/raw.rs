@@ -20,6 +20,8 @@ pub struct RawConfig {
     pub shutdown_grace: Option<Duration>,
     #[serde(default, deserialize_with = "super::duration::option")]
     pub upgrade_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "super::duration::option")]
+    pub withdraw_delay: Option<Duration>,
     pub pid_file: Option<PathBuf>,
     pub workers: Option<usize>,
     pub user: Option<String>,

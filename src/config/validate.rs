@@ -44,6 +44,12 @@ impl RawConfig {
             defaults::UPGRADE_TIMEOUT,
             limits::UPGRADE_TIMEOUT,
         );
+        let withdraw_delay = p.duration(
+            "withdraw_delay",
+            self.withdraw_delay,
+            defaults::WITHDRAW_DELAY,
+            limits::WITHDRAW_DELAY,
+        );
         if self.listener.is_empty() {
             p.push("listener", "at least one [[listener]] is required");
         }
@@ -66,6 +72,7 @@ impl RawConfig {
                 source: source.to_path_buf(),
                 shutdown_grace,
                 upgrade_timeout,
+                withdraw_delay,
                 pid_file: self.pid_file,
                 workers: self.workers,
                 user: self.user,
@@ -1015,6 +1022,23 @@ mod tests {
             e.contains("listener[0].tcp_keepalive.count: 200 is out of range"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn withdraw_delay_defaults_to_zero_and_is_bounded() {
+        assert_eq!(
+            Config::parse(MIN, "w.toml").unwrap().withdraw_delay,
+            Duration::ZERO
+        );
+        let set = |v: &str| Config::parse(&format!("withdraw_delay = \"{v}\"\n{MIN}"), "w.toml");
+        assert_eq!(set("15s").unwrap().withdraw_delay, Duration::from_secs(15));
+        assert_eq!(set("1h").unwrap().withdraw_delay, Duration::from_secs(3600));
+        let e = set("1h1s").unwrap_err().to_string();
+        assert!(
+            e.contains("withdraw_delay: 3601s is too long (maximum 1h)"),
+            "{e}"
+        );
+        assert!(set("-1s").is_err() && set("5").is_err());
     }
 
     #[test]

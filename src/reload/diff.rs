@@ -29,6 +29,7 @@ pub struct ConfigDiff {
     pub pid_file_changed: bool,
     pub shutdown_grace_changed: bool,
     pub upgrade_timeout_changed: bool,
+    pub withdraw_delay_changed: bool,
     /// `workers` applies at the next start only.
     pub workers_changed: bool,
     /// `user`/`group` apply at the next start only (the process has no root left).
@@ -136,6 +137,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     d.pid_file_changed = old.pid_file != new.pid_file;
     d.shutdown_grace_changed = old.shutdown_grace != new.shutdown_grace;
     d.upgrade_timeout_changed = old.upgrade_timeout != new.upgrade_timeout;
+    d.withdraw_delay_changed = old.withdraw_delay != new.withdraw_delay;
     d.workers_changed = old.workers != new.workers;
     d.privileges_changed = old.user != new.user || old.group != new.group;
     d
@@ -330,6 +332,13 @@ pub fn summary(
             "upgrade_timeout {} -> {}",
             fmt_duration(old.upgrade_timeout),
             fmt_duration(new.upgrade_timeout)
+        ));
+    }
+    if d.withdraw_delay_changed {
+        parts.push(format!(
+            "withdraw_delay {} -> {}",
+            fmt_duration(old.withdraw_delay),
+            fmt_duration(new.withdraw_delay)
         ));
     }
     if d.workers_changed {

@@ -8,7 +8,10 @@ use tracing::{info, warn};
 use crate::error::Error;
 use crate::handle::{Handle, UpgradeRequest};
 
-/// SIGTERM/SIGINT: stop accepting and drain (first), close everything (second).
+/// SIGTERM/SIGINT: withdraw for `withdraw_delay` (`/ready` answers 503, still
+/// accepting), then stop accepting and drain (first); during the withdrawal, a
+/// second one ends it at once (stop accepting, then drain); during the drain, it
+/// closes everything.
 /// SIGHUP: reload the config (the demo has nothing to reload: logged and ignored).
 /// SIGUSR2: upgrade to the binary at the path this process was started from.
 /// SIGTERM, SIGINT, SIGHUP and SIGUSR2, caught from the moment this exists.
@@ -39,8 +42,9 @@ impl Signals {
 }
 
 /// React to signals until the process ends: the first stop signal cancels
-/// `shutdown` (the drain starts), a second one cancels `hard_stop` (close what is
-/// left now); SIGHUP asks `server` for a reload and SIGUSR2 for an upgrade (both
+/// `shutdown` (the withdrawal, then the drain, starts), a second one ends the
+/// withdrawal if one is under way, else cancels `hard_stop` (close what is left
+/// now); SIGHUP asks `server` for a reload and SIGUSR2 for an upgrade (both
 /// ignored during the drain, and by the demo, which passes `None`).
 pub async fn handle_signals(
     signals: Signals,
@@ -91,7 +95,15 @@ pub async fn handle_signals(
         };
         // Act first, then log: a log write that blocks (a stalled stderr pipe
         // or terminal) must not hold up the stop.
-        if shutdown.is_cancelled() {
+        if shutdown.is_cancelled() && server.as_ref().is_some_and(Handle::withdrawing) {
+            if let Some(h) = &server {
+                h.skip_withdrawal();
+            }
+            warn!(
+                signal = name,
+                "second stop signal during the withdrawal: stopping accepting now, then draining"
+            );
+        } else if shutdown.is_cancelled() {
             hard_stop.cancel();
             warn!(
                 signal = name,
@@ -99,10 +111,21 @@ pub async fn handle_signals(
             );
         } else {
             shutdown.cancel();
-            info!(
-                signal = name,
-                "stop signal: no longer accepting; draining open connections"
-            );
+            let delay = server
+                .as_ref()
+                .map_or(std::time::Duration::ZERO, |h| h.config().withdraw_delay);
+            if delay.is_zero() {
+                info!(
+                    signal = name,
+                    "stop signal: no longer accepting; draining open connections"
+                );
+            } else {
+                info!(
+                    signal = name,
+                    withdraw_delay = %crate::config::fmt_duration(delay),
+                    "stop signal: withdrawing (/ready answers 503, still accepting), then draining"
+                );
+            }
         }
     }
 }
