@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 
+mod access;
 mod agent;
 pub mod defaults;
 mod discover;
