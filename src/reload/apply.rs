@@ -6,6 +6,7 @@
 //! connections are never closed here unless the config says so (a removed node
 //! with `on_node_down = "close"`, a node set to `disabled`: the pool does that).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -217,52 +218,28 @@ pub async fn apply_read(server: &mut Server, read: Result<Config, ConfigError>) 
     }
     server.publish_listeners();
 
-    // 6. Probes follow the pools' nodes; settings apply at the next probe.
-    let mut probers = std::mem::take(&mut server.probers);
-    for (name, pool) in &pools {
-        match probers.get_mut(name) {
-            Some(p) => p.sync(),
-            None => {
-                probers.insert(
-                    name.clone(),
-                    Prober::start(pool.clone(), &server.probe_stop),
-                );
-            }
-        }
+    // 6. Probes, agents and lifecycle loops follow the pools: settings apply at
+    //    the next probe; changed agent settings restart a pool's agent loops.
+    let stop = server.probe_stop.clone();
+    let gone = follow(
+        &mut server.probers,
+        &pools,
+        |p| Prober::start(p.clone(), &stop),
+        Prober::sync,
+    );
+    for p in gone {
+        p.shutdown().await;
     }
-    let removed: Vec<String> = probers
-        .keys()
-        .filter(|n| !pools.contains_key(*n))
-        .cloned()
-        .collect();
-    for name in removed {
-        if let Some(p) = probers.remove(&name) {
-            p.shutdown().await;
-        }
+    let gone = follow(
+        &mut server.agents,
+        &pools,
+        |p| Agent::start(p.clone(), &stop),
+        Agent::sync,
+    );
+    for a in gone {
+        a.shutdown().await;
     }
-    server.probers = probers;
     server.lifecycles.sync(&pools);
-    // Agents follow too: changed agent settings restart a pool's loops.
-    let mut agents = std::mem::take(&mut server.agents);
-    for (name, pool) in &pools {
-        match agents.get_mut(name) {
-            Some(a) => a.sync(),
-            None => {
-                agents.insert(name.clone(), Agent::start(pool.clone(), &server.probe_stop));
-            }
-        }
-    }
-    let removed: Vec<String> = agents
-        .keys()
-        .filter(|n| !pools.contains_key(*n))
-        .cloned()
-        .collect();
-    for name in removed {
-        if let Some(a) = agents.remove(&name) {
-            a.shutdown().await;
-        }
-    }
-    server.agents = agents;
     // Discovery: the tasks stopped above start again with the new settings.
     for (name, seed, keep) in restart {
         if let (Some(pool), Some(pc)) = (pools.get(&name), new.pools.get(&name)) {
@@ -301,6 +278,33 @@ pub async fn apply_read(server: &mut Server, read: Result<Config, ConfigError>) 
     });
 }
 
+/// Keep one task set per pool: `sync` the ones whose pool stays, `start` one
+/// for each new pool. Returns those of removed pools, for the caller to shut
+/// down.
+fn follow<T>(
+    tasks: &mut BTreeMap<String, T>,
+    pools: &BTreeMap<String, Arc<Pool>>,
+    mut start: impl FnMut(&Arc<Pool>) -> T,
+    mut sync: impl FnMut(&mut T),
+) -> Vec<T> {
+    for (name, pool) in pools {
+        match tasks.get_mut(name) {
+            Some(t) => sync(t),
+            None => {
+                tasks.insert(name.clone(), start(pool));
+            }
+        }
+    }
+    let removed: Vec<String> = tasks
+        .keys()
+        .filter(|n| !pools.contains_key(*n))
+        .cloned()
+        .collect();
+    removed
+        .into_iter()
+        .filter_map(|n| tasks.remove(&n))
+        .collect()
+}
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
