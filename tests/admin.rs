@@ -150,7 +150,7 @@ async fn metrics_status_and_page_show_traffic_health_and_reloads() {
             "ringlb_probes_total{pool=\"p\",node=\"node-0\",result=\"ok\"}",
             1.0,
         ),
-        ("ringlb_ring_points{pool=\"p\",node=\"node-0\"}", 160.0),
+        ("ringlb_ring_points{pool=\"p\",node=\"node-0\"}", 16384.0),
         ("ringlb_ring_points{pool=\"p\",node=\"node-2\"}", 0.0),
         (
             "ringlb_connection_duration_seconds_count{listener=\"lb\"}",

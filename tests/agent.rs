@@ -24,6 +24,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+const PPW: u32 = ringlb::config::defaults::POINTS_PER_WEIGHT;
+
 use common::*;
 use ringlb::demo::backend::{Backend, Mode};
 use ringlb::pool::AgentResult;
@@ -386,7 +388,7 @@ async fn half_weight_moves_only_the_clients_of_the_removed_points_and_full_weigh
     lb.applied("n1", "100%").await;
     let ips = clients(400, 1000);
     let before = lb.homes(&ips).await;
-    // The ring as `ringlb which` computes it: 160 points per node, and n1 at
+    // The ring as `ringlb which` computes it: the default points per node, and n1 at
     // half its points.
     let ring = |n1: u32| {
         Ring::with_points(&[
@@ -396,15 +398,15 @@ async fn half_weight_moves_only_the_clients_of_the_removed_points_and_full_weigh
             },
             RingPoints {
                 name: "n2",
-                points: 160,
+                points: PPW,
             },
             RingPoints {
                 name: "n3",
-                points: 160,
+                points: PPW,
             },
         ])
     };
-    let (full, half) = (ring(160), ring(80));
+    let (full, half) = (ring(PPW), ring(PPW / 2));
     let snap = lb.handle().pool(name).unwrap().snapshot();
     let names = ["n1", "n2", "n3"];
     let mut expect = Vec::new();
@@ -414,7 +416,7 @@ async fn half_weight_moves_only_the_clients_of_the_removed_points_and_full_weigh
         let (owner, point) = full.point(&key).unwrap();
         assert_eq!(names[owner], was, "{ip}: the ring agrees with the balancer");
         let now = names[half.primary(&key).unwrap()];
-        if owner == 0 && point >= 80 {
+        if owner == 0 && point >= PPW / 2 {
             of_removed += 1;
         } else {
             assert_eq!(now, was, "{ip}: its point stayed");
@@ -441,7 +443,7 @@ async fn half_weight_moves_only_the_clients_of_the_removed_points_and_full_weigh
             n["agent"]["weight_percent"].clone(),
             n["in_service"].clone()
         ),
-        (80.into(), 50.0.into(), true.into()),
+        (u64::from(PPW / 2).into(), 50.0.into(), true.into()),
         "{n}"
     );
     let m = http_get(lb.admin, "/metrics").await.unwrap();
@@ -601,7 +603,7 @@ async fn a_reload_that_removes_the_agent_clears_what_it_set() {
             n["max_connections"].clone(),
             n["ring_points"].clone()
         ),
-        (true.into(), 50.into(), 160.into()),
+        (true.into(), 50.into(), u64::from(PPW).into()),
         "{n}"
     );
     assert!(n["agent"].is_null(), "{n}");

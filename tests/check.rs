@@ -210,7 +210,7 @@ fn example_config_sets_every_key_to_its_default() {
     for want in [
         "shutdown_grace 30s",
         "(max_connections 50000, backlog 4096)",
-        "points_per_weight 160, connect_timeout 2s, idle_timeout 1h, 3 attempts, key /32 v4 /64 v6",
+        "points_per_weight 16384, connect_timeout 2s, idle_timeout 1h, 3 attempts, key /32 v4 /64 v6",
         "health http GET /healthcheck port 8081 expect 200-399 every 2s (timeout 1s, rise 2, fall 3)",
         "passive_failures 3, on_node_down keep, when_all_down reject",
     ] {

@@ -408,15 +408,15 @@ async fn srv_records_give_target_port_nodes_weighted_at_the_lowest_priority() {
             (
                 "a.srv.test:7001".to_string(),
                 "127.0.0.31:7001".to_string(),
-                85
+                1
             ),
             (
                 "b.srv.test:7002".to_string(),
                 "127.0.0.32:7002".to_string(),
-                256
+                3
             ),
         ],
-        "priority 20 (c) is not used; weights 10:30 scaled to 85:256"
+        "priority 20 (c) is not used; weights 10:30 reduced to 1:3"
     );
     // `check --probe` prints the same nodes.
     let path = dir.path().join("srv.toml");
@@ -432,7 +432,7 @@ async fn srv_records_give_target_port_nodes_weighted_at_the_lowest_priority() {
         "{out}"
     );
     assert!(
-        out.contains("a.srv.test:7001 (addr 127.0.0.31:7001, weight 85), b.srv.test:7002 (addr 127.0.0.32:7002, weight 256)"),
+        out.contains("a.srv.test:7001 (addr 127.0.0.31:7001, weight 1), b.srv.test:7002 (addr 127.0.0.32:7002, weight 3)"),
         "{out}"
     );
     served.stop().await;

@@ -19,13 +19,23 @@ def sip(data,k0=0,k1=0):
     v2^=0xff
     for _ in range(4): rnd()
     return v0^v1^v2^v3
+# The default points_per_weight (config/defaults.rs), weight 1 each.
+POINTS=16384
 pts=[]
 for name in ["node-a","node-b","node-c"]:
-    for i in range(160):
+    for i in range(POINTS):
         pts.append((sip(name.encode()+b'\xff'+struct.pack('<I',i)),name,i))
 pts.sort()
 keys=[p[0] for p in pts]
 import sys
+if len(sys.argv)>2 and sys.argv[2]=="--write":
+    # Regenerate the table for the same IPs (a conscious change of every mapping).
+    out=[]
+    for line in open(sys.argv[1]):
+        ip=line.split()[0]
+        j=bisect.bisect_left(keys,sip(bytes(int(x) for x in ip.split('.'))))
+        out.append("%s %s\n"%(ip,pts[0 if j==len(keys) else j][1]))
+    open(sys.argv[1],"w").write("".join(out))
 for line in open(sys.argv[1]):
     ip,node=line.split()
     k=sip(bytes(int(x) for x in ip.split('.')))

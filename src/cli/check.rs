@@ -360,7 +360,7 @@ mod tests {
                     [pools.p.discover]\nname = \"_a._tcp.x\"\ntype = \"srv\"\nresolver = \"127.0.0.1:53\"\n";
         let out = summary(&Config::parse(text, "d.toml").unwrap());
         assert!(
-            out.contains("  pool p                nodes from DNS, points_per_weight 160"),
+            out.contains("  pool p                nodes from DNS, points_per_weight 16384"),
             "{out}"
         );
         assert!(

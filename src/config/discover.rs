@@ -210,21 +210,46 @@ pub(super) fn discover(
     })
 }
 
-/// SRV weights as node weights: relative, so they are scaled so the largest
-/// becomes 256 (`w * 256 / max`, rounded, at least 1); all-zero weights (RFC
-/// 2782: "no weighting") are all 1.
+/// SRV weights as node weights. They are relative, so they are divided by their
+/// greatest common divisor (equal weights become 1 each, `10, 20, 40` become
+/// `1, 2, 4`), and only if the largest is still over 256 scaled so it becomes 256
+/// (`w * 256 / max`, rounded). A weight of 0 among others (RFC 2782: "a very
+/// small chance") becomes 1 with the others scaled so the largest is 256;
+/// all-zero weights ("no weighting") are all 1. Small weights keep the ring
+/// small: a node gets `weight x points_per_weight` points.
 pub fn srv_weights(weights: &[u16]) -> Vec<u32> {
-    let max = weights.iter().copied().max().unwrap_or(0);
-    let top = *limits::WEIGHT.end();
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let g = weights
+        .iter()
+        .filter(|&&w| w > 0)
+        .fold(0u64, |g, &w| gcd(g, u64::from(w)))
+        .max(1);
+    // A weight of 0 among others keeps its "very small chance": the others are
+    // then scaled so the largest becomes 256, and the 0 becomes 1.
+    let zero_among_others = weights.contains(&0) && weights.iter().any(|&w| w > 0);
+    let g = if zero_among_others { 1 } else { g };
+    let max = weights
+        .iter()
+        .copied()
+        .max()
+        .map_or(0, |m| u64::from(m) / g);
+    let top = u64::from(*limits::WEIGHT.end());
     weights
         .iter()
         .map(|&w| {
-            if max == 0 {
-                1
+            let w = u64::from(w) / g;
+            let scaled = if max > top || zero_among_others {
+                (w * top + max / 2) / max
             } else {
-                let scaled = (u64::from(w) * u64::from(top) + u64::from(max) / 2) / u64::from(max);
-                (scaled as u32).clamp(*limits::WEIGHT.start(), top)
-            }
+                w
+            };
+            (scaled as u32).clamp(*limits::WEIGHT.start(), top as u32)
         })
         .collect()
 }
@@ -299,9 +324,14 @@ mod tests {
 
     #[test]
     fn srv_weights_are_relative_and_capped() {
-        assert_eq!(srv_weights(&[10, 20, 40]), vec![64, 128, 256]);
+        assert_eq!(srv_weights(&[10, 20, 40]), vec![1, 2, 4]);
         assert_eq!(srv_weights(&[0, 0]), vec![1, 1]);
         assert_eq!(srv_weights(&[0, 65535]), vec![1, 256]);
-        assert_eq!(srv_weights(&[5, 5]), vec![256, 256]);
+        assert_eq!(srv_weights(&[5, 5]), vec![1, 1]);
+        assert_eq!(srv_weights(&[33, 33, 34]), vec![33, 33, 34]);
+        assert_eq!(srv_weights(&[1, 1000]), vec![1, 256]);
+        assert_eq!(srv_weights(&[0, 6, 9]), vec![1, 171, 256]);
+        assert_eq!(srv_weights(&[6, 9]), vec![2, 3]);
+        assert_eq!(srv_weights(&[]), Vec::<u32>::new());
     }
 }

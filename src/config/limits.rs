@@ -4,14 +4,15 @@
 use std::time::Duration;
 
 pub const WEIGHT: std::ops::RangeInclusive<u32> = 1..=256;
-pub const POINTS_PER_WEIGHT: std::ops::RangeInclusive<u32> = 1..=10_000;
+pub const POINTS_PER_WEIGHT: std::ops::RangeInclusive<u32> = 1..=65_536;
 pub const CONNECT_ATTEMPTS: std::ops::RangeInclusive<u32> = 1..=16;
 pub const MAX_CONNECTIONS: std::ops::RangeInclusive<usize> = 1..=1_000_000;
 pub const BACKLOG: std::ops::RangeInclusive<u32> = 1..=65_535;
 pub const KEY_PREFIX_V4: std::ops::RangeInclusive<u8> = 1..=32;
 pub const KEY_PREFIX_V6: std::ops::RangeInclusive<u8> = 1..=128;
-/// Total ring points of one pool (memory and build time stay small).
-pub const MAX_POOL_POINTS: u64 = 2_000_000;
+/// Total ring points of one pool: 2^23, 128 MiB of ring at 16 bytes a point
+/// (the default 16,384 points per weight allows 512 weight units).
+pub const MAX_POOL_POINTS: u64 = 8_388_608;
 pub const MAX_NODES_PER_POOL: usize = 4_096;
 pub const CONNECT_TIMEOUT: (Duration, Duration) =
     (Duration::from_millis(1), Duration::from_secs(300));

@@ -382,7 +382,7 @@ fn nodes(p: &mut Problems, key: &str, raw: &[RawNode], points_per_weight: u32) -
         p.push(
             format!("{key}.points_per_weight"),
             format!(
-                "the pool would have {total_points} ring points (weights x points_per_weight); the limit is {}",
+                "the pool would have {total_points} ring points (weights x points_per_weight); the limit is {}. An even ring needs about 16,000 points per node, not per unit of weight: with weights in the tens, lower points_per_weight (e.g. 1638 for weights around 10)",
                 limits::MAX_POOL_POINTS
             ),
         );
@@ -810,7 +810,7 @@ mod tests {
         assert_eq!(l.max_connections, defaults::MAX_CONNECTIONS);
         assert_eq!(l.backlog, defaults::BACKLOG);
         let p = &c.pools["web"];
-        assert_eq!(p.points_per_weight, 160);
+        assert_eq!(p.points_per_weight, defaults::POINTS_PER_WEIGHT);
         assert_eq!(p.connect_timeout, Duration::from_secs(2));
         assert_eq!(p.idle_timeout, Duration::from_secs(3600));
         assert_eq!(p.connect_attempts, 3);

@@ -8,8 +8,9 @@
 //! - Identity: an A/AAAA node is named by its address text (`10.0.0.5:80`,
 //!   `[2001:db8::5]:80`), an SRV node by `target:port`, so the order of the
 //!   answers never matters and every instance builds the same ring.
-//! - SRV: only the lowest priority present; weights are relative, scaled so the
-//!   largest is 256 ([`crate::config::srv_weights`]).
+//! - SRV: only the lowest priority present; weights are relative: divided by
+//!   their greatest common divisor, and scaled down so the largest is at most 256
+//!   ([`crate::config::srv_weights`]).
 //! - A failure (timeout, NXDOMAIN, empty answer, unreachable resolver) keeps the
 //!   last good set; one WARN per episode and one INFO when it ends, counted in
 //!   `ringlb_discovery_resolutions_total{outcome="failed"}`.

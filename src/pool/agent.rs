@@ -295,6 +295,7 @@ impl Pool {
             self.snapshot.store(Arc::new(build_snapshot(
                 old.settings.clone(),
                 old.nodes.clone(),
+                Some(&old),
             )));
         }
         self.log_agent_change(node, &line, &before, &after, points_before, points_after);
@@ -376,6 +377,7 @@ impl Pool {
         self.snapshot.store(Arc::new(build_snapshot(
             old.settings.clone(),
             old.nodes.clone(),
+            Some(&old),
         )));
         true
     }
@@ -513,12 +515,13 @@ mod tests {
             &report(|r| r.weight = Some(AgentWeight::Percent(50))),
         );
         let half = p.snapshot();
-        assert_eq!(half.ring.points_of(bi), 80);
+        let ppw = crate::config::defaults::POINTS_PER_WEIGHT;
+        assert_eq!(half.ring.points_of(bi), ppw / 2);
         let mut moved = 0;
         for (i, was) in full.iter().enumerate() {
             let (owner, index) = was.unwrap();
             let now = half.ring.point(&half.key(ip(i as u32))).unwrap();
-            if owner == bi && index >= 80 {
+            if owner == bi && index >= ppw / 2 {
                 moved += usize::from(now.0 != bi);
             } else {
                 assert_eq!(now, (owner, index), "{i}");

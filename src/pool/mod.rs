@@ -88,7 +88,7 @@ impl Pool {
             .map(|n| Arc::new(Node::new(&cfg.name, n)))
             .collect();
         let settings = Arc::new(PoolSettings::from(cfg));
-        let snapshot = ArcSwap::from_pointee(build_snapshot(settings, nodes));
+        let snapshot = ArcSwap::from_pointee(build_snapshot(settings, nodes, None));
         Pool {
             name: cfg.name.clone(),
             snapshot,
@@ -131,6 +131,7 @@ impl Pool {
         self.snapshot.store(Arc::new(build_snapshot(
             old.settings.clone(),
             old.nodes.clone(),
+            Some(&old),
         )));
         let open = node.active.load(Ordering::Relaxed);
         match state {
@@ -293,6 +294,7 @@ impl Pool {
         self.snapshot.store(Arc::new(build_snapshot(
             settings.clone(),
             old.nodes.clone(),
+            Some(&old),
         )));
         let after = self.up_count();
         let total = old.nodes.len();

@@ -123,7 +123,7 @@ impl Pool {
             change.agent_cleared = self.clear_agent(&nodes);
         }
         self.snapshot
-            .store(Arc::new(build_snapshot(settings, nodes)));
+            .store(Arc::new(build_snapshot(settings, nodes, Some(&old))));
         // After the new settings are in (close_rate): the removed nodes' closes.
         if close {
             for n in &old.nodes {

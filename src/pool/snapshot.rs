@@ -192,9 +192,15 @@ impl Iterator for Selection<'_> {
 /// weight), with each node's `ring_points` metric set. A node's points are its
 /// weight's, scaled by its agent's weight ([`Node::ring_points`]); should the
 /// agents' raises take the pool past its limit of ring points, the raises do not
-/// apply (the configured weights fit, validation saw to that). Called on state
-/// changes, never per connection.
-pub(super) fn build_snapshot(settings: Arc<PoolSettings>, nodes: Vec<Arc<Node>>) -> PoolSnapshot {
+/// apply (the configured weights fit, validation saw to that; discovered nodes'
+/// weights are scaled down to fit). Called on state
+/// changes, never per connection. With the snapshot it replaces, the ring is
+/// rebuilt from that one's ([`Ring::rebuild`]: the same ring, made faster).
+pub(super) fn build_snapshot(
+    settings: Arc<PoolSettings>,
+    nodes: Vec<Arc<Node>>,
+    prev: Option<&PoolSnapshot>,
+) -> PoolSnapshot {
     let mut members: Vec<Arc<Node>> = nodes.iter().filter(|n| n.in_service()).cloned().collect();
     let mut failing_open = false;
     if members.is_empty() && settings.when_all_down == WhenAllDown::Any {
@@ -223,6 +229,15 @@ pub(super) fn build_snapshot(settings: Arc<PoolSettings>, nodes: Vec<Arc<Node>>)
             *p = (*p).min(configured(n));
         }
     }
+    // Discovered nodes' weights were not validated: past the limit even at their
+    // own weights, every node's points shrink in proportion (this moves clients,
+    // but keeps the ring's memory bounded).
+    let total: u64 = points.iter().map(|&p| u64::from(p)).sum();
+    if total > limits::MAX_POOL_POINTS {
+        for p in points.iter_mut() {
+            *p = ((u64::from(*p) * limits::MAX_POOL_POINTS / total) as u32).max(1);
+        }
+    }
     let ring_nodes: Vec<RingPoints> = members
         .iter()
         .zip(&points)
@@ -231,7 +246,13 @@ pub(super) fn build_snapshot(settings: Arc<PoolSettings>, nodes: Vec<Arc<Node>>)
             points,
         })
         .collect();
-    let ring = Ring::with_points(&ring_nodes);
+    let ring = match prev {
+        Some(prev) => {
+            let names: Vec<&str> = prev.members.iter().map(|m| m.name.as_str()).collect();
+            Ring::rebuild(&prev.ring, &names, &ring_nodes)
+        }
+        None => Ring::with_points(&ring_nodes),
+    };
     for n in &nodes {
         n.metrics.ring_points.set(0.0);
     }
