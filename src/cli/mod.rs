@@ -102,8 +102,17 @@ pub enum Command {
         /// Probe every node once now and leave the ones that fail off the ring.
         #[arg(long)]
         probe: bool,
+        /// Map N pseudo-random IPv4 addresses (1 to 10,000,000) and print per
+        /// pool how they spread over the nodes against each node's weight-fair
+        /// share, and max/mean.
+        #[arg(long, value_name = "N",
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(which::MAX_SPREAD)))]
+        spread: Option<u32>,
+        /// Seed of the --spread addresses (the same seed gives the same addresses).
+        #[arg(long, value_name = "S", requires = "spread", default_value_t = which::DEFAULT_SEED)]
+        seed: u64,
         /// Client IPs (IPv4 or IPv6). `-` reads whitespace-separated IPs from stdin.
-        #[arg(required = true, value_name = "IP")]
+        #[arg(required_unless_present = "spread", value_name = "IP")]
         ips: Vec<String>,
     },
     /// Ask a running ringlb to reload its config (sends SIGHUP to the pid in the
