@@ -107,6 +107,19 @@ async fn load_spread_reports_weight_fair_shares_and_max_over_mean_as_which_maps(
         max = max.max(ratio);
     }
     assert_eq!(nodes["node-9"]["ips"], 0, "{report}");
+    // The largest deviation from a fair share, in percentage points.
+    let dev = fair
+        .iter()
+        .map(|(name, share)| {
+            let ips = expected.get(*name).copied().unwrap_or(0) as f64;
+            (ips / 1500.0 - share).abs() * 100.0
+        })
+        .fold(0.0, f64::max);
+    let got = json["max_deviation_pct"].as_f64().unwrap();
+    assert!(
+        (got - dev).abs() < 1e-3,
+        "deviation {got} vs {dev}: {report}"
+    );
     let got = json["max_over_mean"].as_f64().unwrap();
     assert!(
         (got - max).abs() < 1e-4,

@@ -274,13 +274,6 @@ pub async fn run(a: SpreadArgs) -> anyhow::Result<Outcome> {
         *counts.entry(node.as_str()).or_insert(0) += 1;
     }
     let mapped = now.len() as u64;
-    let share = |n: u64| {
-        if mapped == 0 {
-            0.0
-        } else {
-            n as f64 * 100.0 / mapped as f64
-        }
-    };
     let even = if counts.is_empty() {
         0.0
     } else {
@@ -310,13 +303,19 @@ pub async fn run(a: SpreadArgs) -> anyhow::Result<Outcome> {
         "elapsed_s",
         report::round(elapsed.as_secs_f64(), 3),
     );
-    let max_dev = counts
-        .values()
-        .map(|n| (share(*n) - even).abs())
+    // From each node's fair share: without --weight, an even share of the
+    // nodes seen.
+    let max_dev = shares
+        .iter()
+        .map(|n| (n.share - n.fair).abs() * 100.0)
         .fold(0.0, f64::max);
     r.add(
         "max deviation",
-        format!("{max_dev:.2} points from an even {even:.2}%"),
+        if a.weights.is_empty() {
+            format!("{max_dev:.2} points from an even {even:.2}%")
+        } else {
+            format!("{max_dev:.2} points from the weight-fair share")
+        },
         "max_deviation_pct",
         report::round(max_dev, 3),
     );
