@@ -456,6 +456,26 @@ fn readme_which_examples_are_what_the_tool_prints() {
         .for_each(|l| in_readme(l));
 }
 
+/// The README's `which --spread` example is what the tool prints for
+/// `config/demo.toml` (a change of the ring's default changes both: rerun the
+/// command and paste its output).
+#[test]
+fn readme_spread_example_is_what_which_prints() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let cmd = "which --config config/demo.toml --spread 100000";
+    let example = format!("$ ringlb {cmd}\n");
+    let start = readme.find(&example).expect("README has the example") + example.len();
+    let block = &readme[start..];
+    let block = &block[..block.find("```").expect("end of the example")];
+    let out = ringlb(&cmd.split(' ').collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(
+        block,
+        String::from_utf8_lossy(&out.stdout),
+        "README example vs `ringlb {cmd}`"
+    );
+}
+
 #[test]
 fn check_and_which_show_proxy_protocol_bounded_load_access_and_node_states() {
     let config = "tests/fixtures/config/valid/scaleout.toml";

@@ -89,7 +89,8 @@ pub enum Command {
         #[arg(long)]
         probe: bool,
     },
-    /// Print the node each client IP maps to, then its fallback order.
+    /// Print the node each client IP maps to, then its fallback order; with
+    /// --spread, how N pseudo-random addresses spread over each pool's nodes.
     Which {
         #[arg(long, short, help = CONFIG_HELP)]
         config: Option<PathBuf>,
