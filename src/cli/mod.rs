@@ -1,6 +1,7 @@
 //! The command line: its types (clap derive, no I/O in this file) and the
 //! commands that answer from a config file without a running balancer:
-//! [`check`] (validate and summarise) and [`which`] (where client IPs go);
+//! [`check`] (validate and summarise) and [`which`] (where client IPs go, and
+//! how N addresses spread over the nodes);
 //! [`config_path`], the config search order when `--config` is not given; and
 //! [`docs`], the completions and man pages made from these definitions; and
 //! [`running`], what `check` says about a running instance.

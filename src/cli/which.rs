@@ -638,7 +638,7 @@ pub fn render_spread(cfg: &Config, sp: &Spread) -> String {
         _ => {
             let _ = writeln!(
                 s,
-                "  no node is on the ring (every node is down, when_all_down = \"reject\"): none of the {} addresses has a node",
+                "  no node is on the ring: none of the {} addresses has a node",
                 sp.opts.ips
             );
         }
@@ -886,9 +886,56 @@ mod tests {
         assert_eq!(sp[0].mapped, 0);
         assert_eq!(sp[0].max_over_mean(), None);
         let out = render_spread(&cfg, &sp[0]);
-        assert!(out.contains("  no node is on the ring"), "{out}");
+        assert!(
+            out.contains("\n  no node is on the ring: none of the 20000 addresses has a node\n"),
+            "{out}"
+        );
         assert!(
             out.contains("off the ring: state = \"drain\" in the config"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn every_node_down_is_said_and_the_ring_of_every_node_counted_when_failing_open() {
+        let text = |mode: &str| {
+            format!(
+                "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n\
+                 [pools.p]\nwhen_all_down = \"{mode}\"\n\
+                 [[pools.p.nodes]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n\
+                 [[pools.p.nodes]]\nname = \"b\"\naddr = \"127.0.0.1:2\"\n"
+            )
+        };
+        let down = ProbeOutcome {
+            ok: false,
+            detail: "timeout after 1s".into(),
+            latency: std::time::Duration::ZERO,
+        };
+        let probed: Probed = [(
+            "p".to_string(),
+            [("a".to_string(), down.clone()), ("b".to_string(), down)].into(),
+        )]
+        .into();
+        let cfg = Config::parse(&text("any"), "w.toml").unwrap();
+        let sp = spread(&cfg, &["p"], OPTS, Some(&probed)).unwrap().remove(0);
+        assert!(sp.failing_open);
+        assert_eq!((sp.on_ring(), sp.mapped), (2, 20_000));
+        let out = render_spread(&cfg, &sp);
+        assert!(
+            out.contains("every node is down: the ring holds all of them"),
+            "{out}"
+        );
+        assert!(out.contains(" over 2 nodes (20000 IPs)"), "{out}");
+        let cfg = Config::parse(&text("reject"), "w.toml").unwrap();
+        let sp = spread(&cfg, &["p"], OPTS, Some(&probed)).unwrap().remove(0);
+        assert_eq!((sp.on_ring(), sp.mapped, sp.failing_open), (0, 0, false));
+        let out = render_spread(&cfg, &sp);
+        assert!(
+            out.contains("\n    a          1  off the ring: down (timeout after 1s)\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("none of the 20000 addresses has a node"),
             "{out}"
         );
     }
