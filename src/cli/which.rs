@@ -590,10 +590,17 @@ pub fn render_spread(cfg: &Config, sp: &Spread) -> String {
         .unwrap_or(0)
         .max(4);
     let iw = sp.opts.ips.to_string().len().max(3);
+    let pw = sp
+        .nodes
+        .iter()
+        .map(|n| n.points.to_string().len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
     let _ = writeln!(
         s,
-        "    {:<w$}  weight  points  fair     ring     {:>iw$}  share    IPs/fair",
-        "node", "IPs"
+        "    {:<w$}  weight  {:>pw$}     fair     ring  {:>iw$}    share  IPs/fair",
+        "node", "points", "IPs"
     );
     for n in &sp.nodes {
         match (&n.off, sp.ratio(n)) {
@@ -612,7 +619,7 @@ pub fn render_spread(cfg: &Config, sp: &Spread) -> String {
                 };
                 let _ = writeln!(
                     s,
-                    "    {:<w$}  {:>6}  {:>6}  {:<7}  {:<7}  {:>iw$}  {:<7}  {}",
+                    "    {:<w$}  {:>6}  {:>pw$}  {:>7}  {:>7}  {:>iw$}  {:>7}  {:>8}",
                     n.name,
                     n.weight,
                     n.points,
@@ -847,11 +854,11 @@ mod tests {
             "{out}"
         );
         assert!(out.contains(
-            "  spread of 20000 pseudo-random IPv4 addresses (--seed 1), each to its node on the ring:\n    node   weight  points  fair     ring       IPs  share    IPs/fair\n"
+            "  spread of 20000 pseudo-random IPv4 addresses (--seed 1), each to its node on the ring:\n    node   weight  points     fair     ring    IPs    share  IPs/fair\n"
         ), "{out}");
         let two = &sp[0].nodes[1];
         let row = format!(
-            "    two         2  {:>6}  50.00%   {:<7}  {:>5}  {:<7}  {:.3}\n",
+            "    two         2  {:>6}   50.00%  {:>7}  {:>5}  {:>7}  {:>8.3}\n",
             two.points,
             pct(two.ring),
             two.ips,
