@@ -70,6 +70,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             pool,
             listener,
             probe,
+            spread,
+            seed,
             ips,
         } => {
             let cfg = match load(&config_path::from_environment(config.as_deref())) {
@@ -81,6 +83,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 pool.as_deref(),
                 listener.as_deref(),
                 probe,
+                spread.map(|ips| which::SpreadOpts { ips, seed }),
                 &ips,
                 std::io::stdin(),
             )?;

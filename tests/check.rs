@@ -456,6 +456,26 @@ fn readme_which_examples_are_what_the_tool_prints() {
         .for_each(|l| in_readme(l));
 }
 
+/// The README's `which --spread` example is what the tool prints for
+/// `config/demo.toml` (a change of the ring's default changes both: rerun the
+/// command and paste its output).
+#[test]
+fn readme_spread_example_is_what_which_prints() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let cmd = "which --config config/demo.toml --spread 100000";
+    let example = format!("$ ringlb {cmd}\n");
+    let start = readme.find(&example).expect("README has the example") + example.len();
+    let block = &readme[start..];
+    let block = &block[..block.find("```").expect("end of the example")];
+    let out = ringlb(&cmd.split(' ').collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(
+        block,
+        String::from_utf8_lossy(&out.stdout),
+        "README example vs `ringlb {cmd}`"
+    );
+}
+
 #[test]
 fn check_and_which_show_proxy_protocol_bounded_load_access_and_node_states() {
     let config = "tests/fixtures/config/valid/scaleout.toml";
@@ -498,4 +518,105 @@ fn check_and_which_show_proxy_protocol_bounded_load_access_and_node_states() {
     for line in stdout.lines().filter(|l| l.contains(" -> ")) {
         assert!(line.contains(" -> a (127.0.0.1:9001)  then: -"), "{line}");
     }
+}
+
+/// One row of a `which --spread` table: node, weight, IPs, IPs/fair.
+type SpreadRow = (String, u32, u64, f64);
+
+/// The `which --spread` table of one pool: the rows of the nodes on the ring,
+/// the names off it, and the closing max/mean line.
+fn spread_table(stdout: &str) -> (Vec<SpreadRow>, Vec<String>, String) {
+    let mut rows = Vec::new();
+    let mut off = Vec::new();
+    let mut lines = stdout
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("node ") || !l.contains("IPs/fair"));
+    lines.next().expect("a table header");
+    for l in lines.by_ref() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if l.starts_with("  max/mean ") {
+            return (rows, off, l.to_string());
+        }
+        if l.contains("off the ring: ") {
+            off.push(f[0].to_string());
+            continue;
+        }
+        assert_eq!(f.len(), 8, "{l:?}");
+        rows.push((
+            f[0].to_string(),
+            f[1].parse().unwrap(),
+            f[5].parse().unwrap(),
+            f[7].parse().unwrap(),
+        ));
+    }
+    panic!("no max/mean line in\n{stdout}");
+}
+
+#[test]
+fn which_spread_counts_pseudo_random_ips_against_the_weight_fair_share() {
+    let config = "tests/fixtures/config/valid/weights.toml";
+    let run = |extra: &[&str]| {
+        let mut args = vec!["which", "--config", config];
+        args.extend(extra);
+        let out = ringlb(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = run(&["--spread", "50000"]);
+    let (rows, off, last) = spread_table(&out);
+    let names: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(names, ["small", "medium", "large"], "{out}");
+    assert!(off.is_empty(), "{out}");
+    assert_eq!(rows.iter().map(|r| r.2).sum::<u64>(), 50_000, "{out}");
+    // large (weight 256 of 261) gets nearly all; max/mean is the largest IPs/fair.
+    assert!(rows[2].2 > 45_000, "{out}");
+    let max = rows.iter().map(|r| r.3).fold(0.0, f64::max);
+    assert!(
+        last.starts_with(&format!(
+            "  max/mean {max:.3} over 3 nodes (50000 IPs), ring max/mean "
+        )),
+        "{last}"
+    );
+    assert!(last.ends_with(" (exact)"), "{last}");
+    // Deterministic: the default seed is fixed; another seed gives other counts.
+    assert_eq!(run(&["--spread", "50000"]), out);
+    assert_eq!(run(&["--spread", "50000", "--seed", "1"]), out);
+    assert_ne!(run(&["--spread", "50000", "--seed", "2"]), out);
+    // With IPs as well: their answer lines, then the spread.
+    let both = run(&["--spread", "50000", "10.0.0.1"]);
+    assert_eq!(
+        both.lines().filter(|l| l.contains(" -> ")).count(),
+        1,
+        "{both}"
+    );
+    assert!(both.ends_with(&format!("{last}\n")), "{both}");
+
+    // Nodes off the ring in the file are listed and out of the fair share.
+    let scaleout = ringlb(&[
+        "which",
+        "--config",
+        "tests/fixtures/config/valid/scaleout.toml",
+        "--spread",
+        "1000",
+    ]);
+    let stdout = String::from_utf8_lossy(&scaleout.stdout);
+    let (rows, off, last) = spread_table(&stdout);
+    assert_eq!(rows.len(), 1, "{stdout}");
+    assert_eq!((rows[0].2, rows[0].3), (1000, 1.0), "{stdout}");
+    assert_eq!(off, ["b", "c"], "{stdout}");
+    assert!(last.contains(" over 1 node (1000 IPs)"), "{last}");
+
+    // Out of bounds: a usage error naming the range.
+    for n in ["0", "10000001", "many"] {
+        let bad = ringlb(&["which", "--config", config, "--spread", n]);
+        assert_eq!(bad.status.code(), Some(2), "{}", describe(&bad));
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert!(err.contains("--spread <N>"), "{err}");
+    }
+    let bad = ringlb(&["which", "--config", config, "--spread", "0"]);
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("0 is not in 1..=10000000"),
+        "{}",
+        describe(&bad)
+    );
 }

@@ -1,6 +1,7 @@
 //! The command line: its types (clap derive, no I/O in this file) and the
 //! commands that answer from a config file without a running balancer:
-//! [`check`] (validate and summarise) and [`which`] (where client IPs go);
+//! [`check`] (validate and summarise) and [`which`] (where client IPs go, and
+//! how N addresses spread over the nodes);
 //! [`config_path`], the config search order when `--config` is not given; and
 //! [`docs`], the completions and man pages made from these definitions; and
 //! [`running`], what `check` says about a running instance.
@@ -89,7 +90,8 @@ pub enum Command {
         #[arg(long)]
         probe: bool,
     },
-    /// Print the node each client IP maps to, then its fallback order.
+    /// Print the node each client IP maps to, then its fallback order; with
+    /// --spread, how N pseudo-random addresses spread over each pool's nodes.
     Which {
         #[arg(long, short, help = CONFIG_HELP)]
         config: Option<PathBuf>,
@@ -102,8 +104,17 @@ pub enum Command {
         /// Probe every node once now and leave the ones that fail off the ring.
         #[arg(long)]
         probe: bool,
+        /// Map N pseudo-random IPv4 addresses (1 to 10,000,000) and print per
+        /// pool how they spread over the nodes against each node's weight-fair
+        /// share, and max/mean.
+        #[arg(long, value_name = "N",
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(which::MAX_SPREAD)))]
+        spread: Option<u32>,
+        /// Seed of the --spread addresses (the same seed gives the same addresses).
+        #[arg(long, value_name = "S", requires = "spread", default_value_t = which::DEFAULT_SEED)]
+        seed: u64,
         /// Client IPs (IPv4 or IPv6). `-` reads whitespace-separated IPs from stdin.
-        #[arg(required = true, value_name = "IP")]
+        #[arg(required_unless_present = "spread", value_name = "IP")]
         ips: Vec<String>,
     },
     /// Ask a running ringlb to reload its config (sends SIGHUP to the pid in the

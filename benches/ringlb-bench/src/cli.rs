@@ -242,6 +242,12 @@ pub struct SpreadArgs {
     /// Compare with a mapping saved earlier; exit 1 if an IP moved that should not have
     #[arg(long, value_name = "FILE")]
     pub compare: Option<PathBuf>,
+
+    /// A node's weight (1-256; repeatable): the fair share becomes
+    /// weight-proportional, and a node given but not seen counts as 0 IPs.
+    /// Nodes seen but not given have weight 1
+    #[arg(long = "weight", value_name = "NAME=W", value_parser = parse_weight)]
+    pub weights: Vec<(String, u32)>,
 }
 
 fn parse_humantime(s: &str) -> Result<Duration, String> {
@@ -311,6 +317,19 @@ fn parse_name(s: &str) -> Result<String, String> {
         return Err("must not contain spaces or control characters".into());
     }
     Ok(s.to_string())
+}
+
+/// `NAME=W`: a node name (as its greeting says it) and a weight of 1 to 256,
+/// as in ringlb's config.
+fn parse_weight(s: &str) -> Result<(String, u32), String> {
+    let (name, w) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=WEIGHT (for example node-a=2)"))?;
+    let name = parse_name(name).map_err(|e| format!("node name {e}"))?;
+    match w.trim().parse::<u32>() {
+        Ok(w @ 1..=256) => Ok((name, w)),
+        _ => Err(format!("weight {w:?} is not a whole number from 1 to 256")),
+    }
 }
 
 #[cfg(test)]
@@ -389,5 +408,40 @@ mod tests {
         assert_eq!(s.listen.len(), 2);
         assert!(s.greet);
         assert_eq!(s.name, "backend");
+    }
+
+    #[test]
+    fn spread_weights() {
+        assert_eq!(parse_weight("node-a=2"), Ok(("node-a".into(), 2)));
+        assert_eq!(parse_weight("a=b=256"), Ok(("a=b".into(), 256)));
+        for bad in [
+            "node-a",
+            "node-a=0",
+            "node-a=257",
+            "node-a=x",
+            "=2",
+            "a b=2",
+        ] {
+            assert!(parse_weight(bad).is_err(), "{bad}");
+        }
+        let cli = Cli::try_parse_from([
+            "ringlb-bench",
+            "load",
+            "spread",
+            "--target",
+            "127.0.0.1:7070",
+            "--weight",
+            "a=1",
+            "--weight",
+            "b=3",
+        ])
+        .expect("parses");
+        let Command::Load(LoadArgs {
+            workload: Workload::Spread(sp),
+        }) = cli.command
+        else {
+            panic!("not spread");
+        };
+        assert_eq!(sp.weights, [("a".to_string(), 1), ("b".to_string(), 3)]);
     }
 }

@@ -100,6 +100,64 @@ pub fn compare(before: &Mapping, now: &Mapping) -> Comparison {
     c
 }
 
+/// One node of a run, against its fair share.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeShare {
+    pub name: String,
+    /// From --weight, else 1.
+    pub weight: u32,
+    pub ips: u64,
+    /// Of the mapped IPs, 0..=1.
+    pub share: f64,
+    /// weight / the sum of the weights, 0..=1.
+    pub fair: f64,
+    /// ips / (mapped x fair): 1 is exactly fair.
+    pub ratio: f64,
+}
+
+/// The nodes of a run (seen, or given a weight and then 0 IPs if not seen),
+/// in name order, with their weight-fair shares; and max/mean, the largest
+/// IPs over fair count (`None` when no IP was mapped). Without weights every
+/// node seen has weight 1, so the fair count is the mean count.
+pub fn fair_shares(
+    counts: &BTreeMap<&str, u64>,
+    weights: &[(String, u32)],
+) -> (Vec<NodeShare>, Option<f64>) {
+    let mut all: BTreeMap<&str, (u32, u64)> = counts.iter().map(|(n, k)| (*n, (1, *k))).collect();
+    for (n, w) in weights {
+        all.entry(n.as_str()).or_insert((1, 0)).0 = *w;
+    }
+    let mapped: u64 = counts.values().sum();
+    let total: u64 = all.values().map(|(w, _)| u64::from(*w)).sum();
+    let nodes: Vec<NodeShare> = all
+        .into_iter()
+        .map(|(name, (weight, ips))| {
+            let fair = f64::from(weight) / total as f64;
+            let ratio = if mapped == 0 {
+                0.0
+            } else {
+                ips as f64 / (mapped as f64 * fair)
+            };
+            NodeShare {
+                name: name.to_string(),
+                weight,
+                ips,
+                share: if mapped == 0 {
+                    0.0
+                } else {
+                    ips as f64 / mapped as f64
+                },
+                fair,
+                ratio,
+            }
+        })
+        .collect();
+    let max = (mapped > 0)
+        .then(|| nodes.iter().map(|n| n.ratio).reduce(f64::max))
+        .flatten();
+    (nodes, max)
+}
+
 fn load_mapping(path: &Path) -> anyhow::Result<Mapping> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read --compare file {}", path.display()))?;
@@ -120,6 +178,10 @@ pub async fn run(a: SpreadArgs) -> anyhow::Result<Outcome> {
             a.ips,
             cidr.usable()
         );
+    }
+    let mut given = BTreeSet::new();
+    if let Some((n, _)) = a.weights.iter().find(|(n, _)| !given.insert(n)) {
+        bail!("--weight {n}=... is given twice");
     }
     let before = a.compare.as_deref().map(load_mapping).transpose()?;
 
@@ -212,18 +274,12 @@ pub async fn run(a: SpreadArgs) -> anyhow::Result<Outcome> {
         *counts.entry(node.as_str()).or_insert(0) += 1;
     }
     let mapped = now.len() as u64;
-    let share = |n: u64| {
-        if mapped == 0 {
-            0.0
-        } else {
-            n as f64 * 100.0 / mapped as f64
-        }
-    };
     let even = if counts.is_empty() {
         0.0
     } else {
         100.0 / counts.len() as f64
     };
+    let (shares, max_over_mean) = fair_shares(&counts, &a.weights);
 
     let mut r = Report::new(
         "spread",
@@ -247,25 +303,77 @@ pub async fn run(a: SpreadArgs) -> anyhow::Result<Outcome> {
         "elapsed_s",
         report::round(elapsed.as_secs_f64(), 3),
     );
-    let max_dev = counts
-        .values()
-        .map(|n| (share(*n) - even).abs())
+    // From each node's fair share: without --weight, an even share of the
+    // nodes seen.
+    let max_dev = shares
+        .iter()
+        .map(|n| (n.share - n.fair).abs() * 100.0)
         .fold(0.0, f64::max);
     r.add(
         "max deviation",
-        format!("{max_dev:.2} points from an even {even:.2}%"),
+        if a.weights.is_empty() {
+            format!("{max_dev:.2} points from an even {even:.2}%")
+        } else {
+            format!("{max_dev:.2} points from the weight-fair share")
+        },
         "max_deviation_pct",
         report::round(max_dev, 3),
     );
+    let fair = if a.weights.is_empty() {
+        "the mean"
+    } else {
+        "the weight-fair"
+    };
+    let max_text = max_over_mean.map_or("-".to_string(), |m| {
+        format!(
+            "{m:.3} (IPs over {fair} count, {} node{})",
+            shares.len(),
+            if shares.len() == 1 { "" } else { "s" }
+        )
+    });
+    r.add(
+        "max/mean",
+        max_text,
+        "max_over_mean",
+        max_over_mean.map(|m| report::round(m, 4)),
+    );
+    let unseen: Vec<String> = shares
+        .iter()
+        .filter(|n| n.ips == 0)
+        .map(|n| n.name.clone())
+        .collect();
+    if !unseen.is_empty() {
+        r.note(format!(
+            "given a --weight but reached by no IP: {}",
+            unseen.join(", ")
+        ));
+    }
+    let unweighted: Vec<&str> = counts
+        .keys()
+        .copied()
+        .filter(|n| !a.weights.is_empty() && !a.weights.iter().any(|(w, _)| w == n))
+        .collect();
+    if !unweighted.is_empty() {
+        r.note(format!(
+            "reached but given no --weight (weight 1): {}",
+            unweighted.join(", ")
+        ));
+    }
     r.json(
         "nodes",
         serde_json::Value::Object(
-            counts
+            shares
                 .iter()
-                .map(|(n, k)| {
+                .map(|n| {
                     (
-                        n.to_string(),
-                        json!({"ips": k, "share_pct": report::round(share(*k), 3)}),
+                        n.name.clone(),
+                        json!({
+                            "ips": n.ips,
+                            "share_pct": report::round(n.share * 100.0, 3),
+                            "weight": n.weight,
+                            "fair_pct": report::round(n.fair * 100.0, 3),
+                            "ips_over_fair": report::round(n.ratio, 4),
+                        }),
                     )
                 })
                 .collect(),
@@ -273,10 +381,21 @@ pub async fn run(a: SpreadArgs) -> anyhow::Result<Outcome> {
     );
     r.table(Table {
         title: "per node".into(),
-        header: vec!["node".into(), "IPs".into(), "share".into()],
-        rows: counts
+        header: ["node", "IPs", "share", "weight", "fair", "IPs/fair"]
+            .map(String::from)
+            .to_vec(),
+        rows: shares
             .iter()
-            .map(|(n, k)| vec![n.to_string(), report::int(*k), format!("{:.2}%", share(*k))])
+            .map(|n| {
+                vec![
+                    n.name.clone(),
+                    report::int(n.ips),
+                    format!("{:.2}%", n.share * 100.0),
+                    n.weight.to_string(),
+                    format!("{:.2}%", n.fair * 100.0),
+                    format!("{:.3}", n.ratio),
+                ]
+            })
             .collect(),
     });
     if let Some(path) = &a.save {
@@ -478,6 +597,60 @@ mod tests {
         assert_eq!(c.moved, 0);
         // b no longer appears at all: it counts as a node that left.
         assert_eq!(c.nodes_left, vec!["b".to_string()]);
+    }
+
+    fn counts<'a>(pairs: &[(&'a str, u64)]) -> BTreeMap<&'a str, u64> {
+        pairs.iter().copied().collect()
+    }
+
+    #[test]
+    fn max_over_mean_is_the_largest_count_over_the_mean() {
+        let (nodes, max) = fair_shares(&counts(&[("a", 30), ("b", 50), ("c", 20)]), &[]);
+        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert!(nodes
+            .iter()
+            .all(|n| n.weight == 1 && (n.fair - 1.0 / 3.0).abs() < 1e-12));
+        assert_eq!((nodes[1].ips, nodes[1].share), (50, 0.5));
+        // Mean 33.3: b's 50 is 1.5 times it.
+        assert!((max.unwrap() - 1.5).abs() < 1e-12, "{max:?}");
+        assert!((nodes[2].ratio - 0.6).abs() < 1e-12);
+        let (_, even) = fair_shares(&counts(&[("a", 7), ("b", 7)]), &[]);
+        assert_eq!(even, Some(1.0));
+        assert_eq!(fair_shares(&counts(&[]), &[]), (Vec::new(), None));
+    }
+
+    #[test]
+    fn weights_make_the_fair_share_proportional_and_unseen_nodes_count_as_zero() {
+        let w = |pairs: &[(&str, u32)]| -> Vec<(String, u32)> {
+            pairs.iter().map(|(n, w)| (n.to_string(), *w)).collect()
+        };
+        // b has twice a's weight and twice its IPs: exactly fair.
+        let (nodes, max) = fair_shares(
+            &counts(&[("a", 100), ("b", 200)]),
+            &w(&[("a", 1), ("b", 2)]),
+        );
+        assert_eq!((nodes[0].fair, nodes[1].weight), (1.0 / 3.0, 2));
+        assert!((max.unwrap() - 1.0).abs() < 1e-12, "{nodes:?}");
+        // c is given but reached by nobody: it takes a fair share and gets 0,
+        // so the others are over theirs (300 IPs, fair 75/150/75).
+        let (nodes, max) = fair_shares(
+            &counts(&[("a", 100), ("b", 200)]),
+            &w(&[("a", 1), ("b", 2), ("c", 1)]),
+        );
+        assert_eq!(nodes.len(), 3);
+        assert_eq!(
+            (nodes[2].name.as_str(), nodes[2].ips, nodes[2].ratio),
+            ("c", 0, 0.0)
+        );
+        assert_eq!(nodes[2].fair, 0.25);
+        assert!((max.unwrap() - 4.0 / 3.0).abs() < 1e-12, "{nodes:?}");
+        // d is seen but given no weight: weight 1.
+        let (nodes, _) = fair_shares(&counts(&[("a", 1), ("d", 1)]), &w(&[("a", 3)]));
+        assert_eq!((nodes[1].name.as_str(), nodes[1].weight), ("d", 1));
+        assert_eq!(nodes[0].fair, 0.75);
+        // Nothing mapped: no max/mean.
+        assert_eq!(fair_shares(&counts(&[]), &w(&[("a", 1)])).1, None);
     }
 
     #[test]
