@@ -82,7 +82,7 @@ fn config_a(nodes: &[NodeSpec], order: &[usize]) -> String {
          max_connections = 20000\n\
          \n\
          [pools.p]\n\
-         points_per_weight = 160\n\
+         points_per_weight = 16384\n\
          connect_timeout = \"1s\"\n\
          connect_attempts = 3\n\
          passive_failures = 2\n\
