@@ -231,6 +231,9 @@ async fn connection(mut s: TcpStream, handle: &Handle, history: &Mutex<History>)
             let body = match crate::metrics::prometheus() {
                 Some(p) => {
                     crate::metrics::set_ready(handle.readiness().is_ok());
+                    for pool in handle.pools().values() {
+                        pool.sync_byte_metrics();
+                    }
                     p.run_upkeep();
                     p.render()
                 }

@@ -111,6 +111,15 @@ impl Pool {
         self.snapshot.load().settings.clone()
     }
 
+    /// Bring `ringlb_bytes_total` up to the live byte counts of every node,
+    /// including removed ones whose connections are still open (before a
+    /// scrape).
+    pub fn sync_byte_metrics(&self) {
+        for node in self.all_nodes() {
+            node.sync_byte_metrics();
+        }
+    }
+
     /// Every configured node, in service or not, in file order.
     pub fn nodes(&self) -> Vec<Arc<Node>> {
         self.snapshot.load().nodes.clone()

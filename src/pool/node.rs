@@ -73,9 +73,22 @@ pub struct Node {
     pub rehomed: AtomicU64,
     pub total: AtomicU64,
     pub connect_failures: AtomicU64,
+    /// Bytes forwarded, live: the one counter per direction the data path
+    /// touches. `ringlb_bytes_total` catches up from these when metrics are
+    /// scraped ([`Node::sync_byte_metrics`]) and when the node is dropped.
     pub bytes_to_node: AtomicU64,
     pub bytes_to_client: AtomicU64,
+    /// How much of each of the two counts `ringlb_bytes_total` has been given.
+    bytes_synced: [AtomicU64; 2],
     pub metrics: NodeMetrics,
+}
+
+/// The bytes of its last connections reach the metrics even when no scrape
+/// comes between them and the node's removal.
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.sync_byte_metrics();
+    }
 }
 
 impl Node {
@@ -112,7 +125,25 @@ impl Node {
             connect_failures: AtomicU64::new(0),
             bytes_to_node: AtomicU64::new(0),
             bytes_to_client: AtomicU64::new(0),
+            bytes_synced: [AtomicU64::new(0), AtomicU64::new(0)],
             metrics,
+        }
+    }
+
+    /// Bring the node's `ringlb_bytes_total` counters up to its live byte
+    /// counts. Safe to run from several places at once: each byte is added
+    /// exactly once (the synced mark only moves forward).
+    pub fn sync_byte_metrics(&self) {
+        let pairs = [
+            (&self.bytes_to_node, &self.metrics.bytes_to_node),
+            (&self.bytes_to_client, &self.metrics.bytes_to_client),
+        ];
+        for ((live, counter), synced) in pairs.into_iter().zip(&self.bytes_synced) {
+            let now = live.load(Ordering::Relaxed);
+            let before = synced.fetch_max(now, Ordering::Relaxed);
+            if now > before {
+                counter.increment(now - before);
+            }
         }
     }
 

@@ -155,8 +155,8 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, mut admission: Admissio
                 .map(|every| (every, &log_open as &(dyn Fn(u64, u64) + Sync))),
         },
         Meters {
-            to_node: (&node.metrics.bytes_to_node, &node.bytes_to_node),
-            to_client: (&node.metrics.bytes_to_client, &node.bytes_to_client),
+            to_node: &node.bytes_to_node,
+            to_client: &node.bytes_to_client,
         },
     )
     .await;
