@@ -194,6 +194,11 @@ pub struct RrArgs {
     /// Read one greeting line per connection first (backend started with --greet)
     #[arg(long)]
     pub expect_greeting: bool,
+
+    /// Wait this long after each reply before the next request (paced load:
+    /// each connection sends at most one request per pause); 0: none
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_pause)]
+    pub pause: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -269,6 +274,14 @@ fn parse_warmup(s: &str) -> Result<Duration, String> {
     let d = parse_humantime(s)?;
     if d > MAX_DURATION {
         return Err("at most 10m".into());
+    }
+    Ok(d)
+}
+
+fn parse_pause(s: &str) -> Result<Duration, String> {
+    let d = parse_humantime(s)?;
+    if d > Duration::from_secs(10) {
+        return Err("at most 10s".into());
     }
     Ok(d)
 }
@@ -390,6 +403,9 @@ mod tests {
         assert_eq!(rr.connections, 4);
         assert_eq!(rr.protocol, Protocol::Http);
         assert_eq!(rr.timing.duration, Duration::from_secs(10));
+        assert_eq!(rr.pause, Duration::ZERO);
+        assert_eq!(parse_pause("3ms"), Ok(Duration::from_millis(3)));
+        assert!(parse_pause("11s").is_err());
 
         let cli = Cli::try_parse_from([
             "ringlb-bench",

@@ -31,6 +31,7 @@ struct Shared {
     greeting: bool,
     protocol: Protocol,
     size: usize,
+    pause: Duration,
     sources: SourceIps,
     errors: Errors,
     done: AtomicU64,
@@ -51,6 +52,7 @@ pub async fn run(a: RrArgs) -> anyhow::Result<Outcome> {
         greeting: a.expect_greeting,
         protocol: a.protocol,
         size: a.size as usize,
+        pause: a.pause,
         sources: SourceIps::new(c.source_ips),
         errors: Errors::default(),
         done: AtomicU64::new(0),
@@ -137,6 +139,14 @@ pub async fn run(a: RrArgs) -> anyhow::Result<Outcome> {
     );
     if a.protocol == Protocol::Tcp {
         r.json("size", a.size);
+    }
+    if !a.pause.is_zero() {
+        r.add(
+            "pause",
+            format!("{} after each reply", humantime::format_duration(a.pause)),
+            "pause_ms",
+            report::round(a.pause.as_secs_f64() * 1000.0, 3),
+        );
     }
     r.add(
         "connections",
@@ -227,6 +237,9 @@ async fn worker(s: Arc<Shared>, conn: Conn, clock: Clock) -> (Histogram<u64>, u6
                 }
                 if keep {
                     conn = Some(c);
+                }
+                if !s.pause.is_zero() {
+                    tokio::time::sleep(s.pause).await;
                 }
             }
             Err((what, e)) => {
