@@ -416,7 +416,7 @@ impl Ring {
             owners: &self.owners,
             start,
             step: 0,
-            seen: Vec::new(),
+            seen: Seen::default(),
             max: max.min(self.node_count()),
         }
     }
@@ -470,8 +470,39 @@ pub struct Candidates<'a> {
     owners: &'a [u32],
     start: usize,
     step: usize,
-    seen: Vec<u32>,
+    seen: Seen,
     max: usize,
+}
+
+/// The nodes a [`Candidates`] has given: the first few inline, so picking a
+/// connection's node allocates nothing (a connection tries `connect_attempts`
+/// nodes, 3 by default).
+#[derive(Debug, Default)]
+struct Seen {
+    first: [u32; Seen::INLINE],
+    len: usize,
+    more: Vec<u32>,
+}
+
+impl Seen {
+    const INLINE: usize = 8;
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn contains(&self, owner: u32) -> bool {
+        self.first[..self.len.min(Self::INLINE)].contains(&owner) || self.more.contains(&owner)
+    }
+
+    fn push(&mut self, owner: u32) {
+        if self.len < Self::INLINE {
+            self.first[self.len] = owner;
+        } else {
+            self.more.push(owner);
+        }
+        self.len += 1;
+    }
 }
 
 impl Iterator for Candidates<'_> {
@@ -484,7 +515,7 @@ impl Iterator for Candidates<'_> {
         while self.step < self.owners.len() {
             let owner = self.owners[(self.start + self.step) % self.owners.len()];
             self.step += 1;
-            if !self.seen.contains(&owner) {
+            if !self.seen.contains(owner) {
                 self.seen.push(owner);
                 return Some(owner as usize);
             }
@@ -759,6 +790,18 @@ mod tests {
             let mut sorted = all.clone();
             sorted.sort();
             assert_eq!(sorted, vec![0, 1, 2]);
+        }
+        // More nodes than are kept inline: still each node once, in ring order.
+        let names: Vec<String> = (0..20).map(|i| format!("n{i}")).collect();
+        let nodes: Vec<(&str, u32)> = names.iter().map(|n| (n.as_str(), 1)).collect();
+        let r = ring(&nodes);
+        for ip in ips(200, 14) {
+            let k = key(ip);
+            let all = r.order(&k);
+            let mut sorted = all.clone();
+            sorted.sort();
+            assert_eq!(sorted, (0..20).collect::<Vec<_>>());
+            assert_eq!(r.candidates(&k, 11).collect::<Vec<_>>(), all[..11]);
         }
     }
 
