@@ -235,7 +235,11 @@ fn storm_through_ringlb_brings_every_client_of_the_killed_node_back_elsewhere() 
         "{text}"
     );
     assert!(affected > 0, "{text}");
-    assert_eq!(json["reset_by_server"], affected, "{text}");
+    // The server reset them all (and perhaps a health probe's connection).
+    assert!(
+        json["reset_by_server"].as_u64().unwrap() >= affected,
+        "{text}"
+    );
     assert_eq!(json["back"], affected, "{text}");
     assert!(json["all_back_ms"].as_f64().unwrap() > 0.0, "{text}");
     assert!(!after.contains_key(&killed), "{text}");

@@ -266,7 +266,10 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Outcome> {
     let gaps = shared.gaps.load(Ordering::Relaxed);
     r.add(
         "sequence gaps",
-        format!("{} (ticks the servers skipped)", report::int(gaps)),
+        format!(
+            "{} (ticks the servers skipped or woke too late for)",
+            report::int(gaps)
+        ),
         "seq_gaps",
         gaps,
     );

@@ -5,7 +5,7 @@
 //!   and reset its open connections; `killed NAME PORT N`.
 //! - `revive NAME|PORT`: listen again on the same address; `revived NAME PORT`.
 //! - `stats`: one line of JSON, `{"servers":[{"name", "addr", "listening",
-//!   "open", "sent", "skipped", "reset"}, ...]}`.
+//!   "open", "sent", "skipped", "late", "reset"}, ...]}`.
 //! - `exit`: reply `bye`, then the process exits 0.
 //!
 //! Anything else gets `error ...`; a line over [`MAX_LINE`] bytes gets an error

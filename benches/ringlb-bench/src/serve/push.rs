@@ -49,6 +49,8 @@ pub struct PushServer {
     open: AtomicU64,
     sent: AtomicU64,
     skipped: AtomicU64,
+    /// Ticks the runtime woke too late for (a whole interval or more).
+    late: AtomicU64,
     resets: AtomicU64,
     live: Mutex<Live>,
 }
@@ -118,6 +120,7 @@ impl PushServer {
             "open": self.open.load(Ordering::Relaxed),
             "sent": self.sent.load(Ordering::Relaxed),
             "skipped": self.skipped.load(Ordering::Relaxed),
+            "late": self.late.load(Ordering::Relaxed),
             "reset": self.resets.load(Ordering::Relaxed),
         })
     }
@@ -155,6 +158,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             open: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
+            late: AtomicU64::new(0),
             resets: AtomicU64::new(0),
             live: Mutex::new(Live {
                 accept: None,
@@ -281,7 +285,19 @@ async fn push_conn(
                 reset(stream, server);
                 return Ok(());
             }
-            _ = tick.tick() => {
+            at = tick.tick() => {
+                // The sequence number is the tick's index since the accept: a
+                // tick the runtime was too late for (more than a whole interval)
+                // shows as a gap too, and is counted as `late`.
+                let index = (at - accepted).as_nanos() / interval.as_nanos().max(1);
+                let Ok(index) = u32::try_from(index) else {
+                    // 2^32 ticks (49 days at the shortest interval): end the connection.
+                    return Ok(());
+                };
+                if index > seq {
+                    server.late.fetch_add(u64::from(index - seq), Ordering::Relaxed);
+                }
+                seq = index;
                 if off < size {
                     server.skipped.fetch_add(1, Ordering::Relaxed);
                 } else {
@@ -298,12 +314,7 @@ async fn push_conn(
                         server.sent.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                // The sequence number counts ticks, so the client sees skips as gaps.
-                seq = match seq.checked_add(1) {
-                    Some(s) => s,
-                    // 2^32 ticks (49 days at the shortest interval): end the connection.
-                    None => return Ok(()),
-                };
+                seq = seq.saturating_add(1);
             }
             r = stream.writable(), if off < size => {
                 r?;
@@ -368,6 +379,7 @@ pub(crate) mod tests {
             open: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
+            late: AtomicU64::new(0),
             resets: AtomicU64::new(0),
             live: Mutex::new(Live {
                 accept: None,
@@ -384,10 +396,17 @@ pub(crate) mod tests {
         let s = server("p", 64, 50, true);
         let mut c = TcpStream::connect(s.addr).await.expect("connect");
         let mut buf = [0u8; 64];
-        for want in 0..3u32 {
+        let mut last = None;
+        for _ in 0..3 {
             c.read_exact(&mut buf).await.expect("message");
             let m = pushmsg::parse(&buf, 64).expect("parses");
-            assert_eq!((m.name, m.seq), ("p", want));
+            assert_eq!(m.name, "p");
+            // 0 on accept, then one more per tick (more if the runtime was late).
+            match last {
+                None => assert_eq!(m.seq, 0),
+                Some(l) => assert!(m.seq > l, "{} after {l}", m.seq),
+            }
+            last = Some(m.seq);
             assert!(m.t_ns <= pushmsg::monotonic_ns());
         }
         c.write_all(b"hello\n").await.expect("write");
