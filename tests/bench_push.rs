@@ -340,3 +340,48 @@ fn serve_push_rejects_a_size_too_small_for_its_header() {
         "{err}"
     );
 }
+
+#[test]
+fn storm_without_a_balancer_counts_the_refused_attempts_and_fails() {
+    // Straight at one push server: its killed clients have nowhere to go.
+    let (_push, servers, ctl) = push_servers(1, &[]);
+    let (code, json, text) = bench_load(
+        "storm",
+        &[
+            "--target",
+            &servers[0].1.to_string(),
+            "--control",
+            &ctl.to_string(),
+            "--connections",
+            "50",
+            "--source-ips",
+            "127.8.0.0/16",
+            "--settle",
+            "100ms",
+        ],
+    );
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(json["invariants_hold"], false, "{text}");
+    assert_eq!(
+        (json["affected"].as_u64(), json["back"].as_u64()),
+        (Some(50), Some(0)),
+        "{text}"
+    );
+    assert_eq!(json["not_back"], 50, "{text}");
+    // 20 attempts each, every one refused, none after a first success.
+    assert_eq!(json["failed_attempts"], 1000, "{text}");
+    assert_eq!(json["failed_kinds"]["connect_refused"], 1000, "{text}");
+    assert_eq!(json["failed_after_first_back"], 0, "{text}");
+    assert_eq!(json["failures"][0]["kind"], "refused", "{text}");
+    assert!(
+        json["failures"][0]["at_ms"].as_f64().unwrap() >= 0.0,
+        "{text}"
+    );
+    assert_eq!(json["all_back_ms"], serde_json::Value::Null, "{text}");
+    // Revived after the report all the same.
+    assert_eq!(json["revived"], true, "{text}");
+    let mut s = TcpStream::connect(servers[0].1).unwrap();
+    s.set_read_timeout(Some(patient(Duration::from_secs(5))))
+        .unwrap();
+    assert_eq!(one_message(&mut s), servers[0].0);
+}

@@ -39,6 +39,9 @@ const ATTEMPT_CAP: i64 = 200_000;
 const TEARDOWN: Duration = Duration::from_secs(5);
 /// Failed attempts listed in the report.
 const MAX_FAILURE_ROWS: usize = 10;
+/// Failed attempts listed in the JSON report (`failures`: start relative to
+/// the kill, step and error kind), the first ones in the order they were seen.
+const MAX_FAILURE_JSON: usize = 200;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
@@ -525,6 +528,22 @@ pub async fn run(a: StormArgs) -> anyhow::Result<Outcome> {
             kinds
                 .iter()
                 .map(|(k, v)| (report::snake(k), Value::from(*v)))
+                .collect(),
+        ),
+    );
+    r.json(
+        "failures",
+        Value::Array(
+            failures
+                .iter()
+                .take(MAX_FAILURE_JSON)
+                .map(|f| {
+                    json!({
+                        "at_ms": report::round(f.start_rel_ns as f64 / 1e6, 3),
+                        "what": f.what,
+                        "kind": f.kind,
+                    })
+                })
                 .collect(),
         ),
     );
