@@ -360,7 +360,8 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Outcome> {
         r.json("rss_per_conn_kib", report::round(per / 1024.0, 3));
         r.note(format!(
             "cpu: utime+stime from /proc/PID/stat over the window ({hz} ticks/s); \
-             rss: VmRSS summed, before opening and in the middle of the window, per = (active - before) / {n}"
+             rss: VmRSS summed, before opening and in the middle of the window, per = (active - before) / {n}; \
+             meaningful on a freshly started process (allocators keep memory a previous run freed)"
         ));
     } else {
         r.note("no --pid: proxy CPU and memory not measured");
