@@ -47,6 +47,9 @@ pub enum ServeKind {
     Source,
     /// Minimal keep-alive HTTP/1.1 responder (X-Backend: NAME, body "NAME\n")
     Http,
+    /// One --size message on accept and one every --interval ("NAME: #SEQ t=NS up Ns"),
+    /// like a WebSocket push app; --control kills and revives servers
+    Push,
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +69,22 @@ pub struct ServeArgs {
     /// Send one line "NAME\n" first on every new connection (echo, sink, source)
     #[arg(long)]
     pub greet: bool,
+
+    /// push: bytes per message, newline included [default: 64]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub size: Option<usize>,
+
+    /// push: time between two messages on a connection (10ms to 1h) [default: 1s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
+    pub interval: Option<Duration>,
+
+    /// push: also echo back whatever the client sends (between messages)
+    #[arg(long)]
+    pub echo: bool,
+
+    /// push: control socket (loopback): lines `kill NAME|PORT`, `revive NAME|PORT`, `stats`, `exit`
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    pub control: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -86,6 +105,11 @@ pub enum Workload {
     Idle(IdleArgs),
     /// Distribution of N source IPs over the nodes (backends started with --greet)
     Spread(SpreadArgs),
+    /// N held connections reading `serve push` messages: delivery rate and latency,
+    /// and the proxy's CPU per 1,000 messages and RSS per connection (--pid)
+    Fanout(FanoutArgs),
+    /// Kill one `serve push` node (--control) under N clients and time their reconnects
+    Storm(StormArgs),
 }
 
 /// Options shared by every workload.
@@ -255,6 +279,72 @@ pub struct SpreadArgs {
     pub weights: Vec<(String, u32)>,
 }
 
+#[derive(Debug, Args)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub timing: Timing,
+
+    /// Connections to open (one source IP each) and hold
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub connections: u32,
+
+    /// Message size of the push servers (their --size)
+    #[arg(long, value_name = "BYTES", default_value_t = 64, value_parser = parse_size)]
+    pub size: usize,
+
+    /// Process to measure (CPU and RSS, with its children); repeatable
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Connects in flight at once while opening
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct StormArgs {
+    #[command(flatten)]
+    pub common: Common,
+
+    /// The push servers' control address (`serve push --control`)
+    #[arg(long, value_name = "ADDR", value_parser = parse_target)]
+    pub control: SocketAddr,
+
+    /// Clients (one source IP each)
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub connections: u32,
+
+    /// Message size of the push servers (their --size)
+    #[arg(long, value_name = "BYTES", default_value_t = 64, value_parser = parse_size)]
+    pub size: usize,
+
+    /// Node to kill [default: the one with the most clients]
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    pub kill: Option<String>,
+
+    /// Each affected client waits a uniform random delay in [0, D] before reconnecting
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_jitter)]
+    pub jitter: Duration,
+
+    /// Keep watching every connection this long after the last client is back
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_jitter)]
+    pub settle: Duration,
+
+    /// Time allowed from the kill until every affected client is back
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_timeout)]
+    pub recover_within: Duration,
+
+    /// Do not revive the killed node after the report
+    #[arg(long)]
+    pub no_revive: bool,
+
+    /// Connects in flight at once while opening
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch: u32,
+}
+
 fn parse_humantime(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (examples: 500ms, 3s, 1m30s)"))
 }
@@ -295,6 +385,35 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
         return Err("at most 60s".into());
     }
     Ok(d)
+}
+
+fn parse_jitter(s: &str) -> Result<Duration, String> {
+    let d = parse_humantime(s)?;
+    if d > Duration::from_secs(60) {
+        return Err("at most 60s".into());
+    }
+    Ok(d)
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_humantime(s)?;
+    if d < Duration::from_millis(10) {
+        return Err("must be at least 10ms".into());
+    }
+    if d > Duration::from_secs(3600) {
+        return Err("at most 1h".into());
+    }
+    Ok(d)
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let max = crate::pushmsg::MAX_SIZE;
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a whole number of bytes from 1 to {max}"
+        )),
+    }
 }
 
 fn parse_loopback_addr(s: &str) -> Result<SocketAddr, String> {
@@ -424,6 +543,97 @@ mod tests {
         assert_eq!(s.listen.len(), 2);
         assert!(s.greet);
         assert_eq!(s.name, "backend");
+    }
+
+    #[test]
+    fn push_fanout_and_storm() {
+        let cli = Cli::try_parse_from([
+            "ringlb-bench",
+            "serve",
+            "push",
+            "--listen",
+            "127.0.0.1:0",
+            "--size",
+            "128",
+            "--interval",
+            "250ms",
+            "--echo",
+            "--control",
+            "127.0.0.1:0",
+        ])
+        .expect("parses");
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.kind, ServeKind::Push);
+        assert_eq!(s.size, Some(128));
+        assert_eq!(s.interval, Some(Duration::from_millis(250)));
+        assert!(s.echo && s.control.is_some());
+        for bad in [
+            ["--size", "0"],
+            ["--size", "65537"],
+            ["--interval", "5ms"],
+            ["--interval", "2h"],
+            ["--control", "10.0.0.1:1"],
+        ] {
+            let mut argv = vec!["ringlb-bench", "serve", "push", "--listen", "127.0.0.1:0"];
+            argv.extend(bad);
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from([
+            "ringlb-bench",
+            "load",
+            "fanout",
+            "--target",
+            "127.0.0.1:7070",
+            "--pid",
+            "1",
+            "--pid",
+            "2",
+        ])
+        .expect("parses");
+        let Command::Load(LoadArgs {
+            workload: Workload::Fanout(f),
+        }) = cli.command
+        else {
+            panic!("not fanout");
+        };
+        assert_eq!((f.pids, f.size, f.connections), (vec![1, 2], 64, 1000));
+        let cli = Cli::try_parse_from([
+            "ringlb-bench",
+            "load",
+            "storm",
+            "--target",
+            "127.0.0.1:7070",
+            "--control",
+            "127.0.0.1:7071",
+            "--kill",
+            "node-a",
+            "--jitter",
+            "1s",
+            "--no-revive",
+        ])
+        .expect("parses");
+        let Command::Load(LoadArgs {
+            workload: Workload::Storm(st),
+        }) = cli.command
+        else {
+            panic!("not storm");
+        };
+        assert_eq!(st.kill.as_deref(), Some("node-a"));
+        assert_eq!(st.jitter, Duration::from_secs(1));
+        assert!(st.no_revive);
+        assert!(
+            Cli::try_parse_from([
+                "ringlb-bench",
+                "load",
+                "storm",
+                "--target",
+                "127.0.0.1:7070",
+            ])
+            .is_err(),
+            "--control is required"
+        );
     }
 
     #[test]

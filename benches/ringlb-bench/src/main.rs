@@ -6,6 +6,7 @@ mod cli;
 mod http;
 mod load;
 mod net;
+mod pushmsg;
 mod report;
 mod serve;
 

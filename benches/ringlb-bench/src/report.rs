@@ -99,23 +99,33 @@ impl Report {
 
     /// p50/p90/p99/p99.9/max (and mean) of a histogram in microseconds.
     pub fn latency(&mut self, h: &Histogram<u64>) {
+        self.latency_as(h, "latency", "");
+    }
+
+    /// [`Report::latency`] with rows `LABEL p50`... and keys `PREFIXp50_us`...
+    pub fn latency_as(&mut self, h: &Histogram<u64>, label: &str, prefix: &str) {
         let empty = h.is_empty();
         let q = |q: f64| if empty { 0 } else { h.value_at_quantile(q) };
         let rows = [
-            ("latency p50", "p50_us", q(0.50)),
-            ("latency p90", "p90_us", q(0.90)),
-            ("latency p99", "p99_us", q(0.99)),
-            ("latency p99.9", "p999_us", q(0.999)),
-            ("latency max", "max_us", if empty { 0 } else { h.max() }),
+            ("p50", "p50_us", q(0.50)),
+            ("p90", "p90_us", q(0.90)),
+            ("p99", "p99_us", q(0.99)),
+            ("p99.9", "p999_us", q(0.999)),
+            ("max", "max_us", if empty { 0 } else { h.max() }),
         ];
-        for (label, key, v) in rows {
-            self.add(label, format!("{} µs", int(v)), key, v);
+        for (l, key, v) in rows {
+            self.add(
+                &format!("{label} {l}"),
+                format!("{} µs", int(v)),
+                &format!("{prefix}{key}"),
+                v,
+            );
         }
         let mean = if empty { 0.0 } else { h.mean() };
         self.add(
-            "latency mean",
+            &format!("{label} mean"),
             format!("{mean:.1} µs"),
-            "mean_us",
+            &format!("{prefix}mean_us"),
             round(mean, 1),
         );
     }

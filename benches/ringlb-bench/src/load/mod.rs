@@ -1,9 +1,13 @@
 //! `ringlb-bench load`: the workloads, a shared clock and an overall time bound.
 
 mod connrate;
+mod fanout;
 mod idle;
+mod procstat;
+mod pushconn;
 mod rr;
 pub mod spread;
+mod storm;
 mod throughput;
 
 use std::process::ExitCode;
@@ -68,6 +72,8 @@ fn common(w: &Workload) -> &Common {
         Workload::Rr(a) => &a.common,
         Workload::Idle(a) => &a.common,
         Workload::Spread(a) => &a.common,
+        Workload::Fanout(a) => &a.common,
+        Workload::Storm(a) => &a.common,
     }
 }
 
@@ -80,6 +86,11 @@ fn budget(w: &Workload) -> Duration {
         Workload::Rr(a) => t * 3 + a.timing.warmup + a.timing.duration + SLACK,
         Workload::Idle(a) => idle::ESTABLISH_CAP + Duration::from_secs(1) + a.hold + t + SLACK,
         Workload::Spread(_) => spread::RUN_CAP + t * 2 + SLACK,
+        Workload::Fanout(a) => {
+            fanout::ESTABLISH_CAP + a.timing.warmup + a.timing.duration + t + SLACK
+        }
+        // Opening, the kill, recovery, settle, the revive and teardown.
+        Workload::Storm(a) => storm::ESTABLISH_CAP + t * 3 + a.recover_within + a.settle + SLACK,
     }
 }
 
@@ -91,6 +102,9 @@ fn descriptors(w: &Workload) -> u64 {
         Workload::Rr(a) => a.connections,
         Workload::Idle(a) => a.connections,
         Workload::Spread(a) => a.concurrency,
+        Workload::Fanout(a) => a.connections,
+        // Each client holds one connection (a reconnect replaces it), plus control.
+        Workload::Storm(a) => a.connections + 1,
     })
 }
 
@@ -114,6 +128,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
             Workload::Rr(a) => rr::run(a).await,
             Workload::Idle(a) => idle::run(a).await,
             Workload::Spread(a) => spread::run(a).await,
+            Workload::Fanout(a) => fanout::run(a).await,
+            Workload::Storm(a) => storm::run(a).await,
         }
     };
     let outcome = match tokio::time::timeout(bound, fut).await {

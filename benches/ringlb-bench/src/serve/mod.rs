@@ -1,4 +1,8 @@
-//! `ringlb-bench serve`: echo, sink, source and http backends on loopback.
+//! `ringlb-bench serve`: echo, sink, source, http and push backends on loopback
+//! (push, with its control socket, in [`push`] and [`control`]).
+
+mod control;
+mod push;
 
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
@@ -29,17 +33,28 @@ struct Server {
     pattern: Arc<Vec<u8>>,
 }
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    if args.greet && args.kind == ServeKind::Http {
-        bail!("--greet is for echo, sink and source; an http backend cannot greet");
-    }
-    let names: Vec<String> = if args.listen.len() == 1 {
+/// The server names: NAME alone, or NAME-0, NAME-1, ... with several --listen.
+fn names(args: &ServeArgs) -> Vec<String> {
+    if args.listen.len() == 1 {
         vec![args.name.clone()]
     } else {
         (0..args.listen.len())
             .map(|i| format!("{}-{i}", args.name))
             .collect()
-    };
+    }
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if args.kind == ServeKind::Push {
+        return push::run(args).await;
+    }
+    if args.size.is_some() || args.interval.is_some() || args.echo || args.control.is_some() {
+        bail!("--size, --interval, --echo and --control are for `serve push` only");
+    }
+    if args.greet && args.kind == ServeKind::Http {
+        bail!("--greet is for echo, sink and source; an http backend cannot greet");
+    }
+    let names = names(&args);
     let pattern: Arc<Vec<u8>> = Arc::new((0..BUF).map(|i| b'a' + (i % 26) as u8).collect());
 
     let mut bound = Vec::new();
@@ -65,11 +80,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(accept_loop(listener, server));
     }
 
+    until_signal(std::future::pending()).await
+}
+
+/// Wait for SIGTERM, SIGINT or `other`, then exit 0.
+async fn until_signal(other: impl std::future::Future<Output = ()>) -> anyhow::Result<ExitCode> {
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+        _ = other => {}
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -120,6 +141,8 @@ async fn handle(mut stream: TcpStream, server: &Server) -> io::Result<()> {
         ServeKind::Sink => sink(stream).await,
         ServeKind::Source => source(stream, &server.pattern).await,
         ServeKind::Http => http_conn(stream, &server.name).await,
+        // Served by `push`, never through here.
+        ServeKind::Push => Ok(()),
     }
 }
 
