@@ -246,7 +246,9 @@ HALF = (PX1 - PX0) // 2
 HEAD_H, LINE_H, BAR_H, GAP = 24, 18, 12, 10
 FONT = "DejaVu Sans, Verdana, Helvetica, Arial, sans-serif"
 RINGLB = "#e8590c"
-OTHERS = ["#3b5bdb", "#748ffc", "#2f9e44", "#9c36b5", "#868e96", "#1098ad"]
+# the same colour for a contender in every run, whichever columns it has
+KNOWN = {"haproxy": "#3b5bdb", "haproxy splice": "#748ffc", "nginx": "#2f9e44"}
+OTHERS = ["#9c36b5", "#868e96", "#1098ad", "#e64980", "#5c940d"]
 BETTER = "#ebfbee"
 
 
@@ -323,6 +325,8 @@ def colours(groups):
     for n in names:
         if n.lower() == "ringlb":
             out[n] = RINGLB
+        elif n.lower() in KNOWN:
+            out[n] = KNOWN[n.lower()]
         else:
             out[n] = OTHERS[k % len(OTHERS)]
             k += 1
@@ -359,7 +363,7 @@ def render(meta, rows, source="RESULTS.md"):
     if "rev" in meta:
         sub.append("ringlb " + meta["rev"])
     if "rounds" in meta:
-        sub.append(f"median of {meta['rounds']} rounds")
+        sub.append(f"median of {meta['rounds']} round{'' if meta['rounds'] == '1' else 's'}")
     if sub:
         y += 20
         svg.text(NAME_X, y, " · ".join(sub), size=12, fill="#495057")
@@ -441,7 +445,7 @@ def render(meta, rows, source="RESULTS.md"):
                 x0, x1 = (CX, x) if x >= CX else (x, CX)
                 if x1 - x0 < 2:
                     x0, x1 = CX - 1, CX + 1
-                svg.rect(x0, cy - BAR_H / 2, x1 - x0, BAR_H, col.get(e.name, OTHERS[0]), cls="bar")
+                svg.rect(x0, cy - BAR_H / 2, x1 - x0, BAR_H, col.get(e.name, OTHERS[1]), cls="bar")
                 if capped:
                     tip = x1 - 4 if x >= CX else x0 + 4
                     svg.text(tip, cy + 4, "›" if x >= CX else "‹", size=12, anchor="middle",
@@ -457,7 +461,7 @@ def render(meta, rows, source="RESULTS.md"):
                 else:
                     svg.text(CX + 5, cy + 4, e.text, anchor="start", cls="label")
             elif e.kind == "reference":
-                svg.rect(CX - 1.5, cy - BAR_H / 2, 3, BAR_H, col.get(e.name, OTHERS[0]))
+                svg.rect(CX - 1.5, cy - BAR_H / 2, 3, BAR_H, col.get(e.name, OTHERS[1]))
                 svg.text(CX + 6, cy + 4, e.text, fill="#495057", cls="label")
             else:
                 cls = "status" if e.kind in ("failed", "n/a") else "label"
