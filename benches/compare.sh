@@ -24,11 +24,13 @@
 #
 # Every workload runs interleaved across the contenders, in an order rotated each
 # round; the table gives the median over the rounds. Writes benches/RESULTS.md
-# (or $OUT). A contender that fails is reported as "failed" in the table; the
-# script exits non-zero only when ringlb (or direct, i.e. the load tool and the
-# backends themselves) fails or has the load tool count errors (a connection
-# reset, a reply that never came; ALLOW_RINGLB_ERRORS=1 tolerates those for
-# ringlb), or when it cannot run at all.
+# (or $OUT), and next to it a chart of the table, benches/RESULTS.svg
+# (${OUT%.md}.svg, drawn by benches/chart.py; if that fails, it is a warning).
+# A contender that fails is reported as "failed" in the table; the script exits
+# non-zero only when ringlb (or direct, i.e. the load tool and the backends
+# themselves) fails or has the load tool count errors (a connection reset, a
+# reply that never came; ALLOW_RINGLB_ERRORS=1 tolerates those for ringlb), or
+# when it cannot run at all.
 #
 # Environment knobs (defaults in brackets, QUICK values second):
 #   ROUNDS [5|3]  DURATION [3s|500ms]  WARMUP [1s|200ms]  IDLE_CONNS [9000]
@@ -1245,6 +1247,15 @@ L.append("")
 open(out, "w").write("\n".join(L))
 print("\n".join(l for l in L if not l.startswith("<")).split("## Setup")[0])
 PY
+
+# The chart of the main table next to it (benches/RESULTS.svg by default); a
+# chart that cannot be drawn is a warning: the results are complete without it.
+CHART=${OUT%.md}.svg
+if timeout 60 python3 "$ROOT/benches/chart.py" "$OUT" "$CHART"; then
+    log "chart in $CHART"
+else
+    warn "drawing the chart $CHART failed (see above); the results in $OUT are complete"
+fi
 
 log "done in $(($(date +%s) - START_EPOCH)) s; results in $OUT"
 if [ "$FATAL" = 1 ]; then
