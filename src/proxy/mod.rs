@@ -101,81 +101,111 @@ fn lifetime_deadline(l: &Lifetime) -> Option<std::time::Instant> {
 }
 
 /// Serve one accepted client connection. Runs inside the connection's span.
-pub async fn handle(client: TcpStream, peer: SocketAddr, mut admission: Admission) {
-    let start = Instant::now();
-    let (peer, dst) = if admission.expects_proxy_header() {
-        match Box::pin(proxy_header(&client, peer, &mut admission)).await {
-            Some(x) => x,
-            None => return,
+///
+/// A plain function returning an `async move` block rather than an `async fn`:
+/// an `async fn` keeps its arguments twice in the task (as captured and as
+/// moved-in locals), 112 bytes per open connection; the block uses the
+/// captured ones in place.
+#[allow(clippy::manual_async_fn)]
+pub fn handle(
+    client: TcpStream,
+    mut peer: SocketAddr,
+    mut admission: Admission,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    async move {
+        let start = Instant::now();
+        let mut dst = None;
+        if admission.expects_proxy_header() {
+            match Box::pin(proxy_header(&client, peer, &mut admission)).await {
+                Some((src, to)) => (peer, dst) = (src, to),
+                None => return,
+            }
         }
-    } else {
-        (peer, None)
-    };
-    let ctx = admission.state();
-    let hard_stop = admission.hard_stop();
-    // Everything before forwarding runs boxed and is freed when it ends, so the
-    // state a long-lived connection keeps is only what forwarding needs.
-    // The slot is the connection's place in the node's count (taken before the
-    // connect), given back when this task ends, whatever way.
-    let Some((slot, upstream, idle_timeout)) =
-        Box::pin(select_and_connect(&client, peer, dst, ctx, hard_stop)).await
-    else {
-        return;
-    };
-    // Registered on its node from here on, so the balancer can close it
-    // (paced): the node's closes, rehome, lifetime, end of the shutdown grace.
-    let live = slot.open(
-        canonical_ip(peer.ip()),
-        lifetime_deadline(&ctx.config.lifetime),
-    );
-    let node = live.node();
-    node.total.fetch_add(1, Ordering::Relaxed);
+        let ctx = admission.state();
+        let hard_stop = admission.hard_stop();
+        // Everything before forwarding runs boxed and is freed when it ends, so the
+        // state a long-lived connection keeps is only what forwarding needs.
+        // The slot is the connection's place in the node's count (taken before the
+        // connect), given back when this task ends, whatever way.
+        let Some((slot, upstream, idle_timeout)) =
+            Box::pin(select_and_connect(&client, peer, dst, ctx, hard_stop)).await
+        else {
+            return;
+        };
+        // Registered on its node from here on, so the balancer can close it
+        // (paced): the node's closes, rehome, lifetime, end of the shutdown grace.
+        let live = slot.open(
+            canonical_ip(peer.ip()),
+            lifetime_deadline(&ctx.config.lifetime),
+        );
+        let node = live.node();
+        node.total.fetch_add(1, Ordering::Relaxed);
 
-    let log_open = |to_node: u64, to_client: u64| {
+        let log_open = |to_node: u64, to_client: u64| {
+            info!(
+                client = %peer,
+                listener = %ctx.config.name,
+                node = %node.name,
+                node_addr = %node.addr,
+                bytes_to_node = to_node,
+                bytes_to_client = to_client,
+                duration_ms = start.elapsed().as_millis() as u64,
+                "connection open"
+            );
+        };
+        let out = forward::forward(
+            &client,
+            &upstream,
+            idle_timeout,
+            forward::Watch {
+                close: live.ctl(),
+                log: ctx
+                    .config
+                    .access_log_interval
+                    .map(|every| (every, &log_open as &(dyn Fn(u64, u64) + Sync))),
+            },
+            Meters {
+                to_node: &node.bytes_to_node,
+                to_client: &node.bytes_to_client,
+            },
+        )
+        .await;
+        let duration = start.elapsed();
+        ctx.metrics.duration.record(duration.as_secs_f64());
+        let error = match &out.end {
+            End::ClientError(e) | End::NodeError(e) => Some(e.to_string()),
+            _ => None,
+        };
         info!(
             client = %peer,
             listener = %ctx.config.name,
             node = %node.name,
             node_addr = %node.addr,
-            bytes_to_node = to_node,
-            bytes_to_client = to_client,
-            duration_ms = start.elapsed().as_millis() as u64,
-            "connection open"
+            bytes_to_node = out.to_node,
+            bytes_to_client = out.to_client,
+            duration_ms = duration.as_millis() as u64,
+            reason = out.end.as_str(),
+            error = error.as_deref(),
+            "connection closed"
         );
-    };
-    let out = forward::forward(
-        &client,
-        &upstream,
-        idle_timeout,
-        forward::Watch {
-            close: live.ctl(),
-            log: ctx
-                .config
-                .access_log_interval
-                .map(|every| (every, &log_open as &(dyn Fn(u64, u64) + Sync))),
-        },
-        Meters {
-            to_node: &node.bytes_to_node,
-            to_client: &node.bytes_to_client,
-        },
-    )
-    .await;
-    let duration = start.elapsed();
-    ctx.metrics.duration.record(duration.as_secs_f64());
-    let error = match &out.end {
-        End::ClientError(e) | End::NodeError(e) => Some(e.to_string()),
-        _ => None,
-    };
-    info!(
-        client = %peer,
-        listener = %ctx.config.name,
-        node = %node.name,
-        node_addr = %node.addr,
-        bytes_to_node = out.to_node,
-        bytes_to_client = out.to_client,
-        duration_ms = duration.as_millis() as u64,
-        reason = out.end.as_str(),
-        error = error.as_deref(),
-        "connection closed"
-    );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an open connection's task holds for its whole life (tokio rounds
+    /// the task up to a multiple of 128 bytes: the release build's 600 bytes
+    /// of future make a 768-byte task, where 712 made 896; a debug build's is
+    /// a little larger).
+    #[test]
+    fn the_connection_future_stays_small() {
+        fn future_size<A, B, C, R>(_: fn(A, B, C) -> R) -> usize {
+            std::mem::size_of::<R>()
+        }
+        let size = future_size(handle);
+        eprintln!("connection future: {size} bytes");
+        assert!(size <= 640, "the connection future is {size} bytes");
+    }
 }
