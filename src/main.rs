@@ -15,6 +15,14 @@ use ringlb::cli::{docs, which};
 use ringlb::cli::{Cli, Command, LogFormat, DEMO_CONFIG_PATH};
 use ringlb::Config;
 
+/// jemalloc instead of glibc's malloc: a proxied connection's task and its two
+/// socket registrations are allocated 128-byte aligned, which glibc serves with
+/// padding that jemalloc's size classes do not need. Measured on 9,000 held
+/// connections: 1,480-1,510 bytes of RSS per connection against 1,890-1,900
+/// with glibc, 2.2 MB more at start, and the same CPU per request.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Tools print their answer on stdout; the server logs. Default levels differ.

@@ -394,6 +394,9 @@ fn start_ringlb(text: &str, dir: &std::path::Path) -> (Ringlb, SocketAddr, Socke
     let mut lb = Ringlb::start(&path);
     let addr = lb.listening("lb");
     let admin = lb.admin();
+    // The last socket of start-up: counting descriptors before it exists
+    // would count it as a leak.
+    lb.wait_for("control socket listening");
     (lb, addr, admin)
 }
 
