@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # benches/compare.sh: ringlb side by side with HAProxy and nginx, on loopback.
 #
-#   benches/compare.sh             full run (5 rounds of 3 s per workload, ~12 min)
-#   QUICK=1 benches/compare.sh     smoke run (3 rounds of 0.5 s, ~2 min; CI uses it)
+#   benches/compare.sh             full run (5 rounds of 3 s per workload, fanout 10 s; ~23 min)
+#   QUICK=1 benches/compare.sh     smoke run (3 rounds of 0.5 s, fanout 2 s; ~4 min; CI uses it)
 #
 # Contenders, each with 2 worker threads/processes and the same 3 backends per
-# service (echo, sink, http), all on 127.0.0.1:
+# service (echo, sink, http, push), all on 127.0.0.1:
 #   direct          the load tool straight to one backend (the physical limit)
 #   ringlb          target/release/ringlb run, RINGLB_WORKERS=2
 #   haproxy         HAProxy mode tcp, balance source, hash-type consistent, nbthread 2
@@ -21,6 +21,14 @@
 #   rr64      rr --connections 64 (keep-alive)                  req/s, p99
 #   rr1       rr --connections 1 (ping-pong) to echo            p50, p50 added over direct
 #   idle      idle --connections 9000, contender restarted first RSS per held connection
+#   rr64p     rr --connections 64 --pause 3ms (paced keep-alive)  req/s, p50, p99, proxy user CPU
+#   fanout    fanout --connections 9000 to the push service (1 message of 64 B a
+#             second each), contender restarted first           msg/s, delivery p99,
+#                                                                 proxy CPU per 1,000 msgs, RSS/conn
+#   storm     storm --connections 9000 over the 3 push nodes: the node with the
+#             most clients is killed, its clients all reconnect at once (no
+#             direct; the node is revived after each run)       time until all back, reconnect p99,
+#                                                                 failed attempts
 #
 # Every workload runs interleaved across the contenders, in an order rotated each
 # round; the table gives the median over the rounds. Writes benches/RESULTS.md
@@ -35,7 +43,9 @@
 # Environment knobs (defaults in brackets, QUICK values second):
 #   ROUNDS [5|3]  DURATION [3s|500ms]  WARMUP [1s|200ms]  IDLE_CONNS [9000]
 #   IDLE_HOLD [3s|100ms]  CONNRATE_CONCURRENCY [16]  RR64_PROTOCOL [http|tcp]  BASE_PORT [27000]
-#   SPREAD_IPS [3000]  CONTENDERS ["direct ringlb haproxy haproxy-splice nginx"]  WORKLOADS [all six]
+#   RR64P_PAUSE [3ms]  FANOUT_CONNS [9000|2000]  FANOUT_DURATION [10s|2s]  FANOUT_WARMUP [2s|500ms]
+#   STORM_CONNS [9000|2000]  SPREAD_IPS [3000]
+#   CONTENDERS ["direct ringlb haproxy haproxy-splice nginx"]  WORKLOADS [all nine]
 #   SKIP_BUILD=1 (use target/release as is)  SKIP_INSTALL=1 (no apt-get)
 #   KEEP_TMP=1 (keep the temp dir with every config, log and raw result)
 #   OUT [benches/RESULTS.md]
@@ -51,21 +61,30 @@ if [ "$QUICK" = 1 ]; then
     DURATION=${DURATION:-500ms}
     WARMUP=${WARMUP:-200ms}
     IDLE_HOLD=${IDLE_HOLD:-100ms}
+    FANOUT_CONNS=${FANOUT_CONNS:-2000}
+    FANOUT_DURATION=${FANOUT_DURATION:-2s}
+    FANOUT_WARMUP=${FANOUT_WARMUP:-500ms}
+    STORM_CONNS=${STORM_CONNS:-2000}
     MODE="QUICK"
 else
     ROUNDS=${ROUNDS:-5}
     DURATION=${DURATION:-3s}
     WARMUP=${WARMUP:-1s}
     IDLE_HOLD=${IDLE_HOLD:-3s}
+    FANOUT_CONNS=${FANOUT_CONNS:-9000}
+    FANOUT_DURATION=${FANOUT_DURATION:-10s}
+    FANOUT_WARMUP=${FANOUT_WARMUP:-2s}
+    STORM_CONNS=${STORM_CONNS:-9000}
     MODE="full"
 fi
 IDLE_CONNS=${IDLE_CONNS:-9000}
 CONNRATE_CONCURRENCY=${CONNRATE_CONCURRENCY:-16}
 RR64_PROTOCOL=${RR64_PROTOCOL:-http}
+RR64P_PAUSE=${RR64P_PAUSE:-3ms}
 SPREAD_IPS=${SPREAD_IPS:-3000}
 BASE_PORT=${BASE_PORT:-27000}
 read -r -a CONTENDERS <<<"${CONTENDERS:-direct ringlb haproxy haproxy-splice nginx}"
-read -r -a WORKLOADS <<<"${WORKLOADS:-bulk1 bulk8 connrate rr64 rr1 idle}"
+read -r -a WORKLOADS <<<"${WORKLOADS:-bulk1 bulk8 connrate rr64 rr1 idle rr64p fanout storm}"
 OUT=${OUT:-$ROOT/benches/RESULTS.md}
 TEMPLATES=$ROOT/benches/compare
 # (RINGLB_BIN / BENCH_BIN override the binaries, e.g. to test this script itself.)
@@ -261,10 +280,22 @@ timeout 10 "$BENCH" load --help >/dev/null 2>&1 || die "$BENCH load --help fails
 # Descriptors: 9,000 idle connections are 18,000 descriptors in a proxy.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null
 NOFILE=$(ulimit -n)
-if [ "$NOFILE" != unlimited ] && [ $((IDLE_CONNS * 2 + 500)) -gt "$NOFILE" ]; then
+# The same for fanout and storm (the push server and the load tool hold one
+# descriptor per connection, the proxy two).
+if [ "$NOFILE" != unlimited ]; then
     new=$(((NOFILE - 500) / 2))
-    warn "descriptor limit $NOFILE is too low for $IDLE_CONNS idle connections; using $new"
-    IDLE_CONNS=$new
+    if [ $((IDLE_CONNS * 2 + 500)) -gt "$NOFILE" ]; then
+        warn "descriptor limit $NOFILE is too low for $IDLE_CONNS idle connections; using $new"
+        IDLE_CONNS=$new
+    fi
+    if [ $((FANOUT_CONNS * 2 + 500)) -gt "$NOFILE" ]; then
+        warn "descriptor limit $NOFILE is too low for $FANOUT_CONNS fanout connections; using $new"
+        FANOUT_CONNS=$new
+    fi
+    if [ $((STORM_CONNS * 2 + 500)) -gt "$NOFILE" ]; then
+        warn "descriptor limit $NOFILE is too low for $STORM_CONNS storm clients; using $new"
+        STORM_CONNS=$new
+    fi
 fi
 log "descriptor limit per process: $NOFILE"
 
@@ -352,8 +383,11 @@ port_of_backend() { # kind index(1..3)
     case $1 in
         echo) echo $((BASE_PORT + $2)) ;; sink) echo $((BASE_PORT + 10 + $2)) ;;
         http) echo $((BASE_PORT + 20 + $2)) ;; greet) echo $((BASE_PORT + 30 + $2)) ;;
+        push) echo $((BASE_PORT + 40 + $2)) ;;
     esac
 }
+# The push servers' control socket (serve push --control: kill, revive).
+port_of_push_control() { echo $((BASE_PORT + 50)); }
 contender_index() {
     case $1 in ringlb) echo 1 ;; haproxy) echo 2 ;; haproxy-splice) echo 3 ;; nginx) echo 4 ;; *) echo 0 ;; esac
 }
@@ -363,17 +397,22 @@ port_of_listener() { # contender kind
     case $2 in
         echo) echo $((BASE_PORT + 100 * i + 1)) ;; sink) echo $((BASE_PORT + 100 * i + 2)) ;;
         http) echo $((BASE_PORT + 100 * i + 3)) ;; greet) echo $((BASE_PORT + 100 * i + 4)) ;;
+        push) echo $((BASE_PORT + 100 * i + 5)) ;;
     esac
 }
 all_ports() {
     local k i c
-    for k in echo sink http greet; do
+    for k in echo sink http greet push; do
         for i in 1 2 3; do port_of_backend "$k" "$i"; done
         for c in ringlb haproxy haproxy-splice nginx; do port_of_listener "$c" "$k"; done
     done
+    port_of_push_control
 }
 ports_ok=0
 for _ in 1 2 3 4 5 6 7 8; do
+    # Every port stays below the ephemeral range (32768-60999 on Linux), where
+    # the load tool's and the proxies' outgoing connections take theirs.
+    if [ $((BASE_PORT + 405)) -ge 32768 ]; then break; fi
     busy=""
     for p in $(all_ports); do port_free "$p" || busy="$busy $p"; done
     if [ -z "$busy" ]; then ports_ok=1; break; fi
@@ -381,18 +420,22 @@ for _ in 1 2 3 4 5 6 7 8; do
     BASE_PORT=$((BASE_PORT + 1000))
 done
 [ "$ports_ok" = 1 ] || die "no free port range found"
-log "ports: backends 127.0.0.1:$((BASE_PORT + 1))-$((BASE_PORT + 33)), contenders 127.0.0.1:$((BASE_PORT + 101))-$((BASE_PORT + 404))"
+log "ports: backends 127.0.0.1:$((BASE_PORT + 1))-$((BASE_PORT + 43)), push control $(port_of_push_control), contenders 127.0.0.1:$((BASE_PORT + 101))-$((BASE_PORT + 405))"
 
 # --- backends --------------------------------------------------------------------
 declare -A BACKEND_WRAPPER=()
 start_backends() {
     local kind args i
-    for kind in echo sink http greet; do
+    for kind in echo sink http greet push; do
         args=()
         for i in 1 2 3; do args+=(--listen "127.0.0.1:$(port_of_backend "$kind" "$i")"); done
         if [ "$kind" = greet ]; then
             # echo servers that first send their name: for the spread check
             args=(echo "${args[@]}" --name node --greet)
+        elif [ "$kind" = push ]; then
+            # push-0, push-1, push-2: 64 bytes a second on every connection;
+            # the control socket kills and revives them (storm)
+            args=(push "${args[@]}" --name push --control "127.0.0.1:$(port_of_push_control)")
         else
             args=("$kind" "${args[@]}" --name "$kind")
         fi
@@ -400,17 +443,19 @@ start_backends() {
             die "backend $kind did not start: $(tail -n 5 "$WORK/logs/backend-$kind.err")"
         BACKEND_WRAPPER[$kind]=$SPAWNED
     done
-    for kind in echo sink http greet; do
+    wait_port "$(port_of_push_control)" 15 ||
+        die "the push servers' control socket is not listening: $(tail -n 5 "$WORK/logs/backend-push.err")"
+    for kind in echo sink http greet push; do
         for i in 1 2 3; do
             wait_port "$(port_of_backend "$kind" "$i")" 15 ||
                 die "backend $kind #$i is not listening: $(tail -n 5 "$WORK/logs/backend-$kind.err")"
         done
     done
-    log "backends up: echo, sink, http, greet (echo with a greeting), 3 listeners each ($(grep -c '^listening' "$WORK"/logs/backend-*.out | awk -F: '{s+=$2} END {print s}') announced)"
+    log "backends up: echo, sink, http, greet (echo with a greeting), push, 3 listeners each ($(grep -c '^listening' "$WORK"/logs/backend-*.out | awk -F: '{s+=$2} END {print s}') announced)"
 }
 backends_alive() {
     local kind
-    for kind in echo sink http greet; do proc_running "${BACKEND_WRAPPER[$kind]}" || return 1; done
+    for kind in echo sink http greet push; do proc_running "${BACKEND_WRAPPER[$kind]}" || return 1; done
 }
 
 # --- contenders ------------------------------------------------------------------
@@ -432,7 +477,12 @@ server_lines() { # style kind
     for i in 1 2 3; do
         p=$(port_of_backend "$kind" "$i")
         case $style in
-            haproxy) out+="    server $kind-$i 127.0.0.1:$p"$'\n' ;;
+            haproxy)
+                out+="    server $kind-$i 127.0.0.1:$p"
+                # the storm's backend: checks as fast as ringlb's push pool
+                [ "$kind" = push ] && out+=" check inter 500ms fall 1 rise 1"
+                out+=$'\n'
+                ;;
             nginx) out+="        server 127.0.0.1:$p;"$'\n' ;;
             ringlb) out+="[[pools.$kind.nodes]]"$'\n'"name = \"$kind-$i\""$'\n'"addr = \"127.0.0.1:$p\""$'\n\n' ;;
         esac
@@ -452,7 +502,8 @@ write_configs() {
                     LISTEN_ECHO "$(port_of_listener $c echo)" LISTEN_SINK "$(port_of_listener $c sink)" \
                     LISTEN_HTTP "$(port_of_listener $c http)" LISTEN_GREET "$(port_of_listener $c greet)" \
                     NODES_ECHO "$(server_lines ringlb echo)" NODES_SINK "$(server_lines ringlb sink)" \
-                    NODES_HTTP "$(server_lines ringlb http)" NODES_GREET "$(server_lines ringlb greet)"
+                    NODES_HTTP "$(server_lines ringlb http)" NODES_GREET "$(server_lines ringlb greet)" \
+                    LISTEN_PUSH "$(port_of_listener $c push)" NODES_PUSH "$(server_lines ringlb push)"
                 ;;
             haproxy | haproxy-splice)
                 local splice="" splice_global=""
@@ -465,7 +516,8 @@ write_configs() {
                     LISTEN_ECHO "$(port_of_listener $c echo)" LISTEN_SINK "$(port_of_listener $c sink)" \
                     LISTEN_HTTP "$(port_of_listener $c http)" LISTEN_GREET "$(port_of_listener $c greet)" \
                     SERVERS_ECHO "$(server_lines haproxy echo)" SERVERS_SINK "$(server_lines haproxy sink)" \
-                    SERVERS_HTTP "$(server_lines haproxy http)" SERVERS_GREET "$(server_lines haproxy greet)"
+                    SERVERS_HTTP "$(server_lines haproxy http)" SERVERS_GREET "$(server_lines haproxy greet)" \
+                    LISTEN_PUSH "$(port_of_listener $c push)" SERVERS_PUSH "$(server_lines haproxy push)"
                 ;;
             nginx)
                 local lm=""
@@ -475,7 +527,8 @@ write_configs() {
                     LISTEN_ECHO "$(port_of_listener $c echo)" LISTEN_SINK "$(port_of_listener $c sink)" \
                     LISTEN_HTTP "$(port_of_listener $c http)" LISTEN_GREET "$(port_of_listener $c greet)" \
                     SERVERS_ECHO "$(server_lines nginx echo)" SERVERS_SINK "$(server_lines nginx sink)" \
-                    SERVERS_HTTP "$(server_lines nginx http)" SERVERS_GREET "$(server_lines nginx greet)"
+                    SERVERS_HTTP "$(server_lines nginx http)" SERVERS_GREET "$(server_lines nginx greet)" \
+                    LISTEN_PUSH "$(port_of_listener $c push)" SERVERS_PUSH "$(server_lines nginx push)"
                 ;;
         esac
     done
@@ -521,7 +574,7 @@ start_contender() {
     CPID[$c]=$SPAWNED_PID
     if [ $ok -eq 0 ]; then
         local k
-        for k in echo sink http greet; do
+        for k in echo sink http greet push; do
             wait_port "$(port_of_listener "$c" "$k")" 10 || { ok=1; break; }
         done
     fi
@@ -624,6 +677,14 @@ elif wl.startswith("rr"):
     print(f"{g('req_per_s')} req/s, p50 {g('p50_us')} us, p99 {g('p99_us')} us, errors {g('errors')}")
 elif wl == "idle":
     print(f"{g('established')} established; tool (--pid {g('pid')}): {g('rss_per_conn_bytes')} B/conn, errors {g('errors')}")
+elif wl == "fanout":
+    print(f"{g('established')} held, {g('messages_per_s')} msg/s, delivery p99 {g('latency_p99_us')} us, "
+          f"proxy CPU {g('cpu_ms_per_1000_msgs', '{:.2f}')} ms/1000 msgs (user {g('cpu_user_ms_per_1000_msgs', '{:.2f}')}), "
+          f"RSS {g('rss_per_conn_bytes')} B/conn, lost {g('lost')}, errors {g('errors')}")
+elif wl == "storm":
+    print(f"{g('affected')} affected, all back {g('all_back_ms', '{:.1f}')} ms, reconnect p99 {g('reconnect_p99_us')} us, "
+          f"failed attempts {g('failed_attempts')} ({g('failed_after_first_back')} after the first back), "
+          f"invariants {'hold' if r.get('invariants_hold') else 'BROKEN'}, errors {g('errors')}")
 elif wl == "spread":
     nodes = r.get("nodes", {})
     print(", ".join(f"{n} {v['ips']}" for n, v in sorted(nodes.items())),
@@ -644,7 +705,8 @@ except Exception as e:
     print(f"no JSON result ({e}): " + open(path, errors="replace").read(200).replace("\n", " "))
     sys.exit(1)
 key = {"bulk1": "gbit_per_s", "bulk8": "gbit_per_s", "connrate": "conn_per_s",
-       "rr64": "req_per_s", "rr1": "req_per_s", "idle": "established"}.get(wl)
+       "rr64": "req_per_s", "rr1": "req_per_s", "idle": "established",
+       "rr64p": "req_per_s", "fanout": "messages_per_s", "storm": "established"}.get(wl)
 v = r.get(key)
 if key and (not isinstance(v, (int, float)) or v <= 0):
     kinds = r.get("error_kinds") or {}
@@ -671,14 +733,14 @@ run_one() { # round workload contender
     local base=$WORK/runs/r$round-$wl-$c
     local meta=$base.meta
     : >"$meta"
-    if [ "$wl" = idle ] && [ "$c" = direct ]; then
-        return 0   # no proxy: nothing to measure
+    if { [ "$wl" = idle ] || [ "$wl" = storm ]; } && [ "$c" = direct ]; then
+        return 0   # no proxy: nothing to measure (storm: nothing to fail over)
     fi
     if [ "${CSTATE[$c]}" != ok ] && [ "${CSTATE[$c]#n/a}" != "${CSTATE[$c]}" ]; then
         echo "status=unavailable" >>"$meta"
         return 0
     fi
-    if [ "$wl" = idle ] && [ "$c" != direct ]; then
+    if { [ "$wl" = idle ] || [ "$wl" = fanout ]; } && [ "$c" != direct ]; then
         # A fresh process, so memory kept from earlier runs is not reused.
         stop_contender "$c"
         start_contender "$c"
@@ -713,6 +775,15 @@ run_one() { # round workload contender
             ;;
         rr1) kind="echo"; args=(rr --connections 1 --protocol tcp) ;;
         idle) kind="echo" ;;
+        rr64p)
+            if [ "$RR64_PROTOCOL" = http ]; then kind="http"; else kind="echo"; fi
+            args=(rr --connections 64 --protocol "$RR64_PROTOCOL" --pause "$RR64P_PAUSE")
+            ;;
+        fanout) kind="push" ;;
+        storm)
+            kind="push"
+            storm_wait "$c"
+            ;;
     esac
     local target
     target=$(target_of "$c" "$kind")
@@ -739,6 +810,18 @@ run_one() { # round workload contender
             done
         ) &
         sampler=$!
+    elif [ "$wl" = fanout ]; then
+        args=(fanout --connections "$FANOUT_CONNS" --duration "$FANOUT_DURATION" --warmup "$FANOUT_WARMUP")
+        # The tool measures the proxy (nginx: the master, with its workers as
+        # children) over the measured window, and its RSS before connecting.
+        [ "$c" != direct ] && args+=(--pid "${CPID[$c]}")
+        limit=$(((FANOUT_DUR_MS + FANOUT_WARM_MS + 999) / 1000 + 150))
+    elif [ "$wl" = storm ]; then
+        # No --jitter: every affected client reconnects at once. Exit 1 when an
+        # invariant breaks (decided below, per contender); the tool revives the
+        # killed node after its report.
+        args=(storm --control "127.0.0.1:$(port_of_push_control)" --connections "$STORM_CONNS")
+        limit=200
     else
         args+=(--duration "$DURATION" --warmup "$WARMUP")
         limit=$(((DUR_MS + WARM_MS + 999) / 1000 + 60))
@@ -773,12 +856,28 @@ run_one() { # round workload contender
             echo "pids=$pids"
         fi
     } >>"$meta"
+    local broken=""
+    if [ "$wl" = storm ]; then
+        storm_revive_all
+        STORM_END_MS[$c]=$(($(date +%s%N) / 1000000))
+        STORM_END_MS[any]=${STORM_END_MS[$c]}
+        # Exit 1 with a JSON report: an invariant broke (or the node was not
+        # revived). An error for ringlb; for the others a figure, noted.
+        if [ $rc -eq 1 ] && broken=$(storm_broken "$base.json"); then
+            echo "storm_broken=$broken" >>"$meta"
+            if [ "$c" != ringlb ]; then
+                warn "$c, storm, round $round: invariants broken ($broken); counted as a figure, not a failure"
+                rc=0
+            fi
+        fi
+    fi
     local alive=1
     contender_alive "$c" || alive=0
     local status=ok err=""
     if [ $rc -ne 0 ]; then
         status=failed
         if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then err="timed out after ${limit}s"; else err="exit $rc"; fi
+        [ -n "$broken" ] && err="$err: invariants broken ($broken)"
         err="$err: $(grep -v '^\s*$' "$base.err" | tail -n 2 | tr '\n' ' ')"
     elif ! err=$(check_result "$wl" "$base.json"); then
         status=failed
@@ -800,7 +899,7 @@ run_one() { # round workload contender
             local pk
             pk=$(sed -n 's/^rss_peak_kb=//p' "$meta")
             extra=", sampled: $(((pk - rss0) * 1024 / IDLE_CONNS)) B/conn over $(echo "$pids" | wc -w) process(es)"
-        elif [ "$c" != direct ]; then
+        elif [ "$c" != direct ] && [ "$wl" != storm ]; then
             extra=", proxy CPU $(((cpu1 - cpu0) * 1000 / CLK_TCK)) ms"
         fi
         log "$line $(summarize "$wl" "$base.json")$extra"
@@ -823,6 +922,55 @@ run_one() { # round workload contender
 }
 
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+FANOUT_DUR_MS=$(dur_ms "$FANOUT_DURATION")
+FANOUT_WARM_MS=$(dur_ms "$FANOUT_WARMUP")
+
+# Storm: the end of the last storm (ms since the epoch), of any contender and
+# per contender. Before a storm starts, every contender must see the revived
+# node up again: HAProxy (check inter 500ms rise 1) and ringlb (probes every
+# 500 ms, rise 1) within about half a second, so 2 s after the last storm is
+# plenty; nginx has only passive checks, and a node that failed stays out of
+# its rotation for fail_timeout (10 s by default) after its last failure, so
+# nginx's next storm starts at least 11 s after its previous one ended.
+declare -A STORM_END_MS=()
+storm_wait() { # contender
+    local now need=0 w
+    now=$(($(date +%s%N) / 1000000))
+    [ -n "${STORM_END_MS[any]:-}" ] && need=$((STORM_END_MS[any] + 2000))
+    if [ "$1" = nginx ] && [ -n "${STORM_END_MS[nginx]:-}" ] && [ $((STORM_END_MS[nginx] + 11000)) -gt "$need" ]; then
+        need=$((STORM_END_MS[nginx] + 11000))
+    fi
+    w=$((need - now))
+    if [ "$w" -gt 0 ]; then
+        sleep "$((w / 1000)).$(printf '%03d' $((w % 1000)))"
+    fi
+}
+# Revive every push server (the tool revives the one it killed; this covers a
+# storm that ended early). "revive" on a listening server is harmless.
+storm_revive_all() {
+    local i
+    for i in 0 1 2; do
+        timeout 3 bash -c 'exec 3<>/dev/tcp/127.0.0.1/$1 && printf "revive push-%s\n" "$2" >&3 && head -n1 <&3' \
+            _ "$(port_of_push_control)" "$i" >>"$WORK/logs/storm-revive.log" 2>&1
+    done
+}
+# The broken invariants of a storm report ("key=N, ..."); exit 1 when the file
+# holds no storm report.
+storm_broken() { # json-file
+    python3 - "$1" <<'PY' 2>/dev/null
+import json, sys
+r = json.load(open(sys.argv[1]))
+if "invariants_hold" not in r:
+    sys.exit(1)
+keys = ["survivors_disconnected", "moved", "landed_on_killed", "not_back", "not_disconnected", "reconnected_lost"]
+bad = [f"{k}={r[k]}" for k in keys if r.get(k)]
+if r.get("revived") is False:
+    bad.append("not revived")
+if not r.get("established"):
+    bad.append("no client connected")
+print(", ".join(bad) if bad else "none")
+PY
+}
 
 # --- run ---------------------------------------------------------------------------
 start_backends
@@ -837,7 +985,9 @@ done
 
 n_c=${#CONTENDERS[@]}
 n_runs=$((ROUNDS * ${#WORKLOADS[@]} * n_c))
-case " ${WORKLOADS[*]} " in *" idle "*) case " ${CONTENDERS[*]} " in *" direct "*) n_runs=$((n_runs - ROUNDS)) ;; esac ;; esac
+for w in idle storm; do
+    case " ${WORKLOADS[*]} " in *" $w "*) case " ${CONTENDERS[*]} " in *" direct "*) n_runs=$((n_runs - ROUNDS)) ;; esac ;; esac
+done
 log "running $n_runs measurements: workloads ${WORKLOADS[*]}; contenders ${CONTENDERS[*]}"
 for round in $(seq 1 "$ROUNDS"); do
     # Rotate the order each round so no contender always goes first.
@@ -882,6 +1032,11 @@ log "writing $OUT"
     echo "idle_conns=$IDLE_CONNS"
     echo "connrate_concurrency=$CONNRATE_CONCURRENCY"
     echo "rr64_protocol=$RR64_PROTOCOL"
+    echo "rr64p_pause=$RR64P_PAUSE"
+    echo "fanout_conns=$FANOUT_CONNS"
+    echo "fanout_duration=$FANOUT_DURATION"
+    echo "fanout_warmup=$FANOUT_WARMUP"
+    echo "storm_conns=$STORM_CONNS"
     echo "spread_ips=$SPREAD_IPS"
     echo "clk_tck=$CLK_TCK"
     echo "nofile=$NOFILE"
@@ -964,7 +1119,7 @@ for meta in sorted(glob.glob(os.path.join(work, "runs", "*.meta"))):
         # CPU per connection (connrate) or request (rr64) over the whole invocation,
         # warmup included like the CPU time: the proxy's (and its user-space part)
         # and the whole machine's (load tool + backends + proxy).
-        rate = met.get("conn_per_s") if wl == "connrate" else met.get("req_per_s") if wl == "rr64" else None
+        rate = met.get("conn_per_s") if wl == "connrate" else met.get("req_per_s") if wl in ("rr64", "rr64p") else None
         if rate:
             ops = rate * (dur + warm)
             if "cpu_ticks" in m:
@@ -977,6 +1132,8 @@ for meta in sorted(glob.glob(os.path.join(work, "runs", "*.meta"))):
             if n:
                 met["rss_sampled"] = (int(m["rss_peak_kb"]) - int(m["rss_base_kb"])) * 1024 / n
             met["nprocs"] = len(m.get("pids", "").split())
+        if wl == "storm" and m.get("storm_broken", "none") != "none":
+            rec["storm_broken"] = m["storm_broken"]
     runs.setdefault((wl, c), []).append(rec)
 
 def med(wl, c, key):
@@ -1006,7 +1163,24 @@ ROWS = [
     ("rr1", "p50_us", "Ping-pong, 1 connection: p50", "µs", 1),
     ("rr1", "p50_added", "Ping-pong, 1 connection: p50 added over direct", "µs", 1),
     ("idle", "rss_sampled", f"RSS per idle proxied connection ({int(env['idle_conns']):,} held)", "bytes", 0),
+    ("rr64p", "req_per_s", f"Paced keep-alive, 64 connections, {env['rr64p_pause']} pause", "req/s", 0),
+    ("rr64p", "p50_us", "Paced keep-alive: p50", "µs", 0),
+    ("rr64p", "p99_us", "Paced keep-alive: p99", "µs", 0),
+    ("rr64p", "user_us_per_op", "Paced keep-alive: proxy user space per request", "µs", 2),
+    ("fanout", "messages_per_s", f"Fanout, {int(env['fanout_conns']):,} connections, 1 msg/s each", "msg/s", 0),
+    ("fanout", "latency_p99_us", "Fanout: delivery p99", "µs", 0),
+    ("fanout", "cpu_ms_per_1000_msgs", "Fanout: proxy CPU per 1,000 messages", "CPU ms", 2),
+    ("fanout", "cpu_user_ms_per_1000_msgs", "Fanout: of that, proxy user space", "CPU ms", 2),
+    ("fanout", "rss_per_conn_bytes", "Fanout: proxy RSS per connection", "bytes", 0),
+    ("storm", "all_back_ms", f"Storm, {int(env['storm_conns']):,} clients, 1 of 3 nodes killed: all back", "ms", 1),
+    ("storm", "reconnect_p99_us", "Storm: reconnect p99", "µs", 0),
+    ("storm", "failed_attempts", "Storm: failed attempts", "attempts", 0),
+    ("storm", "failed_after_first_back", "Storm: failed after the first reconnect", "attempts", 0),
 ]
+COUNTS = {"failed_attempts", "failed_after_first_back"}
+# Figures that do not apply to direct (no proxy): "—", and no ratio to direct.
+NO_DIRECT = {"cpu_s_per_gb", "p50_added", "cpu_us_per_op", "user_us_per_op", "rss_sampled",
+             "cpu_ms_per_1000_msgs", "cpu_user_ms_per_1000_msgs", "rss_per_conn_bytes"}
 
 def fmt(v, dec):
     if v is None: return "–"
@@ -1035,23 +1209,28 @@ def note(c, wl, recs):
             if wl not in wls:
                 wls.append(wl)
 def cell(wl, key, c, dec):
-    if c == "direct" and (wl == "idle" or key in ("cpu_s_per_gb", "p50_added", "cpu_us_per_op", "user_us_per_op")):
+    if c == "direct" and (wl in ("idle", "storm") or key in NO_DIRECT):
         return "—"
     recs = runs.get((wl, c), [])
     st = env.get(f"state_{c}", "")
     if recs and all(r["status"] == "unavailable" for r in recs) or (not recs and st.startswith("n/a")):
         return "n/a"
     v = value(wl, c, key)
+    if v is None and wl == "storm" and key == "all_back_ms" and n_ok(wl, c):
+        # runs that worked, but in none of them did every client come back
+        return f"not all back ({n_ok(wl, c)}/{len(recs)} runs)"
     if v is None:
         note(c, wl, recs)
         return "failed"
     s = fmt(v, dec)
     if key != "p50_added":
         rd = (ratio(v, value(wl, "direct", key))
-              if c != "direct" and key not in ("cpu_s_per_gb", "cpu_us_per_op", "user_us_per_op") else None)
+              if c != "direct" and key not in NO_DIRECT and wl != "storm" else None)
     else:
         rd = None
-    hv = value(wl, "haproxy", key) if "haproxy" in contenders and c != "haproxy" else None
+    # (no ratio between counts of failed attempts: one of them is often 0)
+    hv = (value(wl, "haproxy", key)
+          if "haproxy" in contenders and c != "haproxy" and key not in COUNTS else None)
     rh = ratio(v, hv) if hv is not None and (key != "p50_added" or (v > 0 and hv > 0)) else None
     parts = [p for p in (f"{rd} d" if rd else None, f"{rh} h" if rh else None) if p]
     if parts:
@@ -1059,6 +1238,9 @@ def cell(wl, key, c, dec):
     errors = sum(r["metrics"].get("errors", 0) for r in recs if r["status"] == "ok")
     if errors:
         s += f" [{errors:,.0f} errors]"
+    broken = sum(1 for r in recs if r["status"] == "ok" and r.get("storm_broken"))
+    if broken and key == "all_back_ms":
+        s += f" [invariants broken {broken}×]"
     ok, tot = n_ok(wl, c), len(recs)
     if ok < tot:
         s += f" [{ok}/{tot} ok]"
@@ -1074,14 +1256,15 @@ L.append(f"Generated by `benches/compare.sh` ({env['mode']} mode) on {env['date'
 L.append("")
 L.append(f"Median of **{rounds} round{'s' if rounds != 1 else ''}** per cell; each measurement runs "
          f"{env['duration']} after {env['warmup']} of warmup (idle: {int(env['idle_conns']):,} connections "
-         f"held {env['idle_hold']}). Every workload runs interleaved across the contenders, in an order "
+         f"held {env['idle_hold']}; fanout: {env['fanout_duration']} after {env['fanout_warmup']}). Every workload runs interleaved across the contenders, in an order "
          f"rotated each round. Total wall time {int(env['elapsed_s']) // 60} min {int(env['elapsed_s']) % 60} s.")
 if env["mode"] == "QUICK":
     L.append("")
     L.append("**QUICK mode**: a smoke run with short measurements; use a full run for figures to quote.")
 L.append("")
 L.append("In each cell: the median, then `(ratio to direct d, ratio to HAProxy h)`. "
-         "Higher is better for Gbit/s, conn/s and req/s; lower is better for µs, CPU s/GB and bytes. "
+         "Higher is better for Gbit/s, conn/s, req/s and msg/s; lower is better for µs, ms, CPU s/GB, "
+         "CPU ms, bytes and attempts. "
          "`—`: does not apply; `n/a`: contender not available; `failed`: every round failed "
          "(`[k/n ok]`: some rounds failed, the median is over those that worked).")
 L.append("")
@@ -1093,6 +1276,14 @@ for wl, key, label, unit, dec in ROWS:
         continue
     L.append(f"| {label} | {unit} | " + " | ".join(cell(wl, key, c, dec) for c in contenders) + " |")
 L.append("")
+if "storm" in workloads:
+    L.append("Storm health checks: HAProxy `check inter 500ms fall 1 rise 1` on the push servers; ringlb's push "
+             "pool probes with TCP every 500 ms, `fall = 1`, `rise = 1` (timeout 400 ms; passive failures at "
+             "their default, 3); nginx open source has only passive checks, at their defaults (`max_fails=1 "
+             "fail_timeout=10s`, `proxy_next_upstream on`: a failed connect goes to the next node and takes the "
+             "node out for 10 s). Failed attempts are the tool's reconnects that failed (refused, reset or "
+             "closed before the first message); every affected client retries at once, up to 20 times.")
+    L.append("")
 
 # Where the CPU goes: on a machine the load tool and the backends share, a
 # proxy's throughput is bounded by the whole machine's CPU per operation. The
@@ -1126,7 +1317,8 @@ unavail = [(c, env.get(f"state_{c}", "")) for c in contenders if env.get(f"state
 restarts = []
 if os.path.exists(os.path.join(work, "restarts.txt")):
     restarts = [l.strip() for l in open(os.path.join(work, "restarts.txt")) if l.strip()]
-tool_errs = any(r["status"] == "ok" and r.get("tool_errors") for recs in runs.values() for r in recs)
+tool_errs = any(r["status"] == "ok" and (r.get("tool_errors") or r.get("storm_broken"))
+                for recs in runs.values() for r in recs)
 if notes or unavail or restarts or tool_errs:
     L.append("Failures, restarts and errors:")
     L.append("")
@@ -1135,6 +1327,9 @@ if notes or unavail or restarts or tool_errs:
     for r in restarts:
         L.append(f"- {r}")
     for (wl, c), recs in runs.items():
+        for r in sorted(recs, key=lambda r: r["round"]):
+            if r["status"] == "ok" and r.get("storm_broken"):
+                L.append(f"- {LABEL[c]} (storm, round {r['round']}): invariants broken: {r['storm_broken']}")
         bad = [r for r in recs if r["status"] == "ok" and r.get("tool_errors")]
         if bad:
             L.append(f"- {LABEL[c]} ({wl}): the load tool counted errors in round(s) "
@@ -1177,15 +1372,15 @@ L.append(f"- Machine: {env['nproc']} CPUs ({env['cpu']}), {env['mem']} RAM; {env
          "machine shows up as noise.")
 L.append(f"- Versions: {env['rustc']}; ringlb {env['ringlb_rev']}; {env['haproxy'] or 'HAProxy: not installed'}; "
          f"{env['nginx'] or 'nginx: not installed'}.")
-L.append("- Backends: `ringlb-bench serve` (echo, sink, http), 3 listeners each on 127.0.0.1, 2 workers per process. "
+L.append("- Backends: `ringlb-bench serve` (echo, sink, http, push), 3 listeners each on 127.0.0.1, 2 workers per process. "
          "Every proxy gets the same 3 backends per service; direct goes to the first one.")
 L.append("- Contenders, each with 2 worker threads/processes, all on 127.0.0.1, "
          "configs in `benches/compare/*.in`:")
 L.append("  - **ringlb**: `RINGLB_WORKERS=2 ringlb run --log-level warn` (no per-connection log line), "
-         "default TCP health checks, `max_connections` 50,000.")
+         "default TCP health checks (push pool: every 500 ms, fall 1, rise 1), `max_connections` 50,000.")
 L.append("  - **HAProxy**: `mode tcp`, `balance source`, `hash-type consistent`, `nbthread 2`, "
          "`maxconn 9500` (the most that fits 20,000 descriptors with pipes for splicing), `ulimit-n 20000`, "
-         "`check inter 2s`, no logging, otherwise as shipped.")
+         "`check inter 2s` (push servers: `check inter 500ms fall 1 rise 1`), no logging, otherwise as shipped.")
 L.append("  - **HAProxy splice**: the same plus `option splice-request` and `option splice-response` "
          "and `maxpipes 256` (splice-auto never engages on loopback here).")
 L.append("  - **nginx**: `stream { upstream { hash $remote_addr consistent; } }`, `worker_processes 2`, "
@@ -1212,6 +1407,25 @@ L.append(f"  - Idle: `idle --connections {int(env['idle_conns']):,} --hold {env[
          "by this script every 100 ms and summed over every process of the contender (ringlb and HAProxy: "
          "one process; nginx: master + 2 workers); the figure is (peak − RSS before) / connections. "
          "Direct has no proxy. The tool's own `--pid` figure (first worker only) is in the raw data below.")
+L.append(f"  - Paced keep-alive: `rr --connections 64 --protocol {env['rr64_protocol']} --pause {env['rr64p_pause']}`: "
+         "each connection waits after every reply, so the proxy handles many small wakeups instead of a busy "
+         "loop; proxy user-space CPU per request as for keep-alive requests.")
+L.append(f"  - Fanout: `fanout --connections {env['fanout_conns']} --duration {env['fanout_duration']} "
+         f"--warmup {env['fanout_warmup']} --pid PROXY` against the push backends (`serve push`: a 64-byte message "
+         "a second on every connection, stamped with the server's monotonic clock), on a contender started afresh "
+         "just before. Delivery latency is receive time minus send stamp; proxy CPU (utime+stime, and utime alone) "
+         "over the measured window per 1,000 messages delivered; RSS per connection is (RSS while held − RSS before "
+         "connecting) / connections, summed over the proxy's processes (nginx: master + workers). Direct goes to "
+         f"one push server. CPU time comes in clock ticks of {1000 / clk:.0f} ms, so in a short run the CPU rows move "
+         f"in steps of {1000 / clk:.0f} ms over the messages of the window (in this run one tick is "
+         f"{1e6 / clk / (int(env['fanout_conns']) * dur_s(env['fanout_duration'])):.1f} ms per 1,000 messages).")
+L.append(f"  - Storm: `storm --connections {env['storm_conns']} --control ADDR` through each proxy to the 3 "
+         "push nodes (about a third of the clients each); the tool kills the node with the most clients (listener "
+         "closed, every connection reset), all its clients reconnect at once from the same source IP (no jitter), "
+         "and it reports the time from the kill until the last one has a message again, the reconnect latency and "
+         "the failed attempts, checks that no other client was disconnected or moved, and revives the node. "
+         "Before the next storm the script waits 2 s (HAProxy's and ringlb's checks see the node up within about "
+         "0.5 s) and, for nginx, 11 s after its own previous storm (fail_timeout 10 s). No direct.")
 L.append("- Max concurrent connections: not measured (the 20,000-descriptor limit caps every proxy near "
          "10,000 proxied connections).")
 L.append("")
@@ -1223,6 +1437,11 @@ RAW_KEYS = {
     "rr64": ["req_per_s", "p50_us", "p99_us", "p999_us", "cpu_us_per_op", "user_us_per_op", "machine_us_per_op", "errors"],
     "rr1": ["req_per_s", "p50_us", "p99_us", "p999_us", "errors"],
     "idle": ["rss_sampled", "nprocs", "rss_per_conn_bytes", "established", "errors"],
+    "rr64p": ["req_per_s", "p50_us", "p99_us", "p999_us", "cpu_us_per_op", "user_us_per_op", "machine_us_per_op", "errors"],
+    "fanout": ["messages_per_s", "latency_p50_us", "latency_p99_us", "latency_p999_us", "cpu_ms_per_1000_msgs",
+               "cpu_user_ms_per_1000_msgs", "rss_per_conn_bytes", "established", "lost", "seq_gaps", "errors"],
+    "storm": ["affected", "all_back_ms", "first_back_ms", "reconnect_p50_us", "reconnect_p99_us", "failed_attempts",
+              "failed_after_first_back", "not_back", "survivors_disconnected", "errors"],
 }
 L.append("<details><summary>Raw values per round</summary>")
 L.append("")
@@ -1238,6 +1457,8 @@ for wl in workloads:
             if r["status"] == "ok":
                 vals = ", ".join(f"{k}={r['metrics'][k]:.4g}" for k in RAW_KEYS.get(wl, [])
                                  if r["metrics"].get(k) is not None)
+                if r.get("storm_broken"):
+                    vals += f"; invariants broken: {r['storm_broken']}"
             else:
                 vals = r["error"][:200].replace("|", "/")
             L.append(f"| {wl} | {LABEL[c]} | {r['round']} | {r['status']} | {vals} |")
