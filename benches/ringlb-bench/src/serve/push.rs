@@ -1,6 +1,7 @@
 //! `serve push`: every connection gets one message on accept and one every
-//! `--interval` after it (its phase is its accept time, so 9,000 connections do
-//! not all write in the same millisecond), like a WebSocket app pushing a clock.
+//! `--interval` after it, at a random phase within the interval (so 9,000
+//! connections opened together do not all write in the same millisecond), like
+//! a WebSocket app pushing a clock.
 //!
 //! One task per connection with one tokio timer: a tick formats the message into
 //! the connection's own `size`-byte buffer and writes it without waiting. When
@@ -275,7 +276,15 @@ async fn push_conn(
     // Bytes of `msg` written; `size` when nothing is pending.
     let mut off = size;
     let mut seq: u32 = 0;
-    let mut tick = tokio::time::interval_at(accepted, interval);
+    // The first message at once, the later ones at a random phase within the
+    // interval: a load tool opens thousands of connections within a few
+    // milliseconds, and ticks tied to the accept time would then arrive as one
+    // burst a second instead of a steady stream (real clients connect at all
+    // sorts of times). `base` is one interval before the first periodic tick;
+    // an interval started in the past fires at once, then keeps its phase.
+    let phase = interval.mul_f64(fastrand::f64());
+    let base = (accepted + phase).checked_sub(interval).unwrap_or(accepted);
+    let mut tick = tokio::time::interval_at(base, interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut scratch = [0u8; 256];
     loop {
@@ -289,7 +298,7 @@ async fn push_conn(
                 // The sequence number is the tick's index since the accept: a
                 // tick the runtime was too late for (more than a whole interval)
                 // shows as a gap too, and is counted as `late`.
-                let index = (at - accepted).as_nanos() / interval.as_nanos().max(1);
+                let index = (at - base).as_nanos() / interval.as_nanos().max(1);
                 let Ok(index) = u32::try_from(index) else {
                     // 2^32 ticks (49 days at the shortest interval): end the connection.
                     return Ok(());
