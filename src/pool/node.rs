@@ -378,3 +378,47 @@ fn state_from_u8(v: u8) -> AdminState {
         _ => AdminState::Enabled,
     }
 }
+
+#[cfg(test)]
+mod byte_metrics {
+    use super::*;
+    use crate::config::{AdminState, NodeConfig};
+
+    /// `ringlb_bytes_total` follows the live counts at each sync, adds each
+    /// byte once however often it runs, and gets the last bytes when the node
+    /// is dropped.
+    #[test]
+    fn the_byte_metrics_catch_up_at_sync_and_at_drop() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let value = |direction: &str| -> Option<u64> {
+            let text = handle.render();
+            let key =
+                format!("ringlb_bytes_total{{pool=\"p\",node=\"a\",direction=\"{direction}\"}} ");
+            let line = text.lines().find(|l| l.starts_with(&key))?;
+            line[key.len()..].trim().parse().ok()
+        };
+        metrics::with_local_recorder(&recorder, || {
+            let cfg = NodeConfig {
+                name: "a".into(),
+                addr_text: "127.0.0.1:1".into(),
+                addr: "127.0.0.1:1".parse().unwrap(),
+                weight: 1,
+                state: AdminState::Enabled,
+                max_connections: None,
+            };
+            let node = Node::new("p", &cfg);
+            node.bytes_to_node.fetch_add(100, Ordering::Relaxed);
+            node.bytes_to_client.fetch_add(7, Ordering::Relaxed);
+            assert_eq!(value("to_node"), Some(0), "nothing before a sync");
+            node.sync_byte_metrics();
+            node.sync_byte_metrics();
+            assert_eq!(value("to_node"), Some(100));
+            assert_eq!(value("to_client"), Some(7));
+            node.bytes_to_node.fetch_add(23, Ordering::Relaxed);
+            drop(node);
+            assert_eq!(value("to_node"), Some(123), "the last bytes at drop");
+            assert_eq!(value("to_client"), Some(7));
+        });
+    }
+}
