@@ -86,6 +86,7 @@ BASE_PORT=${BASE_PORT:-27000}
 read -r -a CONTENDERS <<<"${CONTENDERS:-direct ringlb haproxy haproxy-splice nginx}"
 read -r -a WORKLOADS <<<"${WORKLOADS:-bulk1 bulk8 connrate rr64 rr1 idle rr64p fanout storm}"
 OUT=${OUT:-$ROOT/benches/RESULTS.md}
+mkdir -p "$(dirname "$OUT")" || { echo "compare.sh: cannot create the directory of OUT=$OUT" >&2; exit 1; }
 TEMPLATES=$ROOT/benches/compare
 # (RINGLB_BIN / BENCH_BIN override the binaries, e.g. to test this script itself.)
 RINGLB=${RINGLB_BIN:-$ROOT/target/release/ringlb}
