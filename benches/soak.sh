@@ -259,13 +259,17 @@ args=()
 for p in "${PUSH_PORTS[@]}"; do args+=(--listen "127.0.0.1:$p"); done
 spawn push "$BENCH" serve push "${args[@]}" --name push --workers 1 --control "127.0.0.1:$CONTROL" ||
     die "serve push did not start"
+PUSH_W=$SPAWNED
 args=()
 for p in "${ECHO_PORTS[@]}"; do args+=(--listen "127.0.0.1:$p"); done
 spawn echo "$BENCH" serve echo "${args[@]}" --name echo --workers 1 || die "serve echo did not start"
+ECHO_W=$SPAWNED
 for p in "${PUSH_PORTS[@]}" "${ECHO_PORTS[@]}" "$CONTROL"; do
     wait_port "$p" 15 || die "backend port $p not listening"
 done
-spawn ringlb "$RINGLB" run --config "$WORK/ringlb.toml" || die "ringlb did not start"
+# --log-level warn: the per-connection INFO line would write about 2 GB per
+# 15 minutes of churn. An upgrade starts the new process with the same arguments.
+spawn ringlb "$RINGLB" --log-level warn run --config "$WORK/ringlb.toml" || die "ringlb did not start"
 RINGLB_WRAPPER=$SPAWNED
 for p in "$L_PUSH" "$L_ECHO" "$ADMIN"; do wait_port "$p" 15 || die "ringlb port $p not listening"; done
 for _ in $(seq 1 100); do [ -s "$PIDF" ] && break; sleep 0.1; done
@@ -427,6 +431,8 @@ while :; do
         revive_at=$((t + FLAP_DOWN))
         next_kill=$((t + FLAP_EVERY))
     fi
+    proc_running "$PUSH_W" || { event backend_exited "serve push: $(tail -c 300 "$WORK/logs/push.err")"; break; }
+    proc_running "$ECHO_W" || { event backend_exited "serve echo: $(tail -c 300 "$WORK/logs/echo.err")"; break; }
     proc_running "$FANOUT_W" || { event load_exited fanout; break; }
     proc_running "$CHURN_W" || { event load_exited churn; break; }
     sleep_to=$((T0 + t + 1))

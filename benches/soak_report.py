@@ -167,6 +167,8 @@ def main():
     check("ringlb never exited", a.no_server == 0 and a.end_alive == "yes",
           f"{a.no_server} samples without a serving process; serving at the end: {a.end_alive}")
 
+    gone = [f"t={t}s {k} {d}" for t, k, d in events if k in ("backend_exited", "load_exited")]
+    check("backends and loads ran to the end", not gone, "; ".join(gone) or "yes")
     ok = all(c[1] for c in checks)
     lines = []
     lines.append(f"{a.version}; {a.duration} s, {a.connections} held connections, churn concurrency "
