@@ -301,6 +301,11 @@ pub struct FanoutArgs {
     /// Connects in flight at once while opening
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch: u32,
+
+    /// Reopen a lost connection at once (from the same source IP), retrying every
+    /// 100 ms while connects fail; reconnects are counted apart from losses
+    #[arg(long)]
+    pub reconnect: bool,
 }
 
 #[derive(Debug, Args)]

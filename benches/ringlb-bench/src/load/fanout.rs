@@ -2,7 +2,9 @@
 //! messages a `serve push` backend writes (directly or through ringlb). Delivery
 //! rate and latency (arrival minus the server's CLOCK_MONOTONIC stamp), lost
 //! connections, the spread over the nodes, and with `--pid` the proxy's CPU per
-//! 1,000 messages and RSS per connection.
+//! 1,000 messages and RSS per connection. With `--reconnect` a lost (or
+//! malformed) connection is opened again at once, so N stay held through node
+//! failures and upgrades; reconnects are counted apart from losses (`benches/soak.sh`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::procstat::{self, Cpu, Sample};
-use super::pushconn::{PushConn, ReadError};
+use super::pushconn::{Got, PushConn, ReadError};
 use super::Outcome;
 use crate::cli::FanoutArgs;
 use crate::net::{Cidr, Errors};
@@ -28,6 +30,8 @@ use crate::report::{self, Progress, Report, Table};
 pub const ESTABLISH_CAP: Duration = Duration::from_secs(120);
 /// Longest wait for the connection tasks to end after the window.
 const TEARDOWN: Duration = Duration::from_secs(5);
+/// With `--reconnect`: pause after a failed reconnect before the next attempt.
+const RECONNECT_RETRY: Duration = Duration::from_millis(100);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
@@ -50,13 +54,21 @@ struct Shared {
     gaps: AtomicU64,
     malformed: AtomicU64,
     lost: AtomicU64,
+    /// With `--reconnect`: connections opened again after a loss, and failed
+    /// attempts to (each retried after [`RECONNECT_RETRY`]).
+    reconnects: AtomicU64,
+    reconnect_failed: AtomicU64,
+    /// Connections open now (opened or reopened, not lost since).
+    holding: AtomicU64,
+    /// Longest time from a loss to its reconnect, in µs.
+    reconnect_max_us: AtomicU64,
     latency: Mutex<Histogram<u64>>,
     nodes: Mutex<BTreeMap<String, u64>>,
     errors: Errors,
 }
 
 impl Shared {
-    fn count(&self, got: &super::pushconn::Got, last_seq: &mut u32) {
+    fn count(&self, got: &Got, last_seq: &mut u32) {
         self.received.fetch_add(1, Ordering::Relaxed);
         let ws = self.window_start.load(Ordering::Relaxed);
         let we = self.window_end.load(Ordering::Relaxed);
@@ -72,6 +84,12 @@ impl Shared {
     }
 }
 
+/// How one held connection ended.
+enum Ended {
+    Stopped,
+    Lost,
+}
+
 async fn client(
     shared: Arc<Shared>,
     sem: Arc<Semaphore>,
@@ -83,7 +101,7 @@ async fn client(
         let _permit = sem.acquire().await;
         PushConn::open(src, c.target, c.timeout, a.size).await
     };
-    let (mut conn, name, first) = match opened {
+    let (conn, name, first) = match opened {
         Ok(x) => x,
         Err((what, e)) => {
             shared.open_failed.fetch_add(1, Ordering::Relaxed);
@@ -93,25 +111,67 @@ async fn client(
     };
     *lock(&shared.nodes).entry(name.clone()).or_insert(0) += 1;
     shared.opened.fetch_add(1, Ordering::Relaxed);
+    shared.holding.fetch_add(1, Ordering::Relaxed);
+    let mut held = (conn, name, first);
+    loop {
+        let (conn, name, first) = held;
+        if let Ended::Stopped = hold(&shared, conn, &name, first).await {
+            return;
+        }
+        shared.holding.fetch_sub(1, Ordering::Relaxed);
+        if !a.reconnect {
+            return;
+        }
+        let lost_at = Instant::now();
+        held = loop {
+            let opened = tokio::select! {
+                _ = shared.stop.cancelled() => return,
+                r = async {
+                    let _permit = sem.acquire().await;
+                    PushConn::open(src, c.target, c.timeout, a.size).await
+                } => r,
+            };
+            match opened {
+                Ok(x) => break x,
+                Err((what, e)) => {
+                    shared.reconnect_failed.fetch_add(1, Ordering::Relaxed);
+                    shared.errors.io(&format!("reconnect: {what}"), &e);
+                    tokio::select! {
+                        _ = shared.stop.cancelled() => return,
+                        _ = tokio::time::sleep(RECONNECT_RETRY) => {}
+                    }
+                }
+            }
+        };
+        let took = lost_at.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
+        shared.reconnect_max_us.fetch_max(took, Ordering::Relaxed);
+        shared.reconnects.fetch_add(1, Ordering::Relaxed);
+        shared.holding.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Read one connection's messages until the stop or until it is lost (an I/O
+/// error or end of stream, or a malformed message: both counted).
+async fn hold(shared: &Shared, mut conn: PushConn, name: &str, first: Got) -> Ended {
     let mut last_seq = first.seq;
     shared.count(&first, &mut last_seq);
     loop {
         let r = tokio::select! {
-            _ = shared.stop.cancelled() => return,
-            r = conn.next_from(&name) => r,
+            _ = shared.stop.cancelled() => return Ended::Stopped,
+            r = conn.next_from(name) => r,
         };
         match r {
             Ok(got) => shared.count(&got, &mut last_seq),
             Err(ReadError::Io(e)) => {
                 shared.lost.fetch_add(1, Ordering::Relaxed);
                 shared.errors.io("lost", &e);
-                return;
+                return Ended::Lost;
             }
             Err(ReadError::Message(e)) => {
                 // Framing is gone: count it and drop the connection.
                 shared.malformed.fetch_add(1, Ordering::Relaxed);
                 shared.errors.record("message: malformed", e);
-                return;
+                return Ended::Lost;
             }
         }
     }
@@ -143,6 +203,10 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Outcome> {
         gaps: AtomicU64::new(0),
         malformed: AtomicU64::new(0),
         lost: AtomicU64::new(0),
+        reconnects: AtomicU64::new(0),
+        reconnect_failed: AtomicU64::new(0),
+        holding: AtomicU64::new(0),
+        reconnect_max_us: AtomicU64::new(0),
         latency: Mutex::new(report::histogram()),
         nodes: Mutex::new(BTreeMap::new()),
         errors: Errors::default(),
@@ -154,11 +218,12 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Outcome> {
         Progress::start(c.quiet, start, start, move |dt| {
             let got = s.received.load(Ordering::Relaxed);
             let line = format!(
-                "{}/{} connections, {} messages/s, {} lost, {} errors",
-                report::int(s.opened.load(Ordering::Relaxed)),
+                "{}/{} connections open, {} messages/s, {} lost, {} reconnected, {} errors",
+                report::int(s.holding.load(Ordering::Relaxed)),
                 report::int(u64::from(n)),
                 report::rate((got - last) as f64 / dt.max(1e-9)),
                 report::int(s.lost.load(Ordering::Relaxed)),
+                report::int(s.reconnects.load(Ordering::Relaxed)),
                 report::int(s.errors.total()),
             );
             last = got;
@@ -213,6 +278,7 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Outcome> {
     let me1 = procstat::read_stat(me)?.cpu;
     // Messages arriving in the last instant of the window are still counted.
     tokio::time::sleep(Duration::from_millis(20)).await;
+    let open_at_end = shared.holding.load(Ordering::Relaxed);
     shared.stop.cancel();
     drop(progress);
     let teardown = tokio::time::timeout(TEARDOWN, async {
@@ -263,6 +329,29 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Outcome> {
     r.latency_as(&lock(&shared.latency), "latency", "latency_");
     r.add("lost", report::int(lost), "lost", lost);
     r.add("malformed", report::int(malformed), "malformed", malformed);
+    if a.reconnect {
+        let reconnects = shared.reconnects.load(Ordering::Relaxed);
+        let failed = shared.reconnect_failed.load(Ordering::Relaxed);
+        let max_ms = shared.reconnect_max_us.load(Ordering::Relaxed) as f64 / 1000.0;
+        r.add(
+            "reconnects",
+            format!(
+                "{} ({} failed attempts, longest loss to reconnect {max_ms:.1} ms)",
+                report::int(reconnects),
+                report::int(failed)
+            ),
+            "reconnects",
+            reconnects,
+        );
+        r.json("reconnect_failed", failed);
+        r.json("reconnect_max_ms", report::round(max_ms, 1));
+    }
+    r.add(
+        "open at end",
+        report::int(open_at_end),
+        "open_at_end",
+        open_at_end,
+    );
     let gaps = shared.gaps.load(Ordering::Relaxed);
     r.add(
         "sequence gaps",
@@ -381,4 +470,93 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Outcome> {
     );
     r.errors(&shared.errors);
     Ok(Outcome::measured(r, messages > 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command, LoadArgs, Workload};
+    use crate::serve::push::tests::server;
+    use clap::Parser;
+    use std::net::SocketAddr;
+
+    fn args(target: SocketAddr, n: u32, duration: &str, reconnect: bool) -> FanoutArgs {
+        let n = n.to_string();
+        let target = target.to_string();
+        let mut argv = vec![
+            "ringlb-bench",
+            "load",
+            "fanout",
+            "--target",
+            &target,
+            "--connections",
+            &n,
+            "--duration",
+            duration,
+            "--warmup",
+            "0s",
+            "--timeout",
+            "2s",
+            "-q",
+        ];
+        if reconnect {
+            argv.push("--reconnect");
+        }
+        let Command::Load(LoadArgs {
+            workload: Workload::Fanout(f),
+        }) = Cli::try_parse_from(argv).expect("parses").command
+        else {
+            panic!("not fanout");
+        };
+        f
+    }
+
+    fn figures(o: &Outcome) -> Value {
+        serde_json::from_str(&o.report.render_json()).expect("json")
+    }
+
+    /// Wait (bounded) until the server holds `n` connections.
+    async fn holding(s: &crate::serve::push::PushServer, n: u64) {
+        let give_up = Instant::now() + Duration::from_secs(20);
+        while s.stats()["open"] != n && Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(s.stats()["open"], n, "connections held");
+    }
+
+    #[tokio::test]
+    async fn reconnect_reopens_every_lost_connection() {
+        let s = server("r", 64, 50, false);
+        let run = tokio::spawn(run(args(s.addr, 6, "4s", true)));
+        holding(&s, 6).await;
+        // Killed: all 6 are lost and their reconnects are refused ...
+        assert_eq!(s.kill().await, Ok(6));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // ... until it listens again: all 6 come back.
+        s.revive().expect("revive");
+        holding(&s, 6).await;
+        let o = run.await.expect("joined").expect("ran");
+        let f = figures(&o);
+        assert_eq!(f["lost"], 6, "{f}");
+        assert_eq!(f["reconnects"], 6, "{f}");
+        assert!(f["reconnect_failed"].as_u64().expect("count") >= 6, "{f}");
+        assert_eq!(f["open_at_end"], 6, "{f}");
+        assert_eq!(f["malformed"], 0, "{f}");
+        assert!(f["reconnect_max_ms"].as_f64().expect("ms") >= 250.0, "{f}");
+    }
+
+    #[tokio::test]
+    async fn without_reconnect_a_lost_connection_stays_lost() {
+        let s = server("l", 64, 50, false);
+        let run = tokio::spawn(run(args(s.addr, 3, "2s", false)));
+        holding(&s, 3).await;
+        assert_eq!(s.kill().await, Ok(3));
+        s.revive().expect("revive");
+        let o = run.await.expect("joined").expect("ran");
+        let f = figures(&o);
+        assert_eq!(f["lost"], 3, "{f}");
+        assert_eq!(f["open_at_end"], 0, "{f}");
+        assert!(f.get("reconnects").is_none(), "{f}");
+        assert_eq!(s.stats()["open"], 0);
+    }
 }

@@ -2,7 +2,7 @@
 //! (push, with its control socket, in [`push`] and [`control`]).
 
 mod control;
-mod push;
+pub(crate) mod push;
 
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
