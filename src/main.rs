@@ -95,7 +95,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 &ips,
                 std::io::stdin(),
             )?;
-            print!("{out}");
+            print_out(&out)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config } => {
@@ -278,6 +278,18 @@ fn upgrade(
             );
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+/// Write a command's answer to stdout. A reader that stopped reading (`ringlb
+/// which ... | head`) is not an error: the rest is simply not wanted. (`print!`
+/// panics there: Rust ignores SIGPIPE, so the write fails with EPIPE.)
+fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing to standard output"),
     }
 }
 

@@ -266,6 +266,46 @@ fn summary_lists_listener_pool_and_node_names() {
     );
 }
 
+/// `ringlb which ... | head -1`: the reader goes away after one line; ringlb
+/// exits 0 and does not panic on the broken pipe.
+#[test]
+fn which_into_a_reader_that_stops_early_is_not_an_error() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args([
+            "which",
+            "--config",
+            "tests/fixtures/config/valid/weights.toml",
+            "-",
+        ])
+        .current_dir(root())
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run the ringlb binary");
+    // Far more output than a pipe holds (64 KiB), so the write must hit the
+    // closed pipe.
+    let ips: String = (0..20_000u32)
+        .map(|i| format!("10.{}.{}.{}\n", i >> 16, (i >> 8) & 255, i & 255))
+        .collect();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(ips.as_bytes()).unwrap();
+    drop(stdin);
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader is dropped here: the pipe's read end closes.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!first.is_empty());
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[test]
 fn which_prints_one_line_per_ip() {
     let config = "tests/fixtures/config/valid/weights.toml";
