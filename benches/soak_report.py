@@ -7,12 +7,24 @@ Definitions (also in README.md, "Soak"):
   sampled and summed in) are reported, not checked: the sum holds two
   processes' memory. An epoch's warm-up ends WARM s after its start (epoch 0)
   or after the old process exited (later epochs).
-- Baseline of an epoch: the median of its last 5 warm-up samples.
+- Baseline of an epoch: descriptors, the median of its last 5 warm-up samples
+  (outside the reconnect bursts, below); RSS, the highest warm-up sample. RSS
+  swings with every flap cycle (a kill frees a node's connections and the
+  allocator hands the pages back within seconds; the reconnects take them
+  again): in a 20-minute run each 15 s cycle's peak stayed within 17.8-19.4 MiB
+  and its low point 16.1-18.8 MiB, with no trend. A median of 5 samples lands
+  anywhere in that swing (one run's baseline sat in a dip, so the ordinary
+  peaks read as +9.9%); the warm-up's peak compares like with like.
 - Descriptors are dominated by the held connections (2 per proxied connection).
   The fan-out reconnects a killed node's connections at once, so the count is
   checked at the same point of every flap cycle: all samples except the 2 s
   after each kill (the reconnect burst). RSS is checked on every sample.
-- Checked samples (after warm-up) must stay within +-5% of the baseline.
+- Checked samples (after warm-up): descriptors within +-5% of the baseline
+  (fewer would mean connections lost, more a leak); RSS at most the baseline
+  + 5%. RSS below the baseline is reported, not failed: a flap's kill frees a
+  node's connections at once and the allocator (jemalloc) hands those pages
+  back to the kernel within seconds, so RSS dips by up to ~10% until the
+  clients are back. Memory going back is not a leak; growth is.
 - End: descriptors (least over 5 s once /status shows no open connection) equal
   the idle count measured before the load, exactly; RSS is at most the last
   baseline + 5% (lower is fine: memory returned).
@@ -92,7 +104,7 @@ def main():
         pre = [s for s in mine if s["t"] < warm_end and not s["old"]]
         pre_f = [s for s in pre if not kill_affected(s["t"])]
         checked = [s for s in mine if s["t"] >= warm_end and not s["old"]]
-        base_rss = statistics.median([s["rss"] for s in pre[-5:]]) if pre else None
+        base_rss = max(s["rss"] for s in pre) if pre else None
         base_fds = statistics.median([s["fds"] for s in pre_f[-5:]]) if pre_f else None
         drain = [s for s in mine if s["old"]]
         epochs.append({
@@ -126,8 +138,8 @@ def main():
         check(f"epoch {e['i']} (pid {e['pid']}): descriptors within 5%",
               max(abs(df[0]), abs(df[1])) <= TOL,
               f"baseline {bf:.0f}, {min(f)}..{max(f)} ({df[0]*100:+.2f}% .. {df[1]*100:+.2f}%) over {len(f)} samples")
-        check(f"epoch {e['i']} (pid {e['pid']}): RSS within 5%",
-              max(abs(dr[0]), abs(dr[1])) <= TOL,
+        check(f"epoch {e['i']} (pid {e['pid']}): RSS at most baseline + 5%",
+              dr[1] <= TOL,
               f"baseline {br/1024:.1f} MiB, {min(r)/1024:.1f}..{max(r)/1024:.1f} MiB ({dr[0]*100:+.2f}% .. {dr[1]*100:+.2f}%) over {len(r)} samples")
 
     last_base_rss = next((e["base_rss"] for e in reversed(epochs) if e["base_rss"]), None)

@@ -10,7 +10,7 @@ use std::io;
 use std::net::Shutdown;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use socket2::SockRef;
@@ -122,6 +122,8 @@ pub fn forward<'a>(
         far: true,
         idle_timeout,
         idle: tokio::time::sleep_until(first),
+        armed: false,
+        waker: None,
         close: watch.close,
         log: watch.log,
         next_log,
@@ -147,6 +149,17 @@ pin_project_lite::pin_project! {
         idle_timeout: Duration,
         #[pin]
         idle: tokio::time::Sleep,
+        // The timer holds `waker`: its last poll returned Pending with budget
+        // left (a poll refused by tokio's cooperative budget registers nothing
+        // and leaves none), and it has not been reset since.
+        armed: bool,
+        // The waker the close control and the timer hold, registered with both
+        // on the first poll and again only if the task's waker changes. Both
+        // wake it at most once per registration (a close is asked once; the
+        // timer is polled again whenever it fired or was reset), so a poll
+        // that only moves bytes registers nothing: two atomic read-modify-
+        // writes less per wake-up.
+        waker: Option<Waker>,
         close: &'a ConnCtl,
         log: Option<(Duration, LogOpen<'a>)>,
         next_log: Option<Instant>,
@@ -160,7 +173,14 @@ impl Future for Forwarding<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         let mut this = self.project();
         let end = 'end: {
-            if let Some(reason) = this.close.poll_close(cx) {
+            let fresh = !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+            let closing = if fresh {
+                *this.waker = Some(cx.waker().clone());
+                this.close.poll_close(cx)
+            } else {
+                this.close.reason()
+            };
+            if let Some(reason) = closing {
                 break 'end End::Closed(reason);
             }
             let moved_before = this.up.bytes + this.down.bytes;
@@ -189,8 +209,14 @@ impl Future for Forwarding<'_> {
                 let at = Instant::now() + check_step(*this.idle_timeout);
                 let at = this.next_log.map_or(at, |l| l.min(at));
                 this.idle.as_mut().reset(at);
+                *this.armed = false;
             }
-            // The timer checks; bytes moving only advance counters.
+            // The timer checks; bytes moving only advance counters. It is polled
+            // (and so given the waker) when it fired, was reset, or the waker
+            // is new; otherwise it still holds the waker of its last poll.
+            if *this.armed && !fresh && !this.idle.is_elapsed() {
+                return Poll::Pending;
+            }
             while this.idle.as_mut().poll(cx).is_ready() {
                 let now = Instant::now();
                 let moved = this.up.bytes + this.down.bytes;
@@ -218,6 +244,7 @@ impl Future for Forwarding<'_> {
                 }
                 this.idle.as_mut().reset(next);
             }
+            *this.armed = tokio::task::coop::has_budget_remaining();
             return Poll::Pending;
         };
         // Pipes still held are returned or dropped here.
@@ -597,6 +624,73 @@ mod tests {
             after <= idle + check_step(idle) + slack,
             "closed {after:?} after the last byte (timeout {idle:?})"
         );
+    }
+
+    /// The timer keeps the waker between polls, so a poll that moves bytes
+    /// does not register it again. A first poll made when tokio's cooperative
+    /// budget is spent registers nothing: the idle timeout must still fire
+    /// (the timer is polled again, not taken as armed).
+    #[tokio::test]
+    async fn the_idle_timer_fires_after_a_poll_refused_by_the_budget() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (_client, client_side) = pair(&l).await;
+        let (node, _node_peer) = pair(&l).await;
+        let ctl = ConnCtl::default();
+        let total = AtomicU64::new(0);
+        let idle = Duration::from_millis(200);
+        let mut f = std::pin::pin!(plain(&client_side, &node, idle, &ctl, &total));
+        let started = Instant::now();
+        let mut polls = 0u32;
+        let out = tokio::time::timeout(
+            Duration::from_secs(10),
+            std::future::poll_fn(|cx| {
+                polls += 1;
+                if polls == 1 {
+                    // Spend the task's whole budget before the first poll.
+                    while tokio::task::coop::has_budget_remaining() {
+                        match tokio::task::coop::poll_proceed(cx) {
+                            Poll::Ready(c) => c.made_progress(),
+                            Poll::Pending => break,
+                        }
+                    }
+                    assert!(!tokio::task::coop::has_budget_remaining());
+                }
+                f.as_mut().poll(cx)
+            }),
+        )
+        .await
+        .expect("the idle timeout fired");
+        assert_eq!(out.end.as_str(), "idle_timeout");
+        assert!(started.elapsed() >= idle);
+    }
+
+    /// A close asked while the connection waits is seen, though the close
+    /// control was registered only on the first poll.
+    #[tokio::test]
+    async fn a_close_wakes_a_waiting_connection_registered_once() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (mut client, client_side) = pair(&l).await;
+        let (node, mut node_peer) = pair(&l).await;
+        let ctl = std::sync::Arc::new(ConnCtl::default());
+        let ctl2 = ctl.clone();
+        let task = tokio::spawn(async move {
+            let total = AtomicU64::new(0);
+            let out = plain(&client_side, &node, Duration::from_secs(60), &ctl2, &total).await;
+            out.end.as_str()
+        });
+        // Several wake-ups that only move bytes, then a close.
+        let mut buf = [0u8; 3];
+        for _ in 0..5 {
+            client.write_all(b"abc").await.unwrap();
+            node_peer.read_exact(&mut buf).await.unwrap();
+        }
+        assert!(ctl.close(CloseReason::Rehome));
+        let end = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("closed in time")
+            .unwrap();
+        assert_eq!(end, "rehome");
     }
 
     /// The forwarding state is what every open connection keeps for its lifetime:
