@@ -447,6 +447,36 @@ pub(crate) mod tests {
         assert_eq!(s.stats()["open"], 1);
     }
 
+    /// Connections accepted together push at phases spread over the interval,
+    /// not in one burst: with 40 uniform phases the chance that they all fall
+    /// within half the interval is about 40 / 2^39.
+    #[tokio::test]
+    async fn connections_opened_together_tick_at_spread_phases() {
+        let interval = Duration::from_millis(400);
+        let s = server("r", 64, interval.as_millis() as u64, false);
+        let mut conns = Vec::new();
+        for _ in 0..40 {
+            conns.push(TcpStream::connect(s.addr).await.expect("connect"));
+        }
+        let mut offsets = Vec::new();
+        for mut c in conns {
+            let mut buf = [0u8; 64];
+            c.read_exact(&mut buf).await.expect("first message");
+            let first = pushmsg::parse(&buf, 64).expect("parses").t_ns;
+            c.read_exact(&mut buf).await.expect("second message");
+            let second = pushmsg::parse(&buf, 64).expect("parses").t_ns;
+            offsets.push(second.saturating_sub(first));
+        }
+        let (lo, hi) = (offsets.iter().min().unwrap(), offsets.iter().max().unwrap());
+        let interval_ns = interval.as_nanos() as u64;
+        assert!(
+            hi - lo > interval_ns / 2,
+            "first periodic ticks {lo}..{hi} ns after the first message"
+        );
+        // Every tick is within one interval of the first message (plus slack).
+        assert!(*hi <= interval_ns + interval_ns / 2, "{hi} ns");
+    }
+
     #[tokio::test]
     async fn a_client_that_does_not_read_is_skipped() {
         let s = server("q", 65_536, 10, false);
