@@ -97,10 +97,9 @@ WORKERS=2
 SERVER_MAX=$([ "$QUICK" = 1 ] && echo 900 || echo 3600)
 
 # --- helpers -----------------------------------------------------------------
-ts() { local s=$(($(date +%s) - START_EPOCH)); printf '%02d:%02d' $((s / 60)) $((s % 60)); }
-log() { printf '[%s] %s\n' "$(ts)" "$*"; }
-warn() { printf '[%s] WARNING: %s\n' "$(ts)" "$*" >&2; }
-die() { printf '[%s] ERROR: %s\n' "$(ts)" "$*" >&2; exit 1; }
+SPAWN_LIMIT=$SERVER_MAX
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 
 # Duration text ("1s", "300ms", "2m") to milliseconds.
 dur_ms() {
@@ -121,13 +120,6 @@ FATAL=0           # set when ringlb or direct failed: exit non-zero at the end
 ANY_FAIL=0        # set when anything failed: the temp dir is kept
 DEATH=""          # set by death_reason
 
-# True while PID exists and is not a zombie.
-proc_running() {
-    local st
-    st=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    st=${st##*) }
-    [ "${st%% *}" != Z ]
-}
 
 cleanup() {
     local rc=$?
@@ -156,24 +148,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Start "$@" in the background under timeout(1); sets SPAWNED (the wrapper pid)
-# and SPAWNED_PID (the real process). stdout/stderr go to $WORK/logs/NAME.{out,err}.
-spawn() {
-    local name=$1
-    shift
-    timeout -k 5 "$SERVER_MAX" "$@" >"$WORK/logs/$name.out" 2>"$WORK/logs/$name.err" </dev/null &
-    SPAWNED=$!
-    WRAPPERS+=("$SPAWNED")
-    SPAWNED_PID=""
-    local i
-    for i in $(seq 1 50); do
-        SPAWNED_PID=$(pgrep -P "$SPAWNED" | head -n1)
-        [ -n "$SPAWNED_PID" ] && return 0
-        kill -0 "$SPAWNED" 2>/dev/null || return 1
-        sleep 0.02
-    done
-    return 1
-}
 
 # Stop a wrapper started by spawn (TERM, then KILL after 5 s).
 stop_wrapper() {
@@ -196,15 +170,6 @@ stop_wrapper() {
 
 port_free() { [ -z "$(ss -Htln "sport = :$1" 2>/dev/null)" ]; }
 
-# Wait until 127.0.0.1:PORT accepts a connection (up to $2 seconds, default 10).
-wait_port() {
-    local port=$1 limit=${2:-10} i
-    for i in $(seq 1 $((limit * 10))); do
-        if timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    return 1
-}
 
 # utime+stime and utime alone (clock ticks) summed over the given pids: "TOTAL USER".
 cpu_ticks() {

@@ -57,15 +57,20 @@ BASE_PORT=${BASE_PORT:-24600}
 RINGLB=${RINGLB_BIN:-$ROOT/target/release/ringlb}
 BENCH=${BENCH_BIN:-$ROOT/target/release/ringlb-bench}
 OUT=${OUT:-}
-# Warm-up: the first 20% of the run or 60 s, whichever is less (and as long again
-# for a new process after each upgrade, counted from the old one's exit).
-WARM=$((DUR / 5 < 60 ? DUR / 5 : 60))
+# Warm-up: a third of the run but at least 20 s, at most 60 s, and ending 5 s
+# before the first upgrade (20 s of a 60 s run, 60 s of a 20-minute one); as long
+# again for a new process after each upgrade, counted from the old one's exit. A
+# fresh process's RSS climbs for 20-30 s (jemalloc's caches and decaying pages
+# under the churn): a 12 s warm-up caught it still climbing.
+WARM=$((DUR / 3 > 20 ? DUR / 3 : 20))
+WARM=$((WARM < 60 ? WARM : 60))
+WARM=$((WARM < DUR / 2 - 5 ? WARM : DUR / 2 - 5))
 if [ "$DUR" -gt 600 ]; then
     UPGRADES=$(seq 300 300 $((DUR - 1)) | tr '\n' ' ')
 else
     UPGRADES=$((DUR / 2))
 fi
-LIMIT=$((DUR + 300)) # timeout(1) of every process
+SPAWN_LIMIT=$((DUR + 300)) # timeout(1) of every process
 
 PUSH_PORTS=($((BASE_PORT + 1)) $((BASE_PORT + 2)) $((BASE_PORT + 3)))
 CONTROL=$((BASE_PORT + 9))
@@ -83,16 +88,8 @@ WRAPPERS=()
 RINGLB_PIDS=()
 VERDICT_RC=0
 
-ts() { local s=$(($(date +%s) - START_EPOCH)); printf '%02d:%02d' $((s / 60)) $((s % 60)); }
-log() { printf '[%s] %s\n' "$(ts)" "$*"; }
-die() { printf '[%s] ERROR: %s\n' "$(ts)" "$*" >&2; exit 1; }
-
-proc_running() {
-    local st
-    st=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    st=${st##*) }
-    [ "${st%% *}" != Z ]
-}
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 
 cleanup() {
     local rc=$?
@@ -124,32 +121,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Start "$@" under timeout(1); SPAWNED is the wrapper, SPAWNED_PID the process.
-spawn() {
-    local name=$1
-    shift
-    timeout -k 5 "$LIMIT" "$@" >"$WORK/logs/$name.out" 2>"$WORK/logs/$name.err" </dev/null &
-    SPAWNED=$!
-    WRAPPERS+=("$SPAWNED")
-    SPAWNED_PID=""
-    local i
-    for i in $(seq 1 100); do
-        SPAWNED_PID=$(pgrep -P "$SPAWNED" | head -n1)
-        [ -n "$SPAWNED_PID" ] && return 0
-        kill -0 "$SPAWNED" 2>/dev/null || return 1
-        sleep 0.02
-    done
-    return 1
-}
 
-wait_port() {
-    local port=$1 limit=${2:-10} i
-    for i in $(seq 1 $((limit * 10))); do
-        if timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    return 1
-}
 
 event() { printf '%s\t%s\t%s\n' "$(elapsed)" "$1" "${2:-}" >>"$EVENTS"; }
 elapsed() { echo $(($(date +%s) - T0)); }

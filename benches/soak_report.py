@@ -14,7 +14,10 @@ Definitions (also in README.md, "Soak"):
   again): in a 20-minute run each 15 s cycle's peak stayed within 17.8-19.4 MiB
   and its low point 16.1-18.8 MiB, with no trend. A median of 5 samples lands
   anywhere in that swing (one run's baseline sat in a dip, so the ordinary
-  peaks read as +9.9%); the warm-up's peak compares like with like.
+  peaks read as +9.9%); the warm-up's peak compares like with like. A process
+  started by an upgrade serves the same load as the one before it, so its
+  baseline is the higher of its own warm-up peak and the previous epoch's
+  baseline (it may not grow past what the old process needed + 5%).
 - Descriptors are dominated by the held connections (2 per proxied connection).
   The fan-out reconnects a killed node's connections at once, so the count is
   checked at the same point of every flap cycle: all samples except the 2 s
@@ -105,6 +108,8 @@ def main():
         pre_f = [s for s in pre if not kill_affected(s["t"])]
         checked = [s for s in mine if s["t"] >= warm_end and not s["old"]]
         base_rss = max(s["rss"] for s in pre) if pre else None
+        if base_rss is not None and epochs and epochs[-1]["base_rss"]:
+            base_rss = max(base_rss, epochs[-1]["base_rss"])
         base_fds = statistics.median([s["fds"] for s in pre_f[-5:]]) if pre_f else None
         drain = [s for s in mine if s["old"]]
         epochs.append({
